@@ -1,0 +1,95 @@
+"""Sessions for every kind of work, generated per package so a new package needs no edit here.
+
+Each ``tests-<package>`` session gets its own virtualenv holding only that package, the workspace
+packages it declares and its own ``test`` dependency group, so an undeclared import fails there.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv"
+nox.options.error_on_external_run = True
+
+ROOT = Path(__file__).parent
+PACKAGES_DIR = ROOT / "packages"
+
+
+def _packages() -> dict[str, str]:
+    """Map each package folder name to its distribution name."""
+    found: dict[str, str] = {}
+    for pyproject in sorted(PACKAGES_DIR.glob("*/pyproject.toml")):
+        meta = tomllib.loads(pyproject.read_text())
+        found[pyproject.parent.name] = meta["project"]["name"]
+    return found
+
+
+PACKAGES = _packages()
+
+
+def _uv_sync(session: nox.Session, *args: str) -> None:
+    """Install exactly what the lock file says into the session's own virtualenv."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--frozen",
+        "--no-default-groups",
+        *args,
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        external=True,
+    )
+
+
+@nox.session(default=True)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    _uv_sync(session, "--only-group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(default=True)
+def typecheck(session: nox.Session) -> None:
+    """mypy over every package (strict for core, see pyproject.toml)."""
+    _uv_sync(session, "--all-packages", "--all-groups")
+    session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), "noxfile.py")
+
+
+def _tests(session: nox.Session, folder: str, dist: str) -> None:
+    _uv_sync(session, "--package", dist, "--group", "test")
+    session.run(
+        "pytest",
+        f"packages/{folder}/tests",
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
+    )
+
+
+def _dist(session: nox.Session, dist: str) -> None:
+    out = ROOT / "dist" / dist
+    session.run("uv", "build", "--package", dist, "--out-dir", str(out), external=True)
+    built = sorted(p.name for p in out.iterdir())
+    if not any(name.endswith(".whl") for name in built) or not any(name.endswith(".tar.gz") for name in built):
+        session.error(f"{dist}: expected a wheel and an sdist in {out}, found {built}")
+    session.log(f"built {', '.join(built)}")
+
+
+for _folder, _dist_name in PACKAGES.items():
+    _slug = _folder.replace("_", "-")
+
+    @nox.session(name=f"tests-{_slug}", default=True)
+    def _tests_session(session: nox.Session, folder: str = _folder, dist: str = _dist_name) -> None:
+        _tests(session, folder, dist)
+
+    _tests_session.__doc__ = f"pytest for {_dist_name} in an environment holding only what it declares."
+
+    @nox.session(name=f"dist-{_slug}", default=False, venv_backend="none")
+    def _dist_session(session: nox.Session, dist: str = _dist_name) -> None:
+        _dist(session, dist)
+
+    _dist_session.__doc__ = f"Build the wheel and sdist of {_dist_name} into dist/."

@@ -1,0 +1,5 @@
+"""Shared core of every CloudToLocalLLM service."""
+
+from cloudtolocalllm.core.version import __version__
+
+__all__ = ["__version__"]
