@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite and the local stack use, plus uv and nox.
+# Idempotent: packages already present are skipped, so a rerun costs a second.
+set -euo pipefail
+
+APT_PACKAGES=(
+  nginx-light      # edge data plane under test
+  openssl          # self-signed bootstrap certificates
+)
+
+export PATH="$HOME/.local/bin:$PATH"
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "system-deps: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts nginx on install; our tests run their own instances.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then $SUDO systemctl stop nginx; fi
+  pkill -x nginx 2>/dev/null || true
+fi
+
+command -v uv >/dev/null && command -v nox >/dev/null || python3 -m pip install --user --quiet "uv>=0.8" "nox>=2025.2.9"
