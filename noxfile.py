@@ -6,7 +6,6 @@ packages it declares and its own ``test`` dependency group, so an undeclared imp
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
@@ -74,7 +73,9 @@ def _dist(session: nox.Session, dist: str) -> None:
     out = ROOT / "dist" / dist
     session.run("uv", "build", "--package", dist, "--out-dir", str(out), external=True)
     built = sorted(p.name for p in out.iterdir())
-    if not any(name.endswith(".whl") for name in built) or not any(name.endswith(".tar.gz") for name in built):
+    if not any(name.endswith(".whl") for name in built) or not any(
+        name.endswith(".tar.gz") for name in built
+    ):
         session.error(f"{dist}: expected a wheel and an sdist in {out}, found {built}")
     session.log(f"built {', '.join(built)}")
 

@@ -1,5 +1,72 @@
-"""Shared core of every CloudToLocalLLM service."""
+"""Shared core of every CloudToLocalLLM service.
+
+Public API (import from these modules; everything else is internal):
+
+- ``cloudtolocalllm.core``: the service toolkit re-exported below.
+- ``cloudtolocalllm.core.auth``: token verification, the starlette auth backend, the dev issuer.
+- ``cloudtolocalllm.core.protocol``: the bridge wire protocol (no server dependencies).
+
+The re-exports load on first use (PEP 562), so ``import cloudtolocalllm.core`` stays cheap for
+command-line tools such as the bridge client, which need the protocol but not the server stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from cloudtolocalllm.core.version import __version__
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from cloudtolocalllm.core.app import DEFAULT_CSP, ServiceApp, ServiceInfo, create_app
+    from cloudtolocalllm.core.health import ReadinessCheck
+    from cloudtolocalllm.core.logging import configure_logging, current_request_id
+    from cloudtolocalllm.core.metrics import HttpMetrics
+    from cloudtolocalllm.core.serving import bind_socket, exit_on_settings_error, serve
+    from cloudtolocalllm.core.settings import SettingsError, load_settings
+
+_EXPORTS = {
+    "DEFAULT_CSP": "app",
+    "ServiceApp": "app",
+    "ServiceInfo": "app",
+    "create_app": "app",
+    "ReadinessCheck": "health",
+    "configure_logging": "logging",
+    "current_request_id": "logging",
+    "HttpMetrics": "metrics",
+    "bind_socket": "serving",
+    "exit_on_settings_error": "serving",
+    "serve": "serving",
+    "SettingsError": "settings",
+    "load_settings": "settings",
+}
+
+__all__ = [
+    "DEFAULT_CSP",
+    "HttpMetrics",
+    "ReadinessCheck",
+    "ServiceApp",
+    "ServiceInfo",
+    "SettingsError",
+    "__version__",
+    "bind_socket",
+    "configure_logging",
+    "create_app",
+    "current_request_id",
+    "exit_on_settings_error",
+    "load_settings",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

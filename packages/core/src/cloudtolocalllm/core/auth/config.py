@@ -1,0 +1,120 @@
+"""Auth configuration from the environment, and the verifier it describes.
+
+Exactly one issuer is configured: Auth0 (``AUTH0_DOMAIN`` + ``AUTH0_AUDIENCE``), any OIDC issuer
+(``OIDC_ISSUER`` + ``OIDC_AUDIENCE``, optionally ``OIDC_JWKS_URL``), or the embedded dev issuer
+(``DEV_AUTH=true``), which must be asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Final
+
+import msgspec
+
+from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
+from cloudtolocalllm.core.auth.jwks import KeySource, RemoteJwks
+from cloudtolocalllm.core.auth.verifier import ASYMMETRIC_ALGORITHMS, TokenVerifier
+from cloudtolocalllm.core.settings import SettingsError
+
+__all__ = ["DEV_AUDIENCE", "DEV_ISSUER_URL", "AuthSettings", "build_verifier", "dev_issuer_from"]
+
+DEV_ISSUER_URL: Final = "http://localhost:8080/dev-issuer"
+DEV_AUDIENCE: Final = "cloudtolocalllm-dev"
+DEV_ISSUER_DIR: Final = ".dev/issuer"
+
+log = logging.getLogger(__name__)
+
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400)]
+
+
+class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
+    auth0_domain: str | None = None
+    auth0_audience: str | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    auth_algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    auth_leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    auth_jwks_cache_s: Seconds = 600.0
+    auth_jwks_min_refetch_s: Seconds = 30.0
+    dev_auth: bool = False
+    dev_issuer_dir: str = DEV_ISSUER_DIR
+    dev_issuer_url: str = DEV_ISSUER_URL
+    dev_audience: str = DEV_AUDIENCE
+
+    def __post_init__(self) -> None:
+        problems: dict[str, str] = {}
+        modes = [
+            name
+            for name, on in (
+                ("AUTH0_DOMAIN", self.auth0_domain),
+                ("OIDC_ISSUER", self.oidc_issuer),
+                ("DEV_AUTH", self.dev_auth),
+            )
+            if on
+        ]
+        if not modes:
+            problems["AUTH0_DOMAIN"] = (
+                "set AUTH0_DOMAIN + AUTH0_AUDIENCE, OIDC_ISSUER + OIDC_AUDIENCE, or DEV_AUTH=true"
+            )
+        elif len(modes) > 1:
+            problems[modes[1]] = f"conflicts with {modes[0]}: configure exactly one issuer"
+        if self.auth0_domain and not self.auth0_audience:
+            problems["AUTH0_AUDIENCE"] = (
+                "required with AUTH0_DOMAIN (the API identifier tokens are issued for)"
+            )
+        if self.oidc_issuer and not self.oidc_audience:
+            problems["OIDC_AUDIENCE"] = "required with OIDC_ISSUER"
+        if bad := sorted(set(self.auth_algorithms) - ASYMMETRIC_ALGORITHMS):
+            problems["AUTH_ALGORITHMS"] = f"only asymmetric algorithms are allowed, not {', '.join(bad)}"
+        if problems:
+            raise SettingsError(problems)
+
+    @property
+    def issuer(self) -> str:
+        if self.auth0_domain:
+            return f"https://{self.auth0_domain.removeprefix('https://').rstrip('/')}/"
+        if self.oidc_issuer:
+            return self.oidc_issuer
+        return self.dev_issuer_url
+
+    @property
+    def audience(self) -> str:
+        return self.auth0_audience or self.oidc_audience or self.dev_audience
+
+
+def dev_issuer_from(settings: AuthSettings) -> DevIssuer:
+    return DevIssuer(
+        Path(settings.dev_issuer_dir), issuer=settings.dev_issuer_url, audience=settings.dev_audience
+    )
+
+
+def build_verifier(settings: AuthSettings) -> TokenVerifier:
+    keys: KeySource
+    if settings.dev_auth:
+        log.warning(
+            "DEV_AUTH is on: tokens from the embedded dev issuer are accepted; never use this in production"
+        )
+        keys = dev_issuer_from(settings).key_source()
+    elif settings.auth0_domain:
+        keys = RemoteJwks(
+            jwks_url=settings.issuer + ".well-known/jwks.json",
+            cache_ttl_s=settings.auth_jwks_cache_s,
+            min_refetch_interval_s=settings.auth_jwks_min_refetch_s,
+        )
+    else:
+        keys = RemoteJwks(
+            jwks_url=settings.oidc_jwks_url,
+            issuer=settings.oidc_issuer,
+            cache_ttl_s=settings.auth_jwks_cache_s,
+            min_refetch_interval_s=settings.auth_jwks_min_refetch_s,
+        )
+    return TokenVerifier(
+        issuer=settings.issuer,
+        audience=settings.audience,
+        keys=keys,
+        algorithms=settings.auth_algorithms,
+        leeway_s=settings.auth_leeway_s,
+    )

@@ -1,0 +1,145 @@
+"""Pure ASGI middleware (not BaseHTTPMiddleware, which breaks contextvars and streaming).
+
+- :class:`RequestContextMiddleware`: request id, one access-log line and the HTTP metrics per request.
+- :class:`SecurityHeadersMiddleware`: the security headers on every HTTP response, errors included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloudtolocalllm.core.logging import request_id_var
+from cloudtolocalllm.core.metrics import UNMATCHED_ROUTE, HttpMetrics
+
+__all__ = [
+    "DEFAULT_SECURITY_HEADERS",
+    "REQUEST_ID_HEADER",
+    "RequestContextMiddleware",
+    "SecurityHeadersMiddleware",
+    "route_template",
+]
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+# Accept a caller's id only if it is short and inert, so it cannot inject into logs or headers.
+_VALID_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+DEFAULT_SECURITY_HEADERS: Final[Mapping[str, str]] = {
+    "X-Frame-Options": "SAMEORIGIN",
+    "X-Content-Type-Options": "nosniff",
+    "X-XSS-Protection": "1; mode=block",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+
+access_log = logging.getLogger("cloudtolocalllm.access")
+
+
+def _incoming_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def route_template(scope: Scope, root_path: str) -> str:
+    """The matched route's template (``/api/items/{id}``), never the concrete path or query."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return UNMATCHED_ROUTE
+    # Inside a Mount, starlette records only the inner route; its static prefix is in root_path.
+    mount_prefix = str(scope.get("root_path", ""))[len(root_path) :]
+    return mount_prefix + path
+
+
+class RequestContextMiddleware:
+    """Sets the request id, logs one access line and records metrics for each HTTP/WebSocket request."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope)
+        token = request_id_var.set(request_id)
+        root_path = str(scope.get("root_path", ""))
+        started = time.perf_counter()
+        status = 0
+        sent_bytes = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, sent_bytes
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start"):
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+            elif kind in ("http.response.body", "websocket.http.response.body"):
+                sent_bytes += len(message.get("body", b""))
+            elif kind == "websocket.accept":
+                status = 101
+                headers = MutableHeaders(raw=list(message.get("headers", [])))
+                headers[REQUEST_ID_HEADER] = request_id
+                message["headers"] = headers.raw
+            elif kind == "websocket.close" and status == 0:
+                status = 403  # closed before accept: the server refuses the handshake
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+            route = route_template(scope, root_path)
+            self.metrics.observe(method, route, status, elapsed)
+            access_log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "bytes": sent_bytes,
+                },
+            )
+            request_id_var.reset(token)
+
+
+class SecurityHeadersMiddleware:
+    """Adds the security headers to every HTTP response, including errors and redirects."""
+
+    def __init__(self, app: ASGIApp, headers: Iterable[tuple[str, str]]) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw: list[tuple[bytes, bytes]] = list(message.get("headers", []))
+                present = {name.lower() for name, _ in raw}
+                # A handler may set a stricter value (e.g. a page-specific CSP); keep it.
+                raw.extend(item for item in self.headers if item[0] not in present)
+                message = {**message, "headers": raw}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

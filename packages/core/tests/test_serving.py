@@ -1,0 +1,88 @@
+"""The serve helper in a real process: settings errors, graceful SIGTERM with a request in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SERVICE = Path(__file__).with_name("sample_service.py")
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(SERVICE)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def service() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = _start({"SAMPLE_PORT": "0", "SAMPLE_GREETING": "hi"})
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            record = json.loads(line)
+            port = record.get("port") if record["msg"] == "listening" else None
+        assert port, "the service did not report its port"
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_bad_settings_exit_2_naming_every_variable() -> None:
+    proc = _start({"SAMPLE_PORT": "not-a-port", "SAMPLE_GRACEFUL_TIMEOUT_S": "soon"})
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert stderr.startswith("sample-service: invalid configuration:")
+    for name in ("SAMPLE_PORT", "SAMPLE_GREETING", "SAMPLE_GRACEFUL_TIMEOUT_S"):
+        assert name in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
+    service: tuple[subprocess.Popen[str], str],
+) -> None:
+    proc, base_url = service
+    async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
+        assert (await client.get("/health")).status_code == 200
+        in_flight = asyncio.create_task(client.get("/slow", params={"seconds": "1.5"}))
+        await asyncio.sleep(0.4)
+        proc.send_signal(signal.SIGTERM)
+        response = await in_flight
+    assert response.status_code == 200
+    assert response.json() == {"done": True, "greeting": "hi"}
+    assert await asyncio.to_thread(proc.wait, 15) == 0
+
+
+async def test_after_sigterm_new_connections_are_refused(service: tuple[subprocess.Popen[str], str]) -> None:
+    proc, base_url = service
+    async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
+        in_flight = asyncio.create_task(client.get("/slow", params={"seconds": "2"}))
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=base_url, timeout=2) as fresh:
+            with pytest.raises(httpx.TransportError):
+                await fresh.get("/health")
+        assert (await in_flight).status_code == 200
+    assert await asyncio.to_thread(proc.wait, 15) == 0
