@@ -94,3 +94,17 @@ for _folder, _dist_name in PACKAGES.items():
         _dist(session, dist)
 
     _dist_session.__doc__ = f"Build the wheel and sdist of {_dist_name} into dist/."
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Measure and report (``-- --json PATH`` to save); never fails on a timing."""
+    _uv_sync(session, "--all-packages", "--all-groups")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(default=True)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with MkDocs in strict mode (broken links fail)."""
+    _uv_sync(session, "--only-group", "docs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
