@@ -52,7 +52,7 @@ def _wait_healthy(service: Service, proc: subprocess.Popen[bytes], timeout_s: fl
         if proc.poll() is not None:
             raise SystemExit(f"{service.name} exited with status {proc.returncode}; see its log lines above")
         try:
-            with urllib.request.urlopen(service.health_url, timeout=1) as response:  # noqa: S310 - loopback URL
+            with urllib.request.urlopen(service.health_url, timeout=1) as response:  # noqa: S310 - loopback URL only
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -89,12 +89,12 @@ def main() -> None:
     for service in _services(args):
         if not service.available():
             continue
-        proc = subprocess.Popen(service.command, env={**base_env, **service.env})  # noqa: S603
+        proc = subprocess.Popen(service.command, env={**base_env, **service.env})
         running.append((service, proc))
         _wait_healthy(service, proc)
         print(f"devstack: {service.name} is up ({service.health_url})", file=sys.stderr)
 
-    token = subprocess.run(  # noqa: S603
+    token = subprocess.run(
         [str(BIN / "cloudtolocalllm-dev-issuer"), "token", "--sub", "dev-user"],
         env=base_env,
         capture_output=True,
