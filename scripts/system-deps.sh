@@ -20,7 +20,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts nginx on install; our tests run their own instances.
   if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then $SUDO systemctl stop nginx; fi
-  pkill -x nginx 2>/dev/null || true
+  # Stop only the distro service instance, by the pid file it wrote (never by process name: other
+  # nginx instances on this machine, e.g. running test suites, are not ours to kill).
+  if [ -s /run/nginx.pid ]; then $SUDO kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi
 fi
 
 command -v uv >/dev/null && command -v nox >/dev/null || python3 -m pip install --user --quiet "uv>=0.8" "nox>=2025.2.9"

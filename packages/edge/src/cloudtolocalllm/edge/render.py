@@ -1,0 +1,511 @@
+"""Render an :class:`~cloudtolocalllm.edge.config.EdgeConfig` into one deterministic nginx.conf.
+
+Plain Python rather than a template engine: every value passes through one quoting function, mypy checks
+the whole thing, and the package needs no extra dependency.
+
+Rules that keep the original system's traps closed:
+
+- Security headers are rendered with ``always`` into *every* server and *every* location (nginx drops all
+  inherited ``add_header`` lines in a block that has one of its own), including the named error locations.
+- Cache rules are one ``map`` over the path, evaluated in file order, never regex ``location`` blocks, so
+  location ordering cannot hand the app bundle a one-year lifetime. They apply to successful responses only.
+- ``proxy_pass`` carries no URI part, so the request URI reaches the upstream unchanged (``/api/...`` stays
+  ``/api/...``).
+- The access log is JSON (``escape=json``) in core's log schema; its path comes from ``$request_uri`` cut
+  at the first ``?``, so query strings (which may carry tokens) and headers are never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Final
+
+from cloudtolocalllm.edge.config import EdgeConfig, Route, Site
+from cloudtolocalllm.edge.version import __version__
+
+__all__ = ["GENERATION_PLACEHOLDER", "TEMP_DIRS", "quote", "render"]
+
+GENERATION_PLACEHOLDER: Final = "@@GENERATION@@"
+TEMP_DIRS: Final = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+# nginx serves only a few files itself (ACME challenges, error pages); upstreams send their own types.
+_MIME_TYPES: Final = (
+    ("text/html", "html htm"),
+    ("text/plain", "txt"),
+    ("text/css", "css"),
+    ("application/javascript", "js mjs"),
+    ("application/json", "json"),
+    ("image/svg+xml", "svg"),
+    ("image/png", "png"),
+    ("image/x-icon", "ico"),
+)
+_SUCCESS_STATUSES: Final = "200|203|204|206|304"
+
+
+def quote(value: str) -> str:
+    """A double-quoted nginx string. Callers pass validated literals (no ``$``, no control characters)."""
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in value):
+        raise ValueError(f"control character in nginx value {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _seconds(value: float) -> str:
+    ms = round(value * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, *parts: str) -> None:
+        self.lines.append("    " * self.depth + " ".join(parts) + ";")
+
+    def comment(self, text: str) -> None:
+        self.lines.append("    " * self.depth + "# " + text)
+
+    def blank(self) -> None:
+        self.lines.append("")
+
+    @contextmanager
+    def block(self, *parts: str) -> Iterator[None]:
+        self.lines.append("    " * self.depth + " ".join(parts) + " {")
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            self.lines.append("    " * self.depth + "}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class _Renderer:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        healthy: Mapping[str, Sequence[str]] | None,
+        certificate: tuple[str, str] | None,
+    ) -> None:
+        self.c = config
+        self.w = _Writer()
+        self.runtime = config.nginx.runtime_dir
+        self.healthy = {
+            name: [i for i in pool.instances if healthy is None or i in healthy.get(name, ())]
+            for name, pool in config.upstreams.items()
+        }
+        self.certificate = certificate or (
+            config.expand(config.tls.certificate),
+            config.expand(config.tls.certificate_key),
+        )
+
+    # -- headers ---------------------------------------------------------------------------------------
+
+    def security_headers(self, *, tls: bool, csp: str | None = None) -> None:
+        """The full header set, repeated in every block that adds any header (``add_header`` inheritance)."""
+        w = self.w
+        for name, value in self.c.headers.items(csp=csp):
+            w("add_header", name, quote(value), "always")
+        if tls and self.c.tls.hsts_max_age:
+            hsts = f"max-age={self.c.tls.hsts_max_age}"
+            if self.c.tls.hsts_include_subdomains:
+                hsts += "; includeSubDomains"
+            if self.c.tls.hsts_preload:
+                hsts += "; preload"
+            w("add_header", "Strict-Transport-Security", quote(hsts), "always")
+        w("add_header", "X-Request-ID", "$edge_request_id", "always")
+
+    # -- top level -------------------------------------------------------------------------------------
+
+    def render(self) -> str:
+        w, c = self.w, self.c
+        w.comment(f"Rendered by cloudtolocalllm-edge {__version__}. Do not edit: change the edge config.")
+        w.comment(f"generation {GENERATION_PLACEHOLDER}")
+        w("daemon", "off")
+        if c.nginx.user:
+            w("user", c.nginx.user)
+        w("worker_processes", c.nginx.worker_processes)
+        w("pid", quote(posixpath.join(self.runtime, "nginx.pid")))
+        w("error_log", quote(c.logging.error_log), c.logging.error_level)
+        w.blank()
+        with w.block("events"):
+            w("worker_connections", str(c.nginx.worker_connections))
+        w.blank()
+        with w.block("http"):
+            self.http()
+        return w.text()
+
+    def http(self) -> None:
+        w, c = self.w, self.c
+        w("server_tokens", "off")
+        with w.block("types"):
+            for mime, exts in _MIME_TYPES:
+                w(mime, exts)
+        w("default_type", "application/octet-stream")
+        w("sendfile", "on")
+        w("tcp_nodelay", "on")
+        w("keepalive_timeout", _seconds(c.nginx.keepalive_timeout))
+        for name in TEMP_DIRS:
+            w(f"{name}_temp_path", quote(posixpath.join(self.runtime, "tmp", name)))
+        w.blank()
+        w.comment("The real client address: X-Forwarded-For is believed only from the trusted proxies.")
+        for address in c.trusted_proxies.addresses:
+            w("set_real_ip_from", address)
+        if c.trusted_proxies.addresses:
+            w("real_ip_header", c.trusted_proxies.header)
+            w("real_ip_recursive", "on")
+        w.blank()
+        self.maps()
+        w.blank()
+        self.access_log_format()
+        w.blank()
+        for name, limit in c.rate_limits.items():
+            rate = f"{limit.rate}r/{limit.per}"
+            w("limit_req_zone", "$binary_remote_addr", f"zone=edge_{name}:{limit.zone_size}", f"rate={rate}")
+        w("limit_req_status", "429")
+        w("limit_req_log_level", "warn")
+        w.blank()
+        if c.gzip.enabled:
+            w("gzip", "on")
+            w("gzip_vary", "on")
+            w("gzip_proxied", "any")
+            w("gzip_comp_level", str(c.gzip.level))
+            w("gzip_min_length", str(c.gzip.min_length))
+            w("gzip_types", *c.gzip.types)
+        else:
+            w("gzip", "off")
+        w.blank()
+        if c.tls.enabled:
+            cert, key = self.certificate
+            w("ssl_certificate", quote(cert))
+            w("ssl_certificate_key", quote(key))
+            w("ssl_protocols", *c.tls.protocols)
+            w("ssl_ciphers", c.tls.ciphers)
+            w("ssl_prefer_server_ciphers", "off")
+            w("ssl_session_cache", "shared:edge_tls:10m")
+            w("ssl_session_timeout", "1d")
+            w("ssl_session_tickets", "off")
+            w.blank()
+        self.upstreams()
+        self.redirect_server()
+        for site in c.sites:
+            w.blank()
+            self.site(site)
+        w.blank()
+        self.default_server()
+
+    def maps(self) -> None:
+        w = self.w
+        with w.block("map", "$http_upgrade", "$connection_upgrade"):
+            w("default", "upgrade")
+            w('""', "close")
+        w.comment("A caller's request id is kept only if it is short and inert (no log or header injection).")
+        with w.block("map", "$http_x_request_id", "$edge_request_id"):
+            w(quote("~^[A-Za-z0-9._:-]{1,128}$"), "$http_x_request_id")
+            w("default", "$request_id")
+        w.comment(
+            "Cache-Control: the first matching rule, for successful responses; else the upstream's own."
+        )
+        with w.block("map", "$uri", "$edge_cache_rule"):
+            w("default", '""')
+            for rule in self.c.cache_rules:
+                w(quote("~" + rule.pattern), quote(rule.cache_control))
+        with w.block("map", quote("$status:$edge_cache_rule"), "$edge_cache_control"):
+            w(quote(f"~^(?:{_SUCCESS_STATUSES}):(?<edge_cc>.+)$"), "$edge_cc")
+            w("default", "$upstream_http_cache_control")
+
+    def access_log_format(self) -> None:
+        w, c = self.w, self.c
+        w.comment("Access log fields follow core's log schema; the path never includes the query string.")
+        with w.block("map", "$request_uri", "$edge_log_path"):
+            w(quote("~^(?<edge_p>[^?]*)"), "$edge_p")
+        with w.block("map", "$time_iso8601", "$edge_log_time"):
+            w(quote(r"~^(?<edge_t>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"), "$edge_t")
+        with w.block("map", "$time_iso8601", "$edge_log_tz"):
+            w(quote(r"~\+00:00$"), "Z")
+            w(quote(r"~(?<edge_z>[+-]\d\d:\d\d)$"), "$edge_z")
+        with w.block("map", "$msec", "$edge_log_ms"):
+            w(quote(r"~\.(?<edge_ms>\d{3})$"), "$edge_ms")
+            w("default", "000")
+        with w.block("map", "$request_time", "$edge_duration_ms"):
+            w(quote(r"~^0\.0*(?<edge_ms>\d+)$"), "$edge_ms")
+            w(quote(r"~^(?<edge_s>\d+)\.(?<edge_ms>\d+)$"), quote("${edge_s}${edge_ms}"))
+            w("default", "0")
+        with w.block("map", "$status", "$edge_log_level"):
+            w(quote("~^5"), "error")
+            w(quote("~^4"), "warning")
+            w("default", "info")
+        fields = [
+            ('"ts"', '"${edge_log_time}.${edge_log_ms}${edge_log_tz}"'),
+            ('"level"', '"$edge_log_level"'),
+            ('"service"', f'"{c.logging.service}"'),
+            ('"version"', f'"{__version__}"'),
+            ('"logger"', '"nginx.access"'),
+            ('"request_id"', '"$edge_request_id"'),
+            ('"msg"', '"request"'),
+            ('"method"', '"$request_method"'),
+            ('"route"', '"$edge_route"'),
+            ('"path"', '"$edge_log_path"'),
+            ('"status"', "$status"),
+            ('"duration_ms"', "$edge_duration_ms"),
+            ('"bytes"', "$body_bytes_sent"),
+            ('"host"', '"$host"'),
+            ('"client"', '"$remote_addr"'),
+            ('"upstream"', '"$edge_upstream"'),
+            ('"upstream_addr"', '"$upstream_addr"'),
+            ('"upstream_status"', '"$upstream_status"'),
+        ]
+        body = "{" + ",".join(f"{k}:{v}" for k, v in fields) + "}"
+        w("log_format", "edge_json", "escape=json", "'" + body + "'")
+        w("access_log", quote(c.logging.access_log), "edge_json")
+
+    def upstreams(self) -> None:
+        w = self.w
+        for name, pool in self.c.upstreams.items():
+            instances = self.healthy[name]
+            if not instances:
+                w.comment(f"upstream {name}: no healthy instance; its routes answer 503 directly")
+                continue
+            with w.block("upstream", name):
+                if pool.balance == "least_conn":
+                    w("least_conn")
+                for instance in instances:
+                    w("server", instance)
+                if pool.keepalive:
+                    w("keepalive", str(pool.keepalive))
+            w.blank()
+
+    # -- servers ---------------------------------------------------------------------------------------
+
+    def listen(self, *, tls: bool, default: bool = False) -> None:
+        c = self.c
+        port = c.listen.https_port if tls else c.listen.http_port
+        for address in c.listen.addresses:
+            host = f"[{address.strip('[]')}]" if ":" in address else address
+            parts = [f"{host}:{port}"]
+            if tls:
+                parts.append("ssl")
+                if c.tls.http2:
+                    parts.append("http2")
+            if default:
+                parts.append("default_server")
+            self.w("listen", *parts)
+
+    def all_hosts(self) -> list[str]:
+        return [host for site in self.c.sites for host in self.c.hosts(site)]
+
+    def redirect_server(self) -> None:
+        """Plain HTTP when TLS is on: ACME challenges, /health, and a redirect keeping host and path."""
+        c, w = self.c, self.w
+        if not (c.tls.enabled and c.tls.redirect_http):
+            return
+        with w.block("server"):
+            self.listen(tls=False)
+            w("server_name", *self.all_hosts())
+            w('set $edge_route "redirect"')
+            w('set $edge_upstream ""')
+            self.security_headers(tls=False)
+            self.acme_location()
+            self.health_location(tls=False)
+            port = "" if c.listen.public_https_port == 443 else f":{c.listen.public_https_port}"
+            with w.block("location", "/"):
+                self.security_headers(tls=False)
+                w("return", str(c.tls.redirect_status), f"https://$host{port}$request_uri")
+        w.blank()
+
+    def acme_location(self) -> None:
+        w = self.w
+        with w.block("location", "^~", "/.well-known/acme-challenge/"):
+            w('set $edge_route "acme"')
+            self.security_headers(tls=False)
+            w("root", quote(self.c.acme.webroot))
+            w("default_type", "text/plain")
+            w("try_files", "$uri", "=404")
+
+    def health_location(self, *, tls: bool, csp: str | None = None) -> None:
+        w = self.w
+        with w.block("location", "=", "/health"):
+            w("access_log", "off")
+            self.security_headers(tls=tls, csp=csp)
+            w("add_header", "Cache-Control", quote("no-store"), "always")
+            w("default_type", "application/json")
+            body = (
+                f'{{"status":"ok","service":"{self.c.logging.service}","config":"{GENERATION_PLACEHOLDER}"}}'
+            )
+            w("return", "200", "'" + body + "\\n'")
+
+    def site(self, site: Site) -> None:
+        c, w = self.c, self.w
+        tls = c.tls.enabled
+        with w.block("server"):
+            if tls:
+                self.listen(tls=True)
+            plain = not tls or not c.tls.redirect_http
+            if plain:
+                self.listen(tls=False)
+            w("server_name", *c.hosts(site))
+            w('set $edge_route ""')
+            w('set $edge_upstream ""')
+            csp = site.content_security_policy
+            self.security_headers(tls=tls, csp=csp)
+            if plain:
+                self.acme_location()
+            self.health_location(tls=tls, csp=csp)
+            for route in site.routes:
+                self.route(site, route)
+            self.error_locations(tls=tls, csp=csp)
+
+    def route(self, site: Site, route: Route) -> None:
+        c, w = self.c, self.w
+        tls = c.tls.enabled
+        csp = site.content_security_policy
+        where = ("=", route.path) if route.exact else (route.path,)
+        suffix = "json" if route.json_errors else "html"
+        with w.block("location", *where):
+            w("set", "$edge_route", quote(route.path))
+            w("set", "$edge_upstream", quote(route.upstream))
+            self.security_headers(tls=tls, csp=csp)
+            if not self.healthy[route.upstream]:
+                w("add_header", "Retry-After", "5", "always")
+                self.unavailable_body(route.json_errors)
+                return
+            if route.rate_limit is not None:
+                limit = c.rate_limits[route.rate_limit]
+                parts = [f"zone=edge_{route.rate_limit}"]
+                if limit.burst:
+                    parts.append(f"burst={limit.burst}")
+                    parts.append("nodelay" if limit.delay is None else f"delay={limit.delay}")
+                w("limit_req", *parts)
+                w("error_page", "429", f"@edge_429_{route.rate_limit}_{suffix}")
+            w("error_page", "502", "503", f"@edge_503_{suffix}")
+            w("error_page", "504", f"@edge_504_{suffix}")
+            if route.json_errors:
+                w("error_page", "413", "@edge_413_json")
+            w("client_max_body_size", route.max_body_size)
+            w("proxy_pass", f"http://{route.upstream}")
+            w("proxy_http_version", "1.1")
+            w("proxy_set_header", "Host", "$host")
+            w("proxy_set_header", "X-Real-IP", "$remote_addr")
+            w("proxy_set_header", "X-Forwarded-For", "$remote_addr")
+            w("proxy_set_header", "X-Forwarded-Proto", "$scheme")
+            w("proxy_set_header", "X-Forwarded-Host", "$host")
+            w("proxy_set_header", "X-Request-ID", "$edge_request_id")
+            if route.websocket:
+                w("proxy_set_header", "Upgrade", "$http_upgrade")
+                w("proxy_set_header", "Connection", "$connection_upgrade")
+            else:
+                w("proxy_set_header", "Connection", '""')
+            timeouts = route.timeouts or c.timeouts
+            w("proxy_connect_timeout", _seconds(timeouts.connect))
+            w("proxy_read_timeout", _seconds(timeouts.read))
+            w("proxy_send_timeout", _seconds(timeouts.send))
+            if route.streaming or route.websocket:
+                w("proxy_buffering", "off")
+                w("proxy_request_buffering", "off")
+            # The edge's values are authoritative: hide the upstream's copies instead of sending two.
+            for name, _ in c.headers.items(csp=csp):
+                w("proxy_hide_header", name)
+            w("proxy_hide_header", "Strict-Transport-Security")
+            w("proxy_hide_header", "X-Request-ID")
+            if route.cache_rules and c.cache_rules:
+                w("proxy_hide_header", "Cache-Control")
+                w("add_header", "Cache-Control", "$edge_cache_control", "always")
+
+    def unavailable_body(self, json_errors: bool) -> None:
+        w = self.w
+        if json_errors:
+            w("default_type", "application/json")
+            w(
+                "return",
+                "503",
+                "'" + '{"error":"service unavailable: no healthy upstream instance, retry later"}' + "\\n'",
+            )
+        else:
+            w("default_type", "text/html")
+            page = (
+                "<!doctype html><html><head><title>503 Service Unavailable</title></head><body>"
+                "<h1>Service unavailable</h1><p>This service is restarting or down for maintenance. "
+                "Please retry in a few seconds.</p></body></html>"
+            )
+            w("return", "503", "'" + page + "\\n'")
+
+    def error_locations(self, *, tls: bool, csp: str | None) -> None:
+        w = self.w
+        used = {r.rate_limit for s in self.c.sites for r in s.routes if r.rate_limit is not None}
+        for name in sorted(used):
+            limit = self.c.rate_limits[name]
+            for suffix in ("json", "html"):
+                with w.block("location", f"@edge_429_{name}_{suffix}"):
+                    self.security_headers(tls=tls, csp=csp)
+                    w("add_header", "Retry-After", str(limit.retry_after_s), "always")
+                    if suffix == "json":
+                        w("default_type", "application/json")
+                        w("return", "429", "'" + '{"error":"rate limit exceeded, retry later"}' + "\\n'")
+                    else:
+                        w("default_type", "text/html")
+                        w(
+                            "return",
+                            "429",
+                            "'<!doctype html><h1>Too many requests</h1><p>Retry later.</p>\\n'",
+                        )
+        for suffix in ("json", "html"):
+            with w.block("location", f"@edge_503_{suffix}"):
+                self.security_headers(tls=tls, csp=csp)
+                w("add_header", "Retry-After", "5", "always")
+                self.unavailable_body(suffix == "json")
+            with w.block("location", f"@edge_504_{suffix}"):
+                self.security_headers(tls=tls, csp=csp)
+                if suffix == "json":
+                    w("default_type", "application/json")
+                    w("return", "504", "'" + '{"error":"upstream timed out"}' + "\\n'")
+                else:
+                    w("default_type", "text/html")
+                    w("return", "504", "'<!doctype html><h1>Gateway timeout</h1>\\n'")
+        with w.block("location", "@edge_413_json"):
+            self.security_headers(tls=tls, csp=csp)
+            w("default_type", "application/json")
+            w("return", "413", "'" + '{"error":"request body too large"}' + "\\n'")
+
+    def default_server(self) -> None:
+        """Requests for a host no site serves: 404, never another site's content or a redirect elsewhere."""
+        c, w = self.c, self.w
+        for tls in (True, False) if c.tls.enabled else (False,):
+            with w.block("server"):
+                self.listen(tls=tls, default=True)
+                w("server_name", '""')
+                w('set $edge_route "unknown-host"')
+                w('set $edge_upstream ""')
+                self.security_headers(tls=tls)
+                w("default_type", "text/plain")
+                w("return", "404", "'unknown host\\n'")
+            w.blank()
+
+
+def render(
+    config: EdgeConfig,
+    *,
+    healthy: Mapping[str, Sequence[str]] | None = None,
+    certificate: tuple[str, str] | None = None,
+) -> str:
+    """The nginx.conf text for ``config``; the same inputs always give the same bytes.
+
+    ``healthy`` maps a pool name to its instances currently passing health checks (``None``: all of them);
+    a pool left with none has its routes answer 503 directly. ``certificate`` overrides the configured
+    certificate and key paths (the controller's self-signed bootstrap pair).
+    """
+    text = _Renderer(config, healthy, certificate).render()
+    generation = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return text.replace(GENERATION_PLACEHOLDER, generation)
+
+
+def generation_of(text: str) -> str | None:
+    """The generation id written into a rendered config (``None`` if absent)."""
+    for line in text.splitlines()[:3]:
+        if line.startswith("# generation "):
+            return line.removeprefix("# generation ").strip()
+    return None

@@ -1,0 +1,103 @@
+"""Fixtures: real nginx on ephemeral loopback ports in front of real upstream servers (hypercorn)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# pytest runs with --import-mode=importlib, which puts no test folder on sys.path: add ours for the helpers.
+sys.path.insert(0, str(Path(__file__).parent))
+from cloudtolocalllm.edge.certs import write_self_signed
+from cloudtolocalllm.edge.config import parse_config
+from cloudtolocalllm.edge.nginx import Nginx
+from cloudtolocalllm.edge.render import render
+from edge_harness import (
+    HOSTS,
+    POOLS,
+    Edge,
+    UpstreamServers,
+    base_config,
+    free_port,
+    merge,
+    pool_instances,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def upstreams() -> Iterator[UpstreamServers]:
+    servers = UpstreamServers([f"{pool}#{i}" for pool, count in POOLS.items() for i in range(1, count + 1)])
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "fullchain.pem", folder / "privkey.pem"
+    write_self_signed([*HOSTS, "127.0.0.1"], cert, key)
+    return cert, key
+
+
+@pytest.fixture
+def make_edge(
+    upstreams: UpstreamServers, tls_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Edge]]:
+    """Start nginx on a configuration derived from the test defaults; stopped when the test ends."""
+    started: list[Edge] = []
+
+    def start(overrides: dict[str, Any] | None = None, instances: dict[str, list[str]] | None = None) -> Edge:
+        edge = start_edge(tmp_path_factory, tls_files, instances or pool_instances(upstreams), overrides)
+        started.append(edge)
+        return edge
+
+    yield start
+    for edge in started:
+        edge.close()
+
+
+@pytest.fixture(scope="module")
+def edge(
+    upstreams: UpstreamServers, tls_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Edge]:
+    """The default configuration (TLS on, the seed's routing on the dev domains), shared by a module."""
+    instance = start_edge(tmp_path_factory, tls_files, pool_instances(upstreams), None)
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def start_edge(
+    factory: pytest.TempPathFactory,
+    tls_files: tuple[Path, Path],
+    instances: dict[str, list[str]],
+    overrides: dict[str, Any] | None,
+) -> Edge:
+    if shutil.which("nginx") is None:
+        pytest.fail("nginx is not installed: run scripts/system-deps.sh")
+    runtime = factory.mktemp("edge")
+    (runtime / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True)
+    failure = ""
+    for _attempt in range(3):  # a port seen free may be taken by someone else before nginx binds it
+        http_port, https_port = free_port(), free_port()
+        data = base_config(runtime, instances, tls_files, http_port, https_port)
+        config = parse_config(merge(data, overrides or {}))
+        nginx = Nginx(runtime, binary=config.nginx.binary)
+        nginx.install(render(config))
+        error_log = runtime / "error.log"
+        with error_log.open("ab") as stderr:
+            nginx.start(stderr=stderr)
+        edge = Edge(config, nginx, http_port, https_port, runtime / "access.log", error_log, tls_files[0])
+        wait_for(edge.started_or_exited, "nginx to serve")
+        if edge.nginx.running:
+            return edge
+        edge.close()
+        failure = error_log.read_text()
+    raise AssertionError(f"nginx did not start: {failure}")
