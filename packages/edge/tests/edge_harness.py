@@ -135,7 +135,7 @@ class Edge:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        client = httpx.Client(verify=self.ssl_context(), timeout=10, **kwargs)
+        client = httpx.Client(verify=self.ssl_context(), **{"timeout": 10, **kwargs})
         self.clients.append(client)
         return client
 
@@ -168,8 +168,9 @@ class Edge:
 
     def serving_generation(self) -> str | None:
         try:
+            host = self.config.hosts(self.config.sites[0])[0]
             response = httpx.get(
-                f"http://127.0.0.1:{self.http_port}/health", headers={"Host": "localhost"}, timeout=2
+                f"http://127.0.0.1:{self.http_port}/health", headers={"Host": host}, timeout=2
             )
         except httpx.HTTPError:
             return None
@@ -214,3 +215,24 @@ def released(gate: Any) -> Iterator[None]:
         yield
     finally:
         gate.release.set()
+
+
+SECURITY_HEADERS = {
+    "x-frame-options": "SAMEORIGIN",
+    "x-content-type-options": "nosniff",
+    "x-xss-protection": "1; mode=block",
+    "referrer-policy": "strict-origin-when-cross-origin",
+}
+
+
+def assert_security_headers(response: httpx.Response, *, tls: bool) -> None:
+    """The seed's security headers, each exactly once, plus CSP; HSTS on TLS responses only."""
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get_list(name) == [value], (name, response.status_code, response.url)
+    assert len(response.headers.get_list("content-security-policy")) == 1
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    hsts = response.headers.get_list("strict-transport-security")
+    assert hsts == (["max-age=63072000; includeSubDomains"] if tls else []), (
+        response.status_code,
+        response.url,
+    )
