@@ -99,9 +99,7 @@ def free_port() -> int:
 
 
 def pool_instances(servers: UpstreamServers) -> dict[str, list[str]]:
-    return {
-        pool: [servers.addresses[f"{pool}#{i}"] for i in range(1, count + 1)] for pool, count in POOLS.items()
-    }
+    return {pool: [servers.addresses[f"{pool}#{i}"] for i in range(1, count + 1)] for pool, count in POOLS.items()}
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -145,9 +143,7 @@ class Edge:
             return f"https://127.0.0.1:{self.https_port}{path}"
         return f"http://127.0.0.1:{self.http_port}{path}"
 
-    def request(
-        self, method: str, host: str, path: str, *, tls: bool | None = None, **kwargs: Any
-    ) -> httpx.Response:
+    def request(self, method: str, host: str, path: str, *, tls: bool | None = None, **kwargs: Any) -> httpx.Response:
         headers = {"Host": host, **kwargs.pop("headers", {})}
         client = self.clients[0] if self.clients else self.client()
         return client.request(method, self.url(path, tls=tls), headers=headers, **kwargs)
@@ -169,9 +165,7 @@ class Edge:
     def serving_generation(self) -> str | None:
         try:
             host = self.config.hosts(self.config.sites[0])[0]
-            response = httpx.get(
-                f"http://127.0.0.1:{self.http_port}/health", headers={"Host": host}, timeout=2
-            )
+            response = httpx.get(f"http://127.0.0.1:{self.http_port}/health", headers={"Host": host}, timeout=2)
         except httpx.HTTPError:
             return None
         return response.json().get("config") if response.status_code == 200 else None

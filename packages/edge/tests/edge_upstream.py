@@ -59,9 +59,7 @@ def build_app(name: str, shared: Shared) -> Starlette:
         )
 
     async def health(request: Request) -> Response:
-        return JSONResponse(
-            {"status": "ok" if healthy["ok"] else "down"}, status_code=200 if healthy["ok"] else 503
-        )
+        return JSONResponse({"status": "ok" if healthy["ok"] else "down"}, status_code=200 if healthy["ok"] else 503)
 
     async def set_health(request: Request) -> Response:
         healthy["ok"] = request.query_params["ok"] == "1"
@@ -104,9 +102,7 @@ def build_app(name: str, shared: Shared) -> Starlette:
         return JSONResponse({"upstream": name, "received": gate.received})
 
     async def big(request: Request) -> Response:
-        return JSONResponse(
-            {"upstream": name, "items": [{"id": i, "text": "lorem ipsum dolor"} for i in range(500)]}
-        )
+        return JSONResponse({"upstream": name, "items": [{"id": i, "text": "lorem ipsum dolor"} for i in range(500)]})
 
     async def big_ndjson(request: Request) -> Response:
         return Response(b'{"x":"lorem ipsum dolor sit amet"}\n' * 200, media_type="application/x-ndjson")

@@ -36,9 +36,7 @@ def test_setting_the_domain_gives_the_production_table() -> None:
     config = parse_config({"domain": "cloudtolocalllm.online"})
     hosts = {host for site in config.sites for host in config.hosts(site)}
     assert hosts == {"cloudtolocalllm.online", "docs.cloudtolocalllm.online", "app.cloudtolocalllm.online"}
-    assert (
-        config.expand(config.tls.certificate) == "/etc/letsencrypt/live/cloudtolocalllm.online/fullchain.pem"
-    )
+    assert config.expand(config.tls.certificate) == "/etc/letsencrypt/live/cloudtolocalllm.online/fullchain.pem"
 
 
 def test_default_limits_headers_and_timeouts_match_the_seed() -> None:
@@ -117,17 +115,14 @@ def test_the_example_file_loads() -> None:
             "expected a URL path starting with '/'",
         ),
         (
-            "[[sites]]\nname = 'a'\nhosts = ['x']\nroutes = []\n"
-            "[[sites]]\nname = 'b'\nhosts = ['x']\nroutes = []\n",
+            "[[sites]]\nname = 'a'\nhosts = ['x']\nroutes = []\n[[sites]]\nname = 'b'\nhosts = ['x']\nroutes = []\n",
             "$.sites[1].hosts[0]",
             "'x' is already served by site 'a'",
         ),
         ("domain = 'bad domain'\n", "$.domain", "expected a host name"),
     ],
 )
-def test_a_bad_file_names_the_field_and_the_problem(
-    tmp_path: Path, text: str, path: str, fragment: str
-) -> None:
+def test_a_bad_file_names_the_field_and_the_problem(tmp_path: Path, text: str, path: str, fragment: str) -> None:
     file = tmp_path / "edge.toml"
     file.write_text(text)
     with pytest.raises(ConfigError) as caught:
@@ -162,3 +157,14 @@ def test_every_semantic_problem_is_reported_at_once() -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_pool_and_rate_limit_tables_merge_over_the_defaults() -> None:
+    config = parse_config(
+        {"upstreams": {"api-backend": {"instances": ["a:1", "b:2"]}}, "rate_limits": {"api": {"rate": 5}}}
+    )
+    assert config.upstreams["api-backend"].instances == ["a:1", "b:2"]
+    assert config.upstreams["static-site"].instances == ["static-site:80"]
+    assert config.rate_limits["api"].rate == 5
+    assert config.rate_limits["api"].burst == 0  # a table given is taken as written
+    assert config.rate_limits["general"].rate == 30

@@ -76,11 +76,7 @@ def test_every_server_and_location_repeats_the_full_security_header_set(tmp_path
 
 def test_proxy_pass_never_rewrites_the_uri(tmp_path: Path) -> None:
     # "proxy_pass http://pool/;" would strip the location prefix: /api/x would reach the backend as /x.
-    lines = [
-        line.strip()
-        for line in render(_config(tmp_path)).splitlines()
-        if line.strip().startswith("proxy_pass")
-    ]
+    lines = [line.strip() for line in render(_config(tmp_path)).splitlines() if line.strip().startswith("proxy_pass")]
     assert lines
     for line in lines:
         assert re.fullmatch(r"proxy_pass http://[A-Za-z0-9_-]+;", line), line
@@ -110,9 +106,7 @@ def test_streaming_and_websocket_routes_are_unbuffered_with_long_timeouts(tmp_pa
 
 
 def test_a_pool_without_healthy_instances_answers_503_directly(tmp_path: Path) -> None:
-    text = render(
-        _config(tmp_path), healthy={"static-site": ["static-site:80"], "flutter-app": ["flutter-app:80"]}
-    )
+    text = render(_config(tmp_path), healthy={"static-site": ["static-site:80"], "flutter-app": ["flutter-app:80"]})
     assert not re.search(r"^\s*upstream api-backend \{", text, re.MULTILINE)
     assert re.search(r"^\s*upstream static-site \{", text, re.MULTILINE)
     assert "proxy_pass http://api-backend" not in text
@@ -129,9 +123,7 @@ def test_nginx_accepts_the_default_render(tmp_path: Path, tls_files: tuple[Path,
     config = _config(
         tmp_path,
         tls={"certificate": str(tls_files[0]), "certificate_key": str(tls_files[1])},
-        upstreams={
-            name: {"instances": ["127.0.0.1:9"]} for name in ("static-site", "flutter-app", "api-backend")
-        },
+        upstreams={name: {"instances": ["127.0.0.1:9"]} for name in ("static-site", "flutter-app", "api-backend")},
         logging={"access_log": str(tmp_path / "access.log")},
     )
     nginx = Nginx(tmp_path)
@@ -144,9 +136,7 @@ def test_nginx_rejects_a_config_whose_certificate_is_missing(tmp_path: Path) -> 
     config = _config(
         tmp_path,
         tls={"certificate": str(tmp_path / "absent.pem"), "certificate_key": str(tmp_path / "k")},
-        upstreams={
-            name: {"instances": ["127.0.0.1:9"]} for name in ("static-site", "flutter-app", "api-backend")
-        },
+        upstreams={name: {"instances": ["127.0.0.1:9"]} for name in ("static-site", "flutter-app", "api-backend")},
         logging={"access_log": str(tmp_path / "access.log")},
     )
     nginx = Nginx(tmp_path)
@@ -167,3 +157,8 @@ def test_a_rejected_render_never_replaces_the_running_config(edge: Edge) -> None
     assert edge.nginx.running
     assert edge.serving_generation() == serving
     assert edge.get("app.localhost", "/api/still-up").status_code == 200
+
+
+def test_pools_no_route_uses_are_not_rendered(tmp_path: Path) -> None:
+    config = _config(tmp_path, upstreams={"spare": {"instances": ["unresolvable.invalid:80"]}})
+    assert "unresolvable.invalid" not in render(config)

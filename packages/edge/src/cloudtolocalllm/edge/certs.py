@@ -16,9 +16,7 @@ from cryptography.x509.oid import NameOID
 __all__ = ["certificate_fingerprint", "write_self_signed"]
 
 
-def write_self_signed(
-    hosts: Sequence[str], cert_path: str | Path, key_path: str | Path, *, days: int = 30
-) -> None:
+def write_self_signed(hosts: Sequence[str], cert_path: str | Path, key_path: str | Path, *, days: int = 30) -> None:
     """Write a fresh ECDSA P-256 key and a self-signed certificate for ``hosts`` (PEM; key mode 0600)."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []

@@ -443,7 +443,8 @@ _PATTERN_HELP: Final = {
 }
 _REGEX_MESSAGE: Final = re.compile(r"^Expected `str` matching regex '(?P<regex>.*)'$", re.DOTALL)
 # Mapping-valued fields: msgspec reports their errors at `[...]`; these are converted key by key instead.
-_KEYED_FIELDS: Final = {"rate_limits": RateLimit, "upstreams": Pool}
+# A file's entries are merged over the defaults: "[upstreams.api-backend]" alone changes only that pool.
+_KEYED_FIELDS: Final = {"rate_limits": (RateLimit, _default_rate_limits), "upstreams": (Pool, _default_upstreams)}
 
 
 def _problem(exc: msgspec.ValidationError, prefix: str = "$") -> tuple[str, str]:
@@ -459,7 +460,8 @@ def _problem(exc: msgspec.ValidationError, prefix: str = "$") -> tuple[str, str]
 def parse_config(data: dict[str, Any], source: str = "edge config") -> EdgeConfig:
     """Validate already-parsed TOML data; raise :class:`ConfigError` naming the field and the problem."""
     problems: list[tuple[str, str]] = []
-    for name, value_type in _KEYED_FIELDS.items():
+    data = dict(data)
+    for name, (value_type, defaults) in _KEYED_FIELDS.items():
         entries = data.get(name)
         if not isinstance(entries, dict):
             continue
@@ -468,6 +470,7 @@ def parse_config(data: dict[str, Any], source: str = "edge config") -> EdgeConfi
                 msgspec.convert(value, value_type)
             except msgspec.ValidationError as exc:
                 problems.append(_problem(exc, f"$.{name}.{key}"))
+        data[name] = {**msgspec.to_builtins(defaults()), **entries}
     if problems:
         raise ConfigError(problems, source)
     try:

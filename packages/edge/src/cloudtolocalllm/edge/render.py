@@ -208,9 +208,7 @@ class _Renderer:
         with w.block("map", "$http_x_request_id", "$edge_request_id"):
             w(quote("~^[A-Za-z0-9._:-]{1,128}$"), "$http_x_request_id")
             w("default", "$request_id")
-        w.comment(
-            "Cache-Control: the first matching rule, for successful responses; else the upstream's own."
-        )
+        w.comment("Cache-Control: the first matching rule, for successful responses; else the upstream's own.")
         with w.block("map", "$uri", "$edge_cache_rule"):
             w("default", '""')
             for rule in self.c.cache_rules:
@@ -266,7 +264,10 @@ class _Renderer:
 
     def upstreams(self) -> None:
         w = self.w
+        used = {route.upstream for site in self.c.sites for route in site.routes}
         for name, pool in self.c.upstreams.items():
+            if name not in used:
+                continue  # nginx would resolve its host names at start-up for nothing
             instances = self.healthy[name]
             if not instances:
                 w.comment(f"upstream {name}: no healthy instance; its routes answer 503 directly")
@@ -334,9 +335,7 @@ class _Renderer:
             self.security_headers(tls=tls, csp=csp)
             w("add_header", "Cache-Control", quote("no-store"), "always")
             w("default_type", "application/json")
-            body = (
-                f'{{"status":"ok","service":"{self.c.logging.service}","config":"{GENERATION_PLACEHOLDER}"}}'
-            )
+            body = f'{{"status":"ok","service":"{self.c.logging.service}","config":"{GENERATION_PLACEHOLDER}"}}'
             w("return", "200", "'" + body + "\\n'")
 
     def site(self, site: Site) -> None:
@@ -382,7 +381,8 @@ class _Renderer:
                     parts.append("nodelay" if limit.delay is None else f"delay={limit.delay}")
                 w("limit_req", *parts)
                 w("error_page", "429", f"@edge_429_{route.rate_limit}_{suffix}")
-            w("error_page", "502", "503", f"@edge_503_{suffix}")
+            # "=503": without it the final status stays the original 502 (nginx keeps err_status).
+            w("error_page", "502", "503", "=503", f"@edge_503_{suffix}")
             w("error_page", "504", f"@edge_504_{suffix}")
             if route.json_errors:
                 w("error_page", "413", "@edge_413_json")
