@@ -6,6 +6,7 @@ packages it declares and its own ``test`` dependency group, so an undeclared imp
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy over every package (strict for core, see pyproject.toml)."""
     _uv_sync(session, "--all-packages", "--all-groups")
-    session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), "noxfile.py")
+    # Namespace packages: mypy maps each src folder to `cloudtolocalllm.*` only if it is on its path.
+    mypy_path = os.pathsep.join(f"packages/{name}/src" for name in PACKAGES)
+    session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), env={"MYPYPATH": mypy_path})
 
 
 def _tests(session: nox.Session, folder: str, dist: str) -> None:
@@ -73,9 +76,7 @@ def _dist(session: nox.Session, dist: str) -> None:
     out = ROOT / "dist" / dist
     session.run("uv", "build", "--package", dist, "--out-dir", str(out), external=True)
     built = sorted(p.name for p in out.iterdir())
-    if not any(name.endswith(".whl") for name in built) or not any(
-        name.endswith(".tar.gz") for name in built
-    ):
+    if not any(name.endswith(".whl") for name in built) or not any(name.endswith(".tar.gz") for name in built):
         session.error(f"{dist}: expected a wheel and an sdist in {out}, found {built}")
     session.log(f"built {', '.join(built)}")
 

@@ -1,0 +1,62 @@
+"""Assemble the api-backend app from its settings."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+
+from cloudtolocalllm.bridge_api.bridge_socket import bridge_socket_endpoint
+from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
+from cloudtolocalllm.bridge_api.registry import BridgeRegistry
+from cloudtolocalllm.bridge_api.relay import RelayEndpoint
+from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.bridge_api.status import status_endpoint
+from cloudtolocalllm.bridge_api.version import __version__
+from cloudtolocalllm.core import HttpMetrics, ReadinessCheck, ServiceApp, ServiceInfo, create_app
+from cloudtolocalllm.core.auth import (
+    AuthSettings,
+    BearerAuthBackend,
+    TokenVerifier,
+    build_verifier,
+    dev_issuer_from,
+)
+
+__all__ = ["SERVICE_NAME", "build_app"]
+
+SERVICE_NAME = "api-backend"
+# An API serves no documents: nothing may be loaded, framed or embedded from its responses.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+def build_app(settings: ApiSettings, auth: AuthSettings, *, verifier: TokenVerifier | None = None) -> ServiceApp:
+    verifier = verifier or build_verifier(auth)
+    http_metrics = HttpMetrics()
+    metrics = TunnelMetrics(http_metrics.registry)
+    registry = BridgeRegistry(metrics)
+
+    async def accepting_traffic() -> bool:
+        return not registry.draining
+
+    routes: list[BaseRoute] = [
+        Route("/api/ollama/{path:path}", RelayEndpoint(registry, settings, metrics)),
+        Route("/api/bridge/status", status_endpoint(registry), methods=["GET"]),
+        WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, verifier, metrics)),
+    ]
+    if auth.dev_auth:
+        # Serve the dev issuer's discovery + JWKS where its issuer URL says, for OIDC clients in dev.
+        prefix = urlsplit(auth.dev_issuer_url).path.rstrip("/")
+        issuer_routes = dev_issuer_from(auth).routes()
+        routes.extend([Mount(prefix, routes=issuer_routes)] if prefix else issuer_routes)
+    app = create_app(
+        ServiceInfo(SERVICE_NAME, __version__),
+        routes,
+        auth=BearerAuthBackend(verifier),
+        readiness_checks=[ReadinessCheck("accepting-traffic", accepting_traffic, timeout_s=0.5)],
+        content_security_policy=API_CSP,
+        metrics=http_metrics,
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    app.state.verifier = verifier
+    return app

@@ -1,0 +1,120 @@
+"""``/ws/bridge``: the bridge's WebSocket. The token is verified before the upgrade (core's auth
+middleware answers 401 to a bad one); the first frame must be a compatible Hello, answered by a Welcome."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+
+from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
+from cloudtolocalllm.bridge_api.registry import BridgeRegistry
+from cloudtolocalllm.bridge_api.session import BridgeSession
+from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.core.auth import TokenVerifier, requires_auth
+from cloudtolocalllm.core.protocol import (
+    PROTOCOL_VERSION,
+    CloseCode,
+    Connection,
+    ConnectionProtocolError,
+    Hello,
+    Limits,
+    ProtocolError,
+    Role,
+    Welcome,
+    close_reason,
+)
+
+__all__ = ["bridge_socket_endpoint"]
+
+_BRIDGE_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MAX_MODELS: Final = 4096
+POLICY_VIOLATION: Final = 1008
+TRY_AGAIN_LATER: Final = 1013
+
+
+def _hello_problem(hello: Hello) -> str | None:
+    if not _BRIDGE_ID.fullmatch(hello.bridge_id):
+        return "bridge_id must be 1-64 characters of A-Z a-z 0-9 . _ -"
+    if len(hello.name) > 128 or len(hello.models) > _MAX_MODELS:
+        return "Hello too large (name > 128 characters or too many models)"
+    return None
+
+
+def bridge_socket_endpoint(
+    registry: BridgeRegistry, settings: ApiSettings, verifier: TokenVerifier, metrics: TunnelMetrics
+) -> Callable[[WebSocket], Awaitable[None]]:
+    limits = Limits(
+        max_frame_bytes=settings.max_frame_bytes,
+        initial_window=settings.stream_window_bytes,
+        max_concurrent_streams=settings.max_streams_per_bridge,
+    )
+
+    @requires_auth()
+    async def bridge_socket(websocket: WebSocket) -> None:
+        if registry.draining:
+            if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                response = JSONResponse({"error": "server is shutting down"}, 503, headers={"Retry-After": "1"})
+                await websocket.send_denial_response(response)
+            else:
+                await websocket.close(TRY_AGAIN_LATER, "server is shutting down")
+            return
+        principal = websocket.user.principal
+        await websocket.accept()
+        conn = Connection(Role.CLOUD)
+        try:
+            async with asyncio.timeout(settings.handshake_timeout_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            await websocket.close(CloseCode.PROTOCOL_VIOLATION, "no Hello within the handshake timeout")
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        try:
+            if message.get("bytes") is None:
+                raise ConnectionProtocolError("the first message must be a binary Hello frame")
+            hello = conn.receive(message["bytes"])
+        except ProtocolError as exc:
+            metrics.errors.labels("handshake").inc()
+            code = exc.close_code if isinstance(exc, ConnectionProtocolError) else CloseCode.PROTOCOL_VIOLATION
+            reason = exc.close_reason if isinstance(exc, ConnectionProtocolError) else str(exc)[:120]
+            await websocket.close(code, reason)
+            return
+        assert isinstance(hello, Hello)  # the connection accepts nothing else first
+        if problem := _hello_problem(hello):
+            await websocket.close(CloseCode.PROTOCOL_VIOLATION, close_reason(CloseCode.PROTOCOL_VIOLATION, problem))
+            return
+        user = principal.subject
+        known = {b.bridge_id for b in registry.bridges_for(user)}
+        if hello.bridge_id not in known and len(known) >= settings.max_bridges_per_user:
+            await websocket.close(POLICY_VIOLATION, f"too many bridges for this account (limit {len(known)})")
+            return
+        session = BridgeSession(
+            websocket=websocket,
+            conn=conn,
+            hello=hello,
+            user=user,
+            token_expires_at=principal.expires_at,
+            settings=settings,
+            verifier=verifier,
+            metrics=metrics,
+        )
+        welcome = Welcome(
+            version=PROTOCOL_VERSION,
+            session_id=session.session_id,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            limits=limits,
+            token_expires_at=principal.expires_at,
+        )
+        await websocket.send_bytes(conn.send(welcome))
+        await registry.add(session)
+        try:
+            await session.run()
+        finally:
+            registry.remove(session)
+
+    return bridge_socket

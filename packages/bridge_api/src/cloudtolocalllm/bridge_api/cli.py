@@ -1,0 +1,66 @@
+"""``cloudtolocalllm-api-backend``: run the api-backend service (the container's entrypoint)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from cloudtolocalllm.bridge_api.app import SERVICE_NAME, build_app
+from cloudtolocalllm.bridge_api.registry import BridgeRegistry
+from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.bridge_api.version import __version__
+from cloudtolocalllm.core import (
+    ServiceApp,
+    SettingsError,
+    bind_socket,
+    configure_logging,
+    exit_on_settings_error,
+    load_settings,
+    serve,
+)
+from cloudtolocalllm.core.auth import AuthSettings
+
+log = logging.getLogger(__name__)
+
+
+async def run(app: ServiceApp, settings: ApiSettings) -> None:
+    sock = bind_socket(settings.host, settings.port)
+    log.info("listening", extra={"host": settings.host, "port": sock.getsockname()[1]})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    registry: BridgeRegistry = app.state.registry
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        # Bridges reconnect elsewhere first; streams in flight get the graceful period to finish.
+        log.info("draining", extra={"bridges": len(registry.all_sessions())})
+        await registry.drain(settings.drain_retry_after_s, settings.graceful_timeout_s)
+
+    await serve(
+        app,
+        sock=sock,
+        graceful_timeout_s=settings.graceful_timeout_s,
+        shutdown_trigger=shutdown_trigger,
+        config_overrides={"websocket_max_message_size": settings.max_frame_bytes + 1024},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="cloudtolocalllm-api-backend", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.parse_args()
+    try:
+        settings = load_settings(ApiSettings, prefix="API_")
+        auth = load_settings(AuthSettings)
+    except SettingsError as exc:
+        exit_on_settings_error(exc, SERVICE_NAME)
+    configure_logging(SERVICE_NAME, __version__)
+    asyncio.run(run(build_app(settings, auth), settings))
+
+
+if __name__ == "__main__":
+    main()

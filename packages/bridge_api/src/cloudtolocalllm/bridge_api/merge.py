@@ -1,0 +1,97 @@
+"""Listings that span all of a user's bridges: ``/api/tags``, ``/api/ps`` and ``/v1/models``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Final
+
+import msgspec
+from starlette.responses import JSONResponse, Response
+
+from cloudtolocalllm.bridge_api.errors import RelayError, error_response
+from cloudtolocalllm.bridge_api.registry import BridgeRegistry
+from cloudtolocalllm.bridge_api.session import BridgeSession
+from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.bridge_api.stream import StreamFailed
+
+__all__ = ["MERGED_PATHS", "fetch_from_bridge", "merged_response"]
+
+log = logging.getLogger(__name__)
+
+# path -> (list key, identity key of an entry); entries with the same identity are listed once.
+MERGED_PATHS: Final = {
+    "/api/tags": ("models", "name"),
+    "/api/ps": ("models", "name"),
+    "/v1/models": ("data", "id"),
+}
+_MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
+
+
+async def fetch_from_bridge(session: BridgeSession, path: str, timeout_s: float) -> tuple[int, bytes]:
+    """A small GET through the tunnel, read whole (listings only; never for user content)."""
+    stream = await session.open_stream("GET", path, "", [("accept", "application/json")], False)
+    completed = False
+    try:
+        async with asyncio.timeout(timeout_s):
+            head = await stream.head
+            chunks: list[bytes] = []
+            size = 0
+            while (chunk := await stream.next_chunk()) is not None:
+                size += len(chunk)
+                if size > _MAX_LISTING_BYTES:
+                    raise RelayError(502, "model listing from the bridge is too large")
+                chunks.append(chunk)
+                await stream.consumed(len(chunk))
+        completed = True
+        return head.status, b"".join(chunks)
+    finally:
+        if completed:
+            session.release(stream)
+        else:
+            await session.cancel_stream(stream, "listing abandoned")
+
+
+async def merged_response(registry: BridgeRegistry, user: str, path: str, settings: ApiSettings) -> Response:
+    bridges = [b for b in registry.bridges_for(user) if b.accepting and b.backend_reachable]
+    if not bridges:
+        connected = bool(registry.bridges_for(user))
+        message = (
+            "your bridge is connected but cannot reach its local LLM server: is Ollama (or your backend) running?"
+            if connected
+            else "no bridge is connected for your account: start the bridge on your computer"
+        )
+        return error_response(RelayError(503, message, retry_after_s=5))
+    list_key, id_key = MERGED_PATHS[path]
+    results = await asyncio.gather(
+        *(fetch_from_bridge(b, path, settings.first_byte_timeout_s) for b in bridges), return_exceptions=True
+    )
+    merged: list[Any] = []
+    seen: set[str] = set()
+    failures = 0
+    for bridge, result in zip(bridges, results, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, (StreamFailed, RelayError, TimeoutError, ConnectionError)):
+                raise result
+            failures += 1
+            log.warning("listing failed on a bridge", extra={"bridge_id": bridge.bridge_id, "path": path})
+            continue
+        status, body = result
+        try:
+            document = msgspec.json.decode(body)
+            entries = document.get(list_key, []) if isinstance(document, dict) and status == 200 else None
+        except msgspec.DecodeError:
+            entries = None
+        if not isinstance(entries, list):
+            failures += 1
+            continue
+        for entry in entries:
+            identity = entry.get(id_key) if isinstance(entry, dict) else None
+            if isinstance(identity, str) and identity not in seen:
+                seen.add(identity)
+                merged.append(entry)
+    if failures == len(bridges):
+        return error_response(RelayError(502, "no bridge could list its models"))
+    if list_key == "data":
+        return JSONResponse({"object": "list", "data": merged})
+    return JSONResponse({list_key: merged})
