@@ -157,7 +157,13 @@ class Edge:
     def apply(self, text: str) -> None:
         """Install and reload, then wait until nginx serves the new generation."""
         generation = self.nginx.apply(text)
-        wait_for(lambda: self.serving_generation() == generation, f"generation {generation}")
+        workers = int(self.config.nginx.worker_processes)
+        # Done when the new generation answers and the old workers (which still hold the listening
+        # sockets while draining) have exited.
+        wait_for(
+            lambda: self.serving_generation() == generation and len(self.nginx.worker_pids()) == workers,
+            f"generation {generation}",
+        )
 
     def started_or_exited(self) -> bool:
         return self.serving_generation() is not None or not self.nginx.running

@@ -114,6 +114,17 @@ class Nginx:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def worker_pids(self) -> list[int]:
+        """The master's current children (new workers, plus old ones still draining after a reload)."""
+        pid = self.pid
+        if pid is None or not self.running:
+            return []
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(child) for child in text.split()]
+
     def start(self, *, stderr: IO[bytes] | int | None = None) -> None:
         """Start the master process on the live configuration (which :meth:`install` must have written)."""
         if self.running:
