@@ -95,7 +95,11 @@ def start_edge(
         with error_log.open("ab") as stderr:
             nginx.start(stderr=stderr)
         edge = Edge(config, nginx, http_port, https_port, runtime / "access.log", error_log, tls_files[0])
-        wait_for(edge.started_or_exited, "nginx to serve")
+        try:
+            wait_for(edge.started_or_exited, "nginx to serve")
+        except BaseException:
+            edge.close()  # never leave an nginx behind, whatever went wrong
+            raise
         if edge.nginx.running:
             return edge
         edge.close()
