@@ -1,0 +1,1 @@
+"""CloudToLocalLLM bridge."""

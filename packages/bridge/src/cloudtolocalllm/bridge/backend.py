@@ -1,0 +1,371 @@
+"""The local LLM server, behind one small seam: :class:`Backend`.
+
+The tunnel code knows only this interface::
+
+    class Backend(Protocol):
+        kind: BackendKind          # what the bridge announces in its Hello
+        base_url: str              # for messages and the status file
+        async def request(method, path, query, headers, body) -> BackendResponse
+        async def probe() -> BackendState
+        async def aclose() -> None
+
+``request`` sends one HTTP request (``body`` is an async iterator of bytes, or None) and returns as soon
+as the response head has arrived; the caller reads ``BackendResponse.body`` chunk by chunk and must
+``await response.aclose()`` (or use ``async with``) - closing it early is what aborts the request and
+makes Ollama stop generating. Failures are :class:`BackendError` with the ErrorCode the tunnel sends.
+
+Implementations here:
+
+- :class:`HttpBackend`: passthrough to the configured base URL (Ollama, or the /v1 paths of any
+  OpenAI-compatible server). It never follows redirects, ignores proxy environment variables and
+  builds every URL from the configured base, so the cloud cannot steer it to another host.
+- :class:`OpenAIBackend`: for llama.cpp server, LM Studio, vLLM...: /v1 paths pass through; Ollama-native
+  paths go to a *translator* (``cloudtolocalllm.bridge.openai_compat.translate``, see :class:`Translator`)
+  when that module exists, else they fail with BACKEND_ERROR "translation not available yet".
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+
+from cloudtolocalllm.bridge.paths import RouteFamily, match_route
+from cloudtolocalllm.bridge.version import __version__
+from cloudtolocalllm.core.protocol import BackendKind, ErrorCode, Headers
+
+__all__ = [
+    "HOP_BY_HOP",
+    "Backend",
+    "BackendError",
+    "BackendResponse",
+    "BackendState",
+    "HttpBackend",
+    "OpenAIBackend",
+    "Translator",
+    "detect_kind",
+    "load_translator",
+    "make_backend",
+    "response_headers",
+]
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "trailers", "upgrade"})
+# Never forwarded to the backend, whatever the cloud sends: hop-by-hop fields, the cloud's own Host, and
+# credentials (the cloud strips the caller's; this is the second line of defence).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "expect", "proxy-authorization"}
+_PROBE_TIMEOUT = 10.0
+_MAX_MODELS = 1000
+_MAX_MODEL_NAME = 256
+
+
+class BackendError(Exception):
+    """The backend request failed; ``code`` and ``message`` go into the StreamError."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    """Result of a probe: whether the backend answered, and the models it lists."""
+
+    reachable: bool
+    models: tuple[str, ...] = ()
+    detail: str = ""
+    """Why it is unreachable (for the status file and logs)."""
+
+
+class BackendResponse:
+    """A response whose head has arrived; ``body`` yields the raw body bytes as the backend sends them."""
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        body: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self._close = close
+
+    async def aclose(self) -> None:
+        """Release the backend request; aborts it if the body was not read to the end."""
+        if self._close is not None:
+            close, self._close = self._close, None
+            await close()
+
+    async def __aenter__(self) -> BackendResponse:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Backend(Protocol):
+    """What the tunnel needs from a local LLM server. See the module docstring."""
+
+    kind: BackendKind
+    base_url: str
+
+    async def request(
+        self, method: str, path: str, query: str, headers: Headers, body: AsyncIterator[bytes] | None
+    ) -> BackendResponse: ...
+
+    async def probe(self) -> BackendState: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Translator(Protocol):
+    """The seam for ``cloudtolocalllm.bridge.openai_compat``: serve an Ollama-native request through an
+    OpenAI-compatible server.
+
+    The module must define ``async def translate(upstream, method, path, query, headers, body)`` with
+    this signature; ``upstream`` is the passthrough :class:`HttpBackend` for the server (call its
+    ``request`` with /v1 paths). It returns a BackendResponse in Ollama's shape (e.g. NDJSON for
+    /api/chat) and raises BackendError for what it cannot translate.
+    """
+
+    async def __call__(
+        self,
+        upstream: HttpBackend,
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+    ) -> BackendResponse: ...
+
+
+def response_headers(headers: httpx.Headers) -> Headers:
+    """The backend's response headers minus hop-by-hop ones (and those its Connection header names).
+
+    Content-Length and Content-Encoding are kept: the body is relayed byte for byte, undecoded.
+    """
+    named = {token.strip().lower() for value in headers.get_list("connection") for token in value.split(",")}
+    return [
+        (name, value)
+        for name, value in headers.multi_items()
+        if (lower := name.lower()) not in HOP_BY_HOP and lower not in named and not lower.startswith("proxy-")
+    ]
+
+
+def _request_headers(headers: Headers) -> list[tuple[str, str]]:
+    named = {
+        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
+    }
+    kept = [
+        (name, value)
+        for name, value in headers
+        if (lower := name.lower()) not in _REQUEST_DROP and lower not in named and not lower.startswith("proxy-")
+    ]
+    if not any(name.lower() == "accept-encoding" for name, _ in kept):
+        # The body is relayed undecoded: ask for what the caller asked for (nothing = identity), not
+        # for httpx's default gzip.
+        kept.append(("accept-encoding", "identity"))
+    return kept
+
+
+class HttpBackend:
+    """Forwards requests unchanged to ``base_url`` (which may carry a path prefix)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        kind: BackendKind = BackendKind.OLLAMA,
+        connect_timeout_s: float = 5.0,
+        idle_timeout_s: float = 300.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.kind = kind
+        self.base_url = base_url.rstrip("/")
+        self._base = httpx.URL(self.base_url)
+        self._prefix = self._base.raw_path.split(b"?", 1)[0].rstrip(b"/")
+        self.idle_timeout_s = idle_timeout_s
+        self._client = httpx.AsyncClient(
+            # Idle timeouts only: read/write apply per chunk, so a generation may run for hours as long
+            # as tokens keep coming. Never a total-time limit.
+            timeout=httpx.Timeout(
+                connect=connect_timeout_s, read=idle_timeout_s, write=idle_timeout_s, pool=connect_timeout_s
+            ),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=16),
+            follow_redirects=False,
+            trust_env=False,  # HTTP(S)_PROXY must never route local requests elsewhere
+            headers={"user-agent": f"cloudtolocalllm-bridge/{__version__}"},
+            transport=transport,
+        )
+
+    def url_for(self, path: str, query: str = "") -> httpx.URL:
+        """The backend URL for ``path``: always the configured scheme, host and port."""
+        raw = self._prefix + path.encode("ascii")
+        if query:
+            raw += b"?" + query.encode("ascii")
+        url = self._base.copy_with(raw_path=raw)
+        if (url.scheme, url.host, url.port) != (self._base.scheme, self._base.host, self._base.port):
+            raise BackendError(ErrorCode.PATH_NOT_ALLOWED, "path would leave the configured backend")
+        return url
+
+    def unreachable_message(self) -> str:
+        hint = "is Ollama running?" if self.kind is BackendKind.OLLAMA else "is your LLM server running?"
+        return f"could not connect to the local backend at {self.base_url}: {hint}"
+
+    def _translate_error(self, exc: httpx.HTTPError) -> BackendError:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return BackendError(ErrorCode.BACKEND_UNREACHABLE, self.unreachable_message())
+        if isinstance(exc, httpx.PoolTimeout):
+            return BackendError(ErrorCode.BACKEND_ERROR, "too many requests in flight to the local backend")
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendError(ErrorCode.TIMEOUT, f"the local backend sent nothing for {self.idle_timeout_s:g} s")
+        return BackendError(ErrorCode.BACKEND_ERROR, f"the local backend failed: {type(exc).__name__}")
+
+    async def request(
+        self, method: str, path: str, query: str, headers: Headers, body: AsyncIterator[bytes] | None
+    ) -> BackendResponse:
+        request = self._client.build_request(
+            method, self.url_for(path, query), headers=_request_headers(headers), content=body
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._translate_error(exc) from None
+        return BackendResponse(
+            response.status_code,
+            response_headers(response.headers),
+            self._body(response),
+            response.aclose,
+        )
+
+    async def _body(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise self._translate_error(exc) from None
+
+    async def _get_json(self, path: str) -> tuple[int, Any]:
+        response = await self._client.get(self.url_for(path), timeout=_PROBE_TIMEOUT)
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, None
+
+    async def probe(self) -> BackendState:
+        """Reachability and models: GET /api/tags (Ollama) or GET /v1/models (OpenAI-compatible)."""
+        path = "/api/tags" if self.kind is BackendKind.OLLAMA else "/v1/models"
+        try:
+            status, document = await self._get_json(path)
+        except httpx.HTTPError as exc:
+            error = self._translate_error(exc)
+            return BackendState(False, (), error.message)
+        if status != 200:
+            return BackendState(True, (), f"GET {path} answered {status}")
+        return BackendState(True, _model_names(document, self.kind))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _model_names(document: Any, kind: BackendKind) -> tuple[str, ...]:
+    key, name_key = ("models", "name") if kind is BackendKind.OLLAMA else ("data", "id")
+    entries = document.get(key) if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    names = {
+        entry[name_key]
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get(name_key), str)
+        and 0 < len(entry[name_key]) <= _MAX_MODEL_NAME
+    }
+    return tuple(sorted(names)[:_MAX_MODELS])
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible server: /v1 paths pass through, Ollama-native ones need the translator."""
+
+    kind = BackendKind.OPENAI
+
+    def __init__(self, upstream: HttpBackend, translator: Translator | None = None) -> None:
+        self.upstream = upstream
+        self.base_url = upstream.base_url
+        self.translator = translator
+
+    async def request(
+        self, method: str, path: str, query: str, headers: Headers, body: AsyncIterator[bytes] | None
+    ) -> BackendResponse:
+        route = match_route(method, path)
+        if route is not None and route.family is RouteFamily.OPENAI:
+            return await self.upstream.request(method, path, query, headers, body)
+        if self.translator is None:
+            raise BackendError(
+                ErrorCode.BACKEND_ERROR,
+                "translation not available yet: this bridge's backend speaks the OpenAI API, use the /v1 endpoints",
+            )
+        return await self.translator(self.upstream, method, path, query, headers, body)
+
+    async def probe(self) -> BackendState:
+        return await self.upstream.probe()
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+def load_translator() -> Translator | None:
+    """``cloudtolocalllm.bridge.openai_compat.translate`` if that module exists, else None."""
+    name = "cloudtolocalllm.bridge.openai_compat"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+    translate: Translator | None = getattr(module, "translate", None)
+    return translate
+
+
+async def detect_kind(base_url: str, *, connect_timeout_s: float = 5.0) -> BackendKind | None:
+    """Probe ``base_url``: /api/version answers -> OLLAMA, else /v1/models answers -> OPENAI, else None."""
+    probe = HttpBackend(base_url, connect_timeout_s=connect_timeout_s)
+    try:
+        try:
+            status, document = await probe._get_json("/api/version")
+            if status == 200 and isinstance(document, dict) and "version" in document:
+                return BackendKind.OLLAMA
+            status, document = await probe._get_json("/v1/models")
+            if status == 200 and isinstance(document, dict) and "data" in document:
+                return BackendKind.OPENAI
+        except httpx.HTTPError:
+            return None
+        return None
+    finally:
+        await probe.aclose()
+
+
+def make_backend(
+    base_url: str,
+    kind: BackendKind,
+    *,
+    connect_timeout_s: float = 5.0,
+    idle_timeout_s: float = 300.0,
+    translator: Translator | None = None,
+) -> Backend:
+    """The Backend for ``kind``: passthrough for Ollama, OpenAIBackend (+ translator if any) otherwise."""
+    http = HttpBackend(base_url, kind=kind, connect_timeout_s=connect_timeout_s, idle_timeout_s=idle_timeout_s)
+    if kind is BackendKind.OLLAMA:
+        return http
+    return OpenAIBackend(http, translator if translator is not None else load_translator())

@@ -1,0 +1,94 @@
+"""Where the bridge's bearer token comes from, re-read every time it is needed.
+
+Either a token file (``--token-file``; re-read on every connect and every reauth, so a tool that renews
+the file keeps a long-running bridge signed in) or the ``CLOUDTOLOCALLLM_TOKEN`` environment variable
+(fixed for the life of the process). The token is never logged; only its length and a short fingerprint
+(first 8 hex digits of its SHA-256) are, so two log lines can tell whether the token changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["TOKEN_ENV", "TokenError", "TokenSource", "fingerprint", "unverified_expiry"]
+
+TOKEN_ENV = "CLOUDTOLOCALLLM_TOKEN"  # noqa: S105 - a variable name, not a secret
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
+class TokenError(Exception):
+    """No usable token: the message says what to do."""
+
+
+def fingerprint(token: str) -> str:
+    """A short, non-reversible tag for logs: tells tokens apart without revealing them."""
+    return hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def unverified_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read WITHOUT verifying it (only to explain an expired token early)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+class TokenSource:
+    """Reads the token from ``token_file`` (preferred) or from ``env_token``."""
+
+    def __init__(self, *, token_file: Path | None = None, env_token: str | None = None) -> None:
+        self.token_file = token_file
+        self._env_token = env_token.strip() if env_token else None
+        if token_file is None and not self._env_token:
+            raise TokenError(f"no token: pass --token-file FILE or set {TOKEN_ENV}")
+
+    @classmethod
+    def from_environment(cls, token_file: Path | None) -> TokenSource:
+        return cls(token_file=token_file, env_token=os.environ.get(TOKEN_ENV))
+
+    @property
+    def can_change(self) -> bool:
+        """Whether a later read may return another token (a file can be rewritten; the env cannot)."""
+        return self.token_file is not None
+
+    def describe(self) -> str:
+        """Where the token comes from, for messages (never the token itself)."""
+        return f"token file {self.token_file}" if self.token_file else f"environment variable {TOKEN_ENV}"
+
+    def read(self) -> str:
+        """The current token. Raises TokenError with a clear message when there is none."""
+        if self.token_file is None:
+            assert self._env_token is not None
+            return self._env_token
+        try:
+            with self.token_file.open("rb") as handle:
+                info = os.fstat(handle.fileno())
+                raw = handle.read(_MAX_TOKEN_BYTES + 1)
+        except FileNotFoundError:
+            raise TokenError(f"token file {self.token_file} does not exist") from None
+        except OSError as exc:
+            raise TokenError(f"cannot read token file {self.token_file}: {exc.strerror}") from None
+        if len(raw) > _MAX_TOKEN_BYTES:
+            raise TokenError(f"token file {self.token_file} is larger than {_MAX_TOKEN_BYTES} bytes")
+        try:
+            token = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise TokenError(f"token file {self.token_file} does not hold an ASCII token") from None
+        if not token or any(ch.isspace() for ch in token):
+            raise TokenError(f"token file {self.token_file} must hold exactly one token")
+        self.world_readable = bool(info.st_mode & (stat.S_IRGRP | stat.S_IROTH))
+        return token
+
+    world_readable: bool = False
+    """Whether the token file was readable by other users at the last read (the CLI warns)."""

@@ -1,0 +1,773 @@
+"""One tunnel connection: the WebSocket to the cloud, the protocol state, and the streams it carries.
+
+:func:`open_websocket` performs the HTTP upgrade (the token goes in the Authorization header) and turns a
+refusal into :class:`HandshakeRefused` / :class:`CloudUnreachable`. :class:`Session` then runs the
+protocol on the open socket until it closes and returns a :class:`SessionEnd` saying why, which the
+supervisor (``runner``) turns into "reconnect after a delay", "wait for a new token" or "stop".
+
+Inside a session:
+
+- the *reader* (``Session.run``) feeds every message to ``Connection.receive`` and dispatches; it never
+  awaits the network for sending, so it can always answer a Ping and take Credit even while the socket's
+  write side is backed up;
+- one *writer* task owns ``ws.send``: frames go out in the order they were recorded by
+  ``Connection.send``. Control frames (Pong, Credit, BridgeStatus, Reauth, replies to bad frames) take a
+  priority lane; stream frames wait while more than ``OUTBOX_HIGH_WATER`` bytes are queued, so memory
+  stays bounded however slow the cloud reads;
+- one task per stream forwards the request to the Backend and streams the response back, spending send
+  credit (``wait_for_credit``) and granting receive credit (``consumed``) as bytes move, so neither a
+  slow browser nor a multi-GB upload makes the bridge buffer more than one window per stream;
+- a watchdog ends the session when nothing at all arrived for 3 heartbeat intervals (half-open TCP);
+- a reauth task sends a fresh token before the current one expires.
+
+Logs carry stream ids, methods, paths, statuses and byte counts only: never tokens, query strings,
+header values, prompts or answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from cloudtolocalllm.bridge.backend import Backend, BackendError, BackendState
+from cloudtolocalllm.bridge.paths import check_request
+from cloudtolocalllm.bridge.token import TokenError, TokenSource, fingerprint
+from cloudtolocalllm.bridge.version import __version__
+from cloudtolocalllm.core.protocol import (
+    PROTOCOL_VERSION,
+    BridgeStatus,
+    Cancel,
+    CloseCode,
+    Connection,
+    ConnectionProtocolError,
+    Data,
+    End,
+    ErrorCode,
+    Frame,
+    GoAway,
+    Hello,
+    LocalProtocolError,
+    Open,
+    Ping,
+    Pong,
+    ProtocolError,
+    Reauth,
+    ReauthOk,
+    ResponseHead,
+    Role,
+    StreamClosedError,
+    StreamError,
+    StreamProtocolError,
+    VersionMismatchError,
+    Welcome,
+    encode,
+)
+from cloudtolocalllm.core.protocol.checks import check_headers
+from cloudtolocalllm.core.protocol.frames import MAX_FRAME_BYTES_LIMIT
+
+__all__ = [
+    "OUTBOX_HIGH_WATER",
+    "CloudUnreachable",
+    "HandshakeRefused",
+    "Session",
+    "SessionEnd",
+    "SessionOptions",
+    "open_websocket",
+    "platform_tag",
+    "reauth_delay",
+]
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_HIGH_WATER = 1024 * 1024
+"""Queued outgoing bytes above which stream tasks wait for the writer (control frames never wait)."""
+DEAD_AFTER_HEARTBEATS = 3
+"""Silence of this many heartbeat intervals means the connection is dead."""
+REAUTH_MARGIN_S = 30.0
+_CLOSE_TIMEOUT_S = 2.0
+
+
+# --- the WebSocket handshake ----------------------------------------------------------------------
+
+
+class HandshakeRefused(Exception):
+    """The cloud answered the upgrade with an HTTP error (401: bad token; 503: draining...)."""
+
+    def __init__(self, status: int, error: str, retry_after_s: float | None) -> None:
+        super().__init__(f"HTTP {status}: {error}" if error else f"HTTP {status}")
+        self.status = status
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class CloudUnreachable(Exception):
+    """No WebSocket could be opened (DNS, refused, TLS, timeout, not a WebSocket endpoint)."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_text(body: bytes | bytearray | None) -> str:
+    if not body:
+        return ""
+    try:
+        document = msgspec.json.decode(body[:4096])
+    except msgspec.DecodeError:
+        return ""
+    error = document.get("error") if isinstance(document, dict) else None
+    return error[:200] if isinstance(error, str) else ""
+
+
+async def open_websocket(url: str, token: str, *, open_timeout_s: float) -> ClientConnection:
+    """Open the tunnel WebSocket at ``url`` with ``token`` as bearer token (never in the URL)."""
+    try:
+        return await connect(
+            url,
+            additional_headers=[("Authorization", f"Bearer {token}")],
+            user_agent_header=f"cloudtolocalllm-bridge/{__version__}",
+            open_timeout=open_timeout_s,
+            close_timeout=_CLOSE_TIMEOUT_S,
+            ping_interval=None,  # the protocol's own Ping/Pong and the watchdog do this job
+            compression=None,  # bodies are model blobs and token streams; deflate only costs CPU
+            max_size=MAX_FRAME_BYTES_LIMIT,
+            max_queue=64,
+        )
+    except InvalidStatus as exc:
+        response = exc.response
+        raise HandshakeRefused(
+            response.status_code, _error_text(response.body), _retry_after(response.headers.get("Retry-After"))
+        ) from None
+    except InvalidURI as exc:
+        raise CloudUnreachable(f"invalid cloud URL: {exc}") from None
+    except InvalidHandshake as exc:
+        raise CloudUnreachable(f"the cloud did not accept a WebSocket: {exc}") from None
+    except TimeoutError:
+        raise CloudUnreachable(f"no answer within {open_timeout_s:g} s") from None
+    except OSError as exc:
+        raise CloudUnreachable(exc.strerror or str(exc) or type(exc).__name__) from None
+
+
+# --- session ----------------------------------------------------------------------------------------
+
+
+def platform_tag() -> str:
+    return f"{sys.platform}-{platform.machine().lower() or 'unknown'}"
+
+
+def reauth_delay(remaining_s: float) -> float:
+    """Seconds to wait before renewing a token that expires in ``remaining_s``.
+
+    At 80 % of the remaining lifetime, but at least REAUTH_MARGIN_S before expiry (at once if that
+    has passed).
+    """
+    return max(0.0, min(0.8 * remaining_s, remaining_s - REAUTH_MARGIN_S))
+
+
+@dataclass
+class SessionOptions:
+    bridge_id: str
+    name: str
+    read_only: bool = False
+    handshake_timeout_s: float = 20.0
+    idle_timeout_s: float = 300.0
+    """Longest wait for the next request-body chunk from the cloud."""
+    token_recheck_s: float = 10.0
+    """How often an unchanged, expiring token is looked at again."""
+
+
+@dataclass
+class SessionEnd:
+    """Why a session ended, for the supervisor."""
+
+    close_code: int | None = None
+    reason: str = ""
+    welcomed: bool = False
+    uptime_s: float = 0.0
+    """Seconds between the Welcome and the end (0 if there was no Welcome)."""
+    retry_after_s: float | None = None
+    """A GoAway's retry hint, if one arrived."""
+    fatal: str | None = None
+    """Set when redialling cannot help (version mismatch, replaced): the message for the user."""
+
+
+@dataclass
+class SessionStats:
+    """Counters a test (or the status file) can read."""
+
+    max_buffered_bytes: int = 0
+    streams_started: int = 0
+    streams_done: int = 0
+
+
+@dataclass
+class _Stream:
+    open: Open
+    body: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class _BodyStalled(Exception):
+    pass
+
+
+class _Outbox:
+    """The writer's queue: a priority lane for control frames and a bounded lane for stream frames."""
+
+    def __init__(self, ws: ClientConnection, high_water: int = OUTBOX_HIGH_WATER) -> None:
+        self._ws = ws
+        self._control: deque[bytes] = deque()
+        self._data: deque[bytes] = deque()
+        self._queued = 0
+        self._high_water = high_water
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self.closed = False
+
+    def put_control(self, data: bytes) -> None:
+        if not self.closed:
+            self._control.append(data)
+            self._wakeup.set()
+
+    def put_data(self, data: bytes) -> None:
+        if self.closed:
+            raise StreamClosedError("the connection is closed", code=ErrorCode.CANCELLED)
+        self._data.append(data)
+        self._queued += len(data)
+        if self._queued >= self._high_water:
+            self._space.clear()
+        self._wakeup.set()
+
+    async def wait_for_space(self) -> None:
+        await self._space.wait()
+        if self.closed:
+            raise StreamClosedError("the connection is closed", code=ErrorCode.CANCELLED)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if self._control:
+                    await self._ws.send(self._control.popleft())
+                elif self._data:
+                    data = self._data.popleft()
+                    await self._ws.send(data)
+                    self._queued -= len(data)
+                    if self._queued < self._high_water:
+                        self._space.set()
+                else:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self._control.clear()
+        self._data.clear()
+        self._space.set()
+
+
+class Session:
+    """Runs the protocol over one open WebSocket until it closes."""
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        *,
+        backend: Backend,
+        token_source: TokenSource,
+        token: str,
+        options: SessionOptions,
+        backend_state: BackendState,
+        on_go_away: Callable[[GoAway], None] | None = None,
+        on_streams_changed: Callable[[], None] | None = None,
+        on_welcome: Callable[[Welcome], None] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.backend = backend
+        self.conn = Connection(Role.BRIDGE)
+        self.options = options
+        self.token_source = token_source
+        self._token = token
+        self._token_expires_at: float | None = None
+        self._reauth_ok = asyncio.Event()
+        self._backend_state = backend_state
+        self._reported = (backend_state.reachable, tuple(backend_state.models))
+        self._on_go_away = on_go_away
+        self._on_streams_changed = on_streams_changed
+        self._on_welcome = on_welcome
+        self._outbox = _Outbox(ws)
+        self._streams: dict[int, _Stream] = {}
+        self._streams_idle = asyncio.Event()
+        self._streams_idle.set()
+        self._refusing = False
+        self._last_rx = time.monotonic()
+        self._welcomed_at: float | None = None
+        self._aux: list[asyncio.Task[None]] = []
+        self._end = SessionEnd()
+        self.stats = SessionStats()
+        self.welcome: Welcome | None = None
+        self.go_away: GoAway | None = None
+
+    # --- public ---------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        return self.welcome.session_id if self.welcome else None
+
+    @property
+    def token(self) -> str:
+        """The token this session authenticated with last (its Reauth token, if it sent one)."""
+        return self._token
+
+    @property
+    def streams_in_flight(self) -> int:
+        return len(self._streams)
+
+    def report(self, state: BackendState) -> None:
+        """Tell the cloud about a backend change (a BridgeStatus), if it differs from the last report."""
+        self._backend_state = state
+        current = (state.reachable, tuple(state.models))
+        if not self.conn.is_ready or self.conn.is_closed or current == self._reported:
+            return
+        self._reported = current
+        frame = self._fit_status(state.reachable, list(state.models))
+        if frame is not None:
+            self._outbox.put_control(frame)
+
+    async def shutdown(self, deadline_s: float, hurry: asyncio.Event | None = None) -> None:
+        """Refuse new streams, let in-flight ones finish for up to ``deadline_s``, then close with 1000.
+
+        Setting ``hurry`` (a second Ctrl-C) ends the wait early.
+        """
+        self._refusing = True
+        if self._streams:
+            logger.info("draining in-flight streams", extra={"streams": len(self._streams), "deadline_s": deadline_s})
+            waits = [asyncio.ensure_future(self._streams_idle.wait())]
+            if hurry is not None:
+                waits.append(asyncio.ensure_future(hurry.wait()))
+            try:
+                await asyncio.wait(waits, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+        for stream in list(self._streams.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+        await self._close(1000, "bridge shutting down")
+
+    async def close_when_idle(self) -> None:
+        """After a GoAway: close the old connection ourselves once its last stream has finished."""
+        await self._streams_idle.wait()
+        await self._close(1000, "going away: reconnected")
+
+    # --- run --------------------------------------------------------------------------------------
+
+    async def run(self) -> SessionEnd:
+        try:
+            if await self._handshake():
+                self._aux = [
+                    asyncio.create_task(self._outbox.run(), name="bridge-writer"),
+                    asyncio.create_task(self._watchdog(), name="bridge-watchdog"),
+                    asyncio.create_task(self._reauth_loop(), name="bridge-reauth"),
+                ]
+                await self._read_loop()
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._teardown()
+        self._record_close()
+        return self._end
+
+    def _hello(self) -> Hello:
+        state = self._backend_state
+        return Hello(
+            PROTOCOL_VERSION,
+            self.options.bridge_id,
+            self.options.name,
+            __version__,
+            platform_tag(),
+            self.backend.kind,
+            state.reachable,
+            list(state.models),
+        )
+
+    async def _handshake(self) -> bool:
+        """Hello -> Welcome. False when the session ended here (closed, GoAway, timeout)."""
+        await self.ws.send(self.conn.send(self._hello()))
+        try:
+            async with asyncio.timeout(self.options.handshake_timeout_s):
+                message = await self.ws.recv()
+        except TimeoutError:
+            self._end.reason = f"no Welcome from the cloud within {self.options.handshake_timeout_s:g} s"
+            await self._close(CloseCode.PROTOCOL_VIOLATION, "no Welcome in time")
+            return False
+        self._last_rx = time.monotonic()
+        try:
+            frame = self._receive(message)
+        except ConnectionProtocolError as exc:
+            await self._protocol_failure(exc)
+            return False
+        if isinstance(frame, GoAway):
+            self._handle_go_away(frame)
+            await self._close(1000, "cloud is draining")
+            return False
+        assert isinstance(frame, Welcome)
+        self.welcome = frame
+        self._welcomed_at = time.monotonic()
+        self._end.welcomed = True
+        self._token_expires_at = frame.token_expires_at
+        logger.info(
+            "connected to the cloud",
+            extra={
+                "session_id": frame.session_id,
+                "heartbeat_interval_s": frame.heartbeat_interval_s,
+                "max_frame_bytes": frame.limits.max_frame_bytes,
+                "initial_window": frame.limits.initial_window,
+                "max_concurrent_streams": frame.limits.max_concurrent_streams,
+            },
+        )
+        # The backend may have changed between the Hello and the Welcome.
+        self.report(self._backend_state)
+        if self._on_welcome is not None:
+            self._on_welcome(frame)
+        return True
+
+    async def _read_loop(self) -> None:
+        async for message in self.ws:
+            self._last_rx = time.monotonic()
+            try:
+                frame = self._receive(message)
+            except StreamProtocolError as exc:
+                logger.warning(
+                    "stream reset: the cloud broke a protocol rule",
+                    extra={"stream_id": exc.stream_id, "code": exc.code.value, "reason": exc.reason},
+                )
+                self._outbox.put_control(encode(exc.reply))
+                self._cancel_stream(exc.stream_id)
+                continue
+            except ConnectionProtocolError as exc:
+                await self._protocol_failure(exc)
+                return
+            if frame is not None:
+                self._dispatch(frame)
+            buffered = self.conn.buffered_bytes
+            if buffered > self.stats.max_buffered_bytes:
+                self.stats.max_buffered_bytes = buffered
+
+    def _receive(self, message: str | bytes) -> Frame | None:
+        if isinstance(message, str):
+            self.conn.close(code=ErrorCode.PROTOCOL, reason="text message")
+            raise ConnectionProtocolError("text messages are not part of the protocol")
+        return self.conn.receive(message)
+
+    def _dispatch(self, frame: Frame) -> None:
+        if isinstance(frame, Data):
+            stream = self._streams.get(frame.stream_id)
+            if stream is None:
+                # Our side already finished; let the bytes go and keep the window accounting right.
+                credit = self.conn.consumed(frame.stream_id, len(frame.payload))
+                if credit is not None:
+                    self._outbox.put_control(encode(credit))
+            else:
+                stream.body.put_nowait(frame.payload)
+        elif isinstance(frame, End):
+            stream = self._streams.get(frame.stream_id)
+            if stream is not None:
+                stream.body.put_nowait(None)
+        elif isinstance(frame, Open):
+            self._start_stream(frame)
+        elif isinstance(frame, Cancel | StreamError):
+            self._cancel_stream(frame.stream_id)
+        elif isinstance(frame, Ping):
+            self._outbox.put_control(self.conn.send(Pong(frame.nonce)))
+        elif isinstance(frame, ReauthOk):
+            self._token_expires_at = frame.expires_at
+            self._reauth_ok.set()
+            logger.info("token renewed", extra={"expires_at": frame.expires_at})
+        elif isinstance(frame, GoAway):
+            self._handle_go_away(frame)
+        # Credit: the Connection already added it to the window. Pong: nothing to do.
+
+    def _handle_go_away(self, frame: GoAway) -> None:
+        self.go_away = frame
+        self._end.retry_after_s = frame.retry_after_s
+        logger.info(
+            "the cloud is going away; reconnecting",
+            extra={"reason": frame.reason[:200], "retry_after_s": frame.retry_after_s},
+        )
+        if self._on_go_away is not None:
+            self._on_go_away(frame)
+
+    async def _protocol_failure(self, exc: ConnectionProtocolError) -> None:
+        if isinstance(exc, VersionMismatchError):
+            self._end.fatal = f"protocol version mismatch: {exc.reason}"
+        self._end.reason = exc.reason
+        logger.error("protocol error; closing the connection", extra={"reason": exc.reason})
+        await self._close(exc.close_code, exc.close_reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+    def _record_close(self) -> None:
+        end = self._end
+        end.close_code = self.ws.close_code
+        if not end.reason:
+            end.reason = self.ws.close_reason or ""
+        if self._welcomed_at is not None:
+            end.uptime_s = time.monotonic() - self._welcomed_at
+        if end.fatal is None and end.close_code == CloseCode.VERSION_INCOMPATIBLE:
+            end.fatal = f"protocol version mismatch: {end.reason or 'upgrade the bridge'}"
+        elif end.fatal is None and end.close_code == CloseCode.REPLACED and self.go_away is None:
+            end.fatal = (
+                "another bridge with the same id connected and replaced this one; "
+                "run only one bridge per state dir (or give each its own --state-dir)"
+            )
+
+    async def _teardown(self) -> None:
+        self.conn.close(code=ErrorCode.CANCELLED, reason="connection closed")
+        self._outbox.close()
+        tasks = [s.task for s in self._streams.values() if s.task is not None] + self._aux
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close(1000, "")
+
+    # --- heartbeat and reauth -----------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        assert self.welcome is not None
+        limit = DEAD_AFTER_HEARTBEATS * self.welcome.heartbeat_interval_s
+        while True:
+            silent = time.monotonic() - self._last_rx
+            if silent >= limit:
+                self._end.reason = f"nothing received from the cloud for {silent:.0f} s"
+                logger.warning("the connection to the cloud is dead; reconnecting", extra={"silent_s": silent})
+                self.ws.transport.abort()  # half-open TCP: a close handshake would only wait
+                return
+            await asyncio.sleep(limit - silent)
+
+    async def _reauth_loop(self) -> None:
+        while True:
+            expires_at = self._token_expires_at
+            if expires_at is None:
+                self._reauth_ok.clear()
+                await self._reauth_ok.wait()
+                continue
+            await asyncio.sleep(reauth_delay(expires_at - time.time()))
+            try:
+                token = self.token_source.read()
+            except TokenError as exc:
+                logger.error("cannot renew the token: %s", exc)
+                await asyncio.sleep(self.options.token_recheck_s)
+                continue
+            if token == self._token:
+                remaining = expires_at - time.time()
+                logger.error(
+                    "the token from %s expires in %.0f s and has not been renewed: %s",
+                    self.token_source.describe(),
+                    max(remaining, 0.0),
+                    renew_hint(self.token_source),
+                )
+                await asyncio.sleep(self.options.token_recheck_s)
+                continue
+            self._reauth_ok.clear()
+            self._outbox.put_control(self.conn.send(Reauth(token)))
+            self._token = token
+            logger.info("sent a renewed token", extra={"token_fp": fingerprint(token)})
+            try:
+                async with asyncio.timeout(60):
+                    await self._reauth_ok.wait()
+            except TimeoutError:
+                logger.warning("no ReauthOk from the cloud within 60 s")
+
+    # --- streams -----------------------------------------------------------------------------------
+
+    def _start_stream(self, frame: Open) -> None:
+        sid = frame.stream_id
+        refusal = None
+        if self._refusing:
+            refusal = (ErrorCode.REFUSED, "the bridge is shutting down")
+        else:
+            found = check_request(frame.method, frame.path, read_only=self.options.read_only)
+            if found is not None:
+                refusal = (found.code, found.message)
+        if refusal is not None:
+            logger.info(
+                "stream refused",
+                extra={"stream_id": sid, "method": frame.method, "path": frame.path, "code": refusal[0].value},
+            )
+            self._outbox.put_control(self.conn.send(StreamError(sid, refusal[0].value, refusal[1])))
+            return
+        stream = _Stream(frame)
+        self._streams[sid] = stream
+        self._streams_idle.clear()
+        self.stats.streams_started += 1
+        stream.task = asyncio.create_task(self._run_stream(stream), name=f"bridge-stream-{sid}")
+        if self._on_streams_changed is not None:
+            self._on_streams_changed()
+
+    def _cancel_stream(self, sid: int) -> None:
+        stream = self._streams.get(sid)
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+
+    async def _send_stream_frame(self, frame: Frame) -> None:
+        await self._outbox.wait_for_space()
+        self._outbox.put_data(self.conn.send(frame))
+
+    async def _request_body(self, stream: _Stream) -> AsyncIterator[bytes]:
+        sid = stream.open.stream_id
+        while True:
+            try:
+                async with asyncio.timeout(self.options.idle_timeout_s):
+                    chunk = await stream.body.get()
+            except TimeoutError:
+                raise _BodyStalled from None
+            if chunk is None:
+                return
+            yield chunk
+            # The backend client asked for the next chunk: this one has been written to the backend.
+            stream.bytes_in += len(chunk)
+            credit = self.conn.consumed(sid, len(chunk))
+            if credit is not None:
+                self._outbox.put_control(encode(credit))
+
+    async def _run_stream(self, stream: _Stream) -> None:
+        frame = stream.open
+        sid = frame.stream_id
+        started = time.monotonic()
+        status: int | None = None
+        outcome = "ok"
+        try:
+            body = self._request_body(stream) if frame.has_body else None
+            try:
+                response = await self.backend.request(frame.method, frame.path, frame.query, frame.headers, body)
+            except _BodyStalled:
+                raise BackendError(
+                    ErrorCode.TIMEOUT,
+                    f"the request body stalled for {self.options.idle_timeout_s:g} s",
+                ) from None
+            async with response:
+                status = response.status
+                headers = _relayable_headers(response.headers)
+                await self._send_stream_frame(ResponseHead(sid, response.status, headers))
+                async for chunk in response.body:
+                    await self._send_body(sid, chunk, stream)
+            await self._send_stream_frame(End(sid))
+            if sid in self.conn.stream_ids:
+                # The backend answered before the request body was complete: stop the upload.
+                self._outbox.put_data(self.conn.send(Cancel(sid, "response complete")))
+        except BackendError as exc:
+            outcome = exc.code.value
+            self._fail_stream(sid, exc.code, exc.message)
+        except StreamClosedError:
+            outcome = "cancelled"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except ProtocolError as exc:
+            outcome = "internal"
+            logger.warning("stream failed", extra={"stream_id": sid, "reason": exc.reason})
+            self._fail_stream(sid, ErrorCode.INTERNAL, "the bridge could not relay this response")
+        except Exception:
+            outcome = "internal"
+            logger.exception("stream failed unexpectedly", extra={"stream_id": sid})
+            self._fail_stream(sid, ErrorCode.INTERNAL, "the bridge failed while relaying this response")
+        finally:
+            self._streams.pop(sid, None)
+            self.stats.streams_done += 1
+            if not self._streams:
+                self._streams_idle.set()
+            logger.info(
+                "stream done",
+                extra={
+                    "stream_id": sid,
+                    "method": frame.method,
+                    "path": frame.path,
+                    "status": status,
+                    "outcome": outcome,
+                    "bytes_in": stream.bytes_in,
+                    "bytes_out": stream.bytes_out,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
+            if self._on_streams_changed is not None:
+                self._on_streams_changed()
+
+    async def _send_body(self, sid: int, chunk: bytes, stream: _Stream) -> None:
+        """Send ``chunk`` as Data frames, each within the stream's credit and the frame size limit."""
+        offset = 0
+        size = len(chunk)
+        while offset < size:
+            allowed = await self.conn.wait_for_credit(sid)
+            piece = chunk[offset : offset + allowed] if offset or allowed < size else chunk
+            await self._send_stream_frame(Data(sid, piece))
+            offset += len(piece)
+            stream.bytes_out += len(piece)
+
+    def _fail_stream(self, sid: int, code: ErrorCode, message: str) -> None:
+        if self._outbox.closed or sid not in self.conn.stream_ids:
+            return
+        with contextlib.suppress(LocalProtocolError):
+            self._outbox.put_data(self.conn.send(StreamError(sid, code.value, message)))
+
+    def _fit_status(self, reachable: bool, models: list[str]) -> bytes | None:
+        """Encode a BridgeStatus, dropping models from the end until it fits max_frame_bytes."""
+        while True:
+            try:
+                return self.conn.send(BridgeStatus(reachable, models))
+            except LocalProtocolError as exc:
+                if exc.code is not ErrorCode.TOO_LARGE or not models:
+                    logger.warning("cannot send BridgeStatus", extra={"reason": exc.reason})
+                    return None
+                logger.warning("model list too long for one frame; truncated", extra={"models": len(models)})
+                models = models[: len(models) // 2]
+
+
+def _relayable_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop header fields the protocol cannot carry (it refuses the whole head otherwise)."""
+    if check_headers(headers) is None:
+        return headers
+    kept = [pair for pair in headers if check_headers([pair]) is None]
+    return kept[:256]
+
+
+def renew_hint(source: TokenSource) -> str:
+    """What the user should do to get a working token, for this token source."""
+    if source.token_file is not None:
+        return (
+            f"get a new token (in the web app, or with `cloudtolocalllm-dev-issuer token` in development) "
+            f"and write it to {source.token_file}; the running bridge picks it up"
+        )
+    return (
+        "get a new token (in the web app, or with `cloudtolocalllm-dev-issuer token` in development) and "
+        "restart the bridge with it in CLOUDTOLOCALLLM_TOKEN, or use --token-file so it can be renewed "
+        "without a restart"
+    )
