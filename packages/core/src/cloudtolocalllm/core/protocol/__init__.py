@@ -1,0 +1,115 @@
+"""The bridge wire protocol: frames, codec, close codes and the sans-IO connection state machine.
+
+Both ends of the tunnel import this package (it depends on msgspec and the standard library only). One
+frame travels per binary WebSocket message, encoded as MessagePack (see ``frames``). A typical loop::
+
+    conn = Connection(Role.BRIDGE)
+    await ws.send_bytes(conn.send(Hello(PROTOCOL_VERSION, bridge_id, name, version, platform,
+                                        BackendKind.OLLAMA, True, models)))
+    async for message in ws:
+        frame = conn.receive(message)       # raises ProtocolError subclasses, see ``connection``
+        ...
+"""
+
+from cloudtolocalllm.core.protocol.close import (
+    CLOSE_REASONS,
+    MAX_CLOSE_REASON_BYTES,
+    CloseCode,
+    clip_reason,
+    close_reason,
+    should_reconnect,
+    version_mismatch_reason,
+)
+from cloudtolocalllm.core.protocol.codec import decode, encode, peek_version
+from cloudtolocalllm.core.protocol.connection import Connection, Role
+from cloudtolocalllm.core.protocol.errors import (
+    ConnectionProtocolError,
+    ErrorCode,
+    FrameDecodeError,
+    FrameTooLargeError,
+    LocalProtocolError,
+    ProtocolError,
+    StreamClosedError,
+    StreamProtocolError,
+    VersionMismatchError,
+)
+from cloudtolocalllm.core.protocol.frames import (
+    DATA_FRAME_OVERHEAD,
+    DEFAULT_LIMITS,
+    HANDSHAKE_MAX_FRAME_BYTES,
+    MAX_STREAM_ID,
+    MAX_WINDOW,
+    BackendKind,
+    BridgeStatus,
+    Cancel,
+    Credit,
+    Data,
+    End,
+    Frame,
+    GoAway,
+    Headers,
+    Hello,
+    Limits,
+    Open,
+    Ping,
+    Pong,
+    Reauth,
+    ReauthOk,
+    ResponseHead,
+    StreamError,
+    StreamFrame,
+    Welcome,
+)
+from cloudtolocalllm.core.protocol.version import PROTOCOL_VERSION, check_compatible, is_compatible
+
+__all__ = [
+    "CLOSE_REASONS",
+    "DATA_FRAME_OVERHEAD",
+    "DEFAULT_LIMITS",
+    "HANDSHAKE_MAX_FRAME_BYTES",
+    "MAX_CLOSE_REASON_BYTES",
+    "MAX_STREAM_ID",
+    "MAX_WINDOW",
+    "PROTOCOL_VERSION",
+    "BackendKind",
+    "BridgeStatus",
+    "Cancel",
+    "CloseCode",
+    "Connection",
+    "ConnectionProtocolError",
+    "Credit",
+    "Data",
+    "End",
+    "ErrorCode",
+    "Frame",
+    "FrameDecodeError",
+    "FrameTooLargeError",
+    "GoAway",
+    "Headers",
+    "Hello",
+    "Limits",
+    "LocalProtocolError",
+    "Open",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Reauth",
+    "ReauthOk",
+    "ResponseHead",
+    "Role",
+    "StreamClosedError",
+    "StreamError",
+    "StreamFrame",
+    "StreamProtocolError",
+    "VersionMismatchError",
+    "Welcome",
+    "check_compatible",
+    "clip_reason",
+    "close_reason",
+    "decode",
+    "encode",
+    "is_compatible",
+    "peek_version",
+    "should_reconnect",
+    "version_mismatch_reason",
+]
