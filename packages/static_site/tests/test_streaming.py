@@ -1,0 +1,152 @@
+"""Large files at the ASGI level: bounded chunks, bounded memory, reading stops when the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudtolocalllm.static_site.server import CHUNK_SIZE, FileChangedError, StaticFiles
+
+
+def _scope(path: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": list(headers),
+    }
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+class Peer:
+    """An ASGI client that records what it is sent and can hang up after some body messages."""
+
+    def __init__(self, *, leave_after: int | None = None) -> None:
+        self.leave_after = leave_after
+        self.start: dict[str, Any] | None = None
+        self.sizes: list[int] = []
+        self.more: list[bool] = []
+        self._requested = False
+        self._gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._requested:
+            self._requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        self.sizes.append(len(message["body"]))
+        self.more.append(message.get("more_body", False))
+        if self.leave_after is not None and len(self.sizes) >= self.leave_after:
+            self._gone.set()
+
+
+async def test_a_gigabyte_streams_in_bounded_chunks_and_stops_when_the_client_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sparse(tmp_path / "huge.img", 1024**3)
+    read = 0
+    real_pread = os.pread
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        nonlocal read
+        data = real_pread(fd, n, offset)
+        read += len(data)
+        return data
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    peer = Peer(leave_after=3)
+    app = StaticFiles(tmp_path)
+    await asyncio.wait_for(app(_scope("/huge.img"), peer.receive, peer.send), 10)
+
+    assert peer.start is not None
+    assert peer.start["status"] == 200
+    assert (b"content-length", str(1024**3).encode()) in peer.start["headers"]
+    assert 3 <= len(peer.sizes) <= 5
+    assert all(size == CHUNK_SIZE for size in peer.sizes)
+    assert all(peer.more)  # never claimed to be finished
+    assert read <= 6 * CHUNK_SIZE  # stopped reading within a couple of chunks of the hang-up
+
+
+async def test_streaming_memory_stays_bounded(tmp_path: Path) -> None:
+    size = 64 * 1024**2
+    _sparse(tmp_path / "big.img", size)
+    peer = Peer()
+    app = StaticFiles(tmp_path)
+    tracemalloc.start()
+    try:
+        await app(_scope("/big.img"), peer.receive, peer.send)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(peer.sizes) == size
+    assert max(peer.sizes) <= CHUNK_SIZE
+    assert peer.more[-1] is False and all(peer.more[:-1])
+    assert peak < 16 * CHUNK_SIZE, peak  # 2 MiB: a few chunks in flight, not the 64 MiB file
+
+
+async def test_ranges_of_large_files_read_only_the_range(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "big.img", 1024**3)
+    with path.open("r+b") as f:
+        f.seek(512 * 1024**2)
+        f.write(b"middle")
+    peer = Peer()
+    app = StaticFiles(tmp_path)
+    await app(_scope("/big.img", (b"range", b"bytes=536870912-536870917")), peer.receive, peer.send)
+    assert peer.start is not None
+    assert peer.start["status"] == 206
+    assert peer.sizes == [6]
+
+
+async def test_a_file_that_shrinks_mid_download_fails_the_response(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "moving.img", 8 * CHUNK_SIZE)
+    shrunk = False
+
+    class Shrinker(Peer):
+        async def send(self, message: dict[str, Any]) -> None:
+            nonlocal shrunk
+            await super().send(message)
+            if self.sizes and not shrunk:
+                shrunk = True
+                os.truncate(path, 2 * CHUNK_SIZE)
+
+    peer = Shrinker()
+    with pytest.raises(FileChangedError):
+        await StaticFiles(tmp_path)(_scope("/moving.img"), peer.receive, peer.send)
+    assert sum(peer.sizes) == 2 * CHUNK_SIZE
+    assert all(peer.more)  # the response was never marked complete with the wrong length
+
+
+async def test_open_descriptors_are_closed(tmp_path: Path) -> None:
+    _sparse(tmp_path / "big.img", 4 * CHUNK_SIZE)
+    (tmp_path / "small.txt").write_text("x")
+    app = StaticFiles(tmp_path)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        for scope in (
+            _scope("/big.img"),
+            _scope("/big.img", (b"range", b"bytes=0-0")),
+            _scope("/big.img", (b"range", b"bytes=999999999-")),
+            _scope("/small.txt"),
+            _scope("/missing.txt"),
+        ):
+            await app(scope, Peer().receive, Peer().send)
+        await app(_scope("/big.img"), (leaving := Peer(leave_after=1)).receive, leaving.send)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
