@@ -108,6 +108,9 @@ class Bridge:
             return
         logger.info("stopping: finishing in-flight streams", extra={"deadline_s": self.settings.drain_timeout_s})
         self._stop.set()
+        for session in (self.active, *self._draining.values()):
+            if session is not None:
+                session.stop_accepting()
 
     @property
     def stopping(self) -> bool:

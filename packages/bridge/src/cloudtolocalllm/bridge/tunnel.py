@@ -359,6 +359,10 @@ class Session:
         if frame is not None:
             self._outbox.put_control(frame)
 
+    def stop_accepting(self) -> None:
+        """Refuse every Open from now on (REFUSED: the cloud may retry it on another bridge)."""
+        self._refusing = True
+
     async def shutdown(self, deadline_s: float, hurry: asyncio.Event | None = None) -> None:
         """Refuse new streams, let in-flight ones finish for up to ``deadline_s``, then close with 1000.
 

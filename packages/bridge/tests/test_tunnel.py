@@ -1,0 +1,352 @@
+"""The tunnel loop over real sockets: fake cloud <-WebSocket-> Bridge <-HTTP-> fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cloudtolocalllm.bridge.backend import BackendState
+from cloudtolocalllm.core.protocol import (
+    BridgeStatus,
+    CloseCode,
+    Data,
+    GoAway,
+    Limits,
+    Ping,
+    Pong,
+    ResponseHead,
+    StreamError,
+)
+
+from .conftest import TOKEN, FakeBackend, FakeCloud
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_handshake_hello_and_ping_pong(cloud: FakeCloud, start_bridge: Any) -> None:
+    running = await start_bridge()
+    link = await cloud.next_link()
+    assert link.authorization == f"Bearer {TOKEN}"
+    assert link.path == "/ws/bridge"  # the token is never in the URL
+    hello = link.hello
+    assert hello.bridge_id.startswith("br-") and hello.name == "test-bridge"
+    assert hello.backend_kind == "ollama" and hello.backend_reachable is True
+    assert hello.models == ["llama3:8b", "smollm2:135m"]
+    await link.send(Ping(42))
+    pong = await link.control_frame(Pong)
+    assert pong.nonce == 42
+    assert await running.stop() == 0
+    await asyncio.wait_for(link.closed.wait(), 5)
+    assert link.close_code == 1000
+
+
+async def test_bridge_id_is_stable_across_restarts(cloud: FakeCloud, start_bridge: Any) -> None:
+    first = await start_bridge()
+    link1 = await cloud.next_link()
+    await first.stop()
+    await start_bridge()
+    link2 = await cloud.next_link()
+    assert link1.hello.bridge_id == link2.hello.bridge_id
+
+
+async def test_ndjson_chunks_arrive_one_by_one(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    await start_bridge()
+    link = await cloud.next_link()
+    stream = await link.open("POST", "/api/chat", body=b'{"model":"llama3:8b","messages":[]}')
+    backend.chat_chunks.put_nowait(b'{"message":{"content":"Hel"},"done":false}\n')
+    head = await stream.head()
+    assert isinstance(head, ResponseHead) and head.status == 200
+    names = {name.lower() for name, _ in head.headers}
+    assert "content-type" in names and "transfer-encoding" not in names and "connection" not in names
+    # The first chunk reaches the cloud while the backend has not produced the second one yet.
+    first = await stream.next()
+    assert isinstance(first, Data) and first.payload == b'{"message":{"content":"Hel"},"done":false}\n'
+    backend.chat_chunks.put_nowait(b'{"message":{"content":"lo"},"done":false}\n')
+    second = await stream.next()
+    assert isinstance(second, Data) and b'"lo"' in second.payload
+    backend.chat_chunks.put_nowait(b'{"done":true}\n')
+    backend.chat_chunks.put_nowait(None)
+    rest = await stream.body()
+    assert rest == b'{"done":true}\n'
+    # The end-to-end headers reached the backend, hop-by-hop/credential ones did not.
+    method, path, headers = backend.requests[-1]
+    assert (method, path) == ("POST", "/api/chat")
+    assert headers["content-type"] == "application/json"
+    assert "authorization" not in headers
+
+
+async def test_query_string_and_get_without_body(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    await start_bridge()
+    link = await cloud.next_link()
+    stream = await link.open("GET", "/api/tags", query="verbose=1", headers=[("accept", "application/json")])
+    head = await stream.head()
+    assert isinstance(head, ResponseHead) and head.status == 200
+    assert json.loads(await stream.body())["models"][0]["name"] == "llama3:8b"
+    assert backend.requests[-1][1] == "/api/tags?verbose=1"
+    assert ("content-length", str(len(json.dumps({"models": [{"name": m} for m in backend.models]})))) in [
+        (n.lower(), v) for n, v in head.headers
+    ]
+
+
+async def test_upload_streams_with_bounded_credit(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
+    running = await start_bridge()
+    link = await cloud.next_link()
+    blob = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    digest = hashlib.sha256(blob).hexdigest()
+    stream = await link.open(
+        "POST",
+        f"/api/blobs/sha256:{digest}",
+        body=blob,
+        headers=[("content-type", "application/octet-stream"), ("content-length", str(len(blob)))],
+    )
+    head = await stream.head()
+    assert isinstance(head, ResponseHead) and head.status == 201, head
+    await stream.body()
+    assert backend.upload == {"size": len(blob), "sha256": digest}
+    session = running.bridge.sessions[-1]
+    assert 0 < session.stats.max_buffered_bytes <= 64 * 1024
+
+
+async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    window = 64 * 1024
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=window, max_concurrent_streams=8)
+    await start_bridge()
+    link = await cloud.next_link()
+    link.auto_credit = False
+    stream = await link.open("POST", "/api/pull", body=b'{"model":"x"}')
+    head = await stream.head()
+    assert isinstance(head, ResponseHead)
+    received = 0
+    while received < window:
+        frame = await stream.next()
+        assert isinstance(frame, Data)
+        received += len(frame.payload)
+    assert received == window  # not one byte beyond the credit
+    await asyncio.sleep(0.5)
+    assert stream.frames.empty()
+    # The backend is held back by TCP backpressure: far less than its 64 MB has been produced.
+    stalled_at = backend.pull_produced
+    await asyncio.sleep(0.3)
+    assert backend.pull_produced == stalled_at
+    assert stalled_at < 24 * 1024 * 1024, stalled_at
+    print(f"backend produced {stalled_at} bytes before TCP backpressure held it")
+    # Granting credit again lets the whole body through.
+    link.auto_credit = True
+    await link.grant(stream.sid, received)
+    total = received + len(await stream.body(timeout=30))
+    assert total == backend.pull_produced >= backend.pull_total
+
+
+async def test_cancel_aborts_the_backend_request_within_1s(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    await start_bridge()
+    link = await cloud.next_link()
+    stream = await link.open("POST", "/api/generate", body=b'{"model":"llama3:8b","prompt":"hi"}')
+    assert isinstance(await stream.head(), ResponseHead)
+    assert isinstance(await stream.next(), Data)
+    cancelled_at = time.monotonic()
+    await stream.cancel()
+    async with asyncio.timeout(2):
+        while backend.generate_disconnected_at is None:
+            await asyncio.sleep(0.01)
+    assert backend.generate_disconnected_at - cancelled_at < 1.0
+
+
+async def test_backend_down_gives_backend_unreachable(
+    cloud: FakeCloud, start_bridge: Any, dead_backend_url: str
+) -> None:
+    await start_bridge(backend_url=dead_backend_url)
+    link = await cloud.next_link()
+    assert link.hello.backend_reachable is False and link.hello.models == []
+    stream = await link.open("POST", "/api/chat", body=b"{}")
+    error = await stream.head()
+    assert isinstance(error, StreamError) and error.code == "backend_unreachable"
+    assert error.message == f"could not connect to the local backend at {dead_backend_url}: is Ollama running?"
+
+
+async def test_refusals_over_the_wire(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    await start_bridge(read_only=True)
+    link = await cloud.next_link()
+    cases = [
+        ("GET", "/etc/passwd", "path_not_allowed"),
+        ("GET", "/api/../admin", "path_not_allowed"),
+        ("GET", "/api/tags/", "path_not_allowed"),
+        ("POST", "/api/pull", "read_only"),
+        ("DELETE", "/api/delete", "read_only"),
+        ("POST", "/api/blobs/sha256:" + "a" * 64, "read_only"),
+    ]
+    for method, path, code in cases:
+        stream = await link.open(method, path, body=b"{}" if method != "GET" else None)
+        error = await stream.head()
+        assert isinstance(error, StreamError) and error.code == code, (path, error)
+    seen = [path for _, path, _ in backend.requests if not path.startswith(("/api/tags", "/api/version"))]
+    assert seen == []  # nothing refused reached the backend
+    # A read-only request still works on the same connection.
+    stream = await link.open("GET", "/api/ps")
+    assert isinstance(await stream.head(), ResponseHead)
+
+
+async def test_go_away_opens_a_new_connection_while_old_streams_finish(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    backend.generate_chunks = 20  # one second of output
+    running = await start_bridge()
+    old = await cloud.next_link()
+    stream = await old.open("POST", "/api/generate", body=b"{}")
+    assert isinstance(await stream.head(), ResponseHead)
+    await old.send(GoAway("deploy", retry_after_s=0.0))
+    new = await cloud.next_link(timeout=3)
+    assert new.hello.bridge_id == old.hello.bridge_id
+    assert not old.closed.is_set()
+    body = await stream.body()  # the in-flight stream finished on the old connection
+    assert body.count(b"\n") == 20
+    await asyncio.wait_for(old.closed.wait(), 3)  # then the bridge closed the idle old connection
+    # New streams go to the new connection.
+    fresh = await new.open("GET", "/api/version")
+    assert isinstance(await fresh.head(), ResponseHead)
+    assert len(running.bridge.sessions) == 2
+
+
+async def test_version_mismatch_stops_without_redialling(cloud: FakeCloud, start_bridge: Any) -> None:
+    reason = "bridge speaks protocol v1, cloud needs v2: upgrade the bridge"
+    cloud.close_after_hello = (CloseCode.VERSION_INCOMPATIBLE, reason)
+    running = await start_bridge()
+    assert await asyncio.wait_for(running.task, 5) == 1
+    assert reason in (running.bridge.exit_message or "")
+    await asyncio.sleep(0.3)
+    assert len(cloud.attempts) == 1
+
+
+async def test_401_with_env_token_stops_with_a_clear_message(cloud: FakeCloud, start_bridge: Any) -> None:
+    cloud.tokens = {"another"}
+    running = await start_bridge()
+    assert await asyncio.wait_for(running.task, 5) == 1
+    message = running.bridge.exit_message or ""
+    assert message.startswith("token invalid or expired (the cloud answered HTTP 401: token expired)")
+    assert "CLOUDTOLOCALLLM_TOKEN" in message
+    assert len(cloud.attempts) == 1
+
+
+async def test_401_with_token_file_waits_for_a_new_token(cloud: FakeCloud, start_bridge: Any, tmp_path: Any) -> None:
+    from cloudtolocalllm.bridge.token import TokenSource
+
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token\n")
+    running = await start_bridge(token_source=TokenSource(token_file=token_file))
+    await asyncio.sleep(0.6)
+    assert len(cloud.attempts) == 1  # no tight loop with a refused token
+    assert not running.task.done()
+    snapshot = running.bridge.status.snapshot
+    assert snapshot.state == "disconnected" and "token invalid or expired" in (snapshot.last_error or "")
+    token_file.write_text(TOKEN + "\n")
+    link = await cloud.next_link(timeout=3)
+    assert link.authorization == f"Bearer {TOKEN}"
+
+
+async def test_retry_after_is_honoured(cloud: FakeCloud, start_bridge: Any) -> None:
+    cloud.refuse = (503, '{"error": "draining"}', {"Retry-After": "1"})
+    await start_bridge()
+    async with asyncio.timeout(5):
+        while len(cloud.attempts) < 2:
+            await asyncio.sleep(0.02)
+    gap = cloud.attempts[1] - cloud.attempts[0]
+    assert gap >= 1.0  # the backoff alone (cap 0.2 s) would have redialled much sooner
+
+
+async def test_unreachable_cloud_backs_off(start_bridge: Any, dead_backend_url: str) -> None:
+    running = await start_bridge(cloud_url=dead_backend_url)
+    await asyncio.sleep(0.8)
+    attempts = running.bridge.backoff.attempt
+    assert 2 <= attempts <= 40  # retried, with delays (base 0.05 s, cap 0.2 s), never a tight loop
+    assert running.bridge.status.snapshot.state in ("disconnected", "connecting")
+    assert "cannot reach the cloud" in (running.bridge.status.snapshot.last_error or "")
+
+
+async def test_silent_cloud_is_declared_dead(cloud: FakeCloud, start_bridge: Any) -> None:
+    cloud.heartbeat_interval_s = 0.2
+    await start_bridge()
+    first = await cloud.next_link()
+    second = await cloud.next_link(timeout=3)  # nothing for 3 x 0.2 s: reconnected
+    assert second is not first
+
+
+async def test_reauth_sends_the_renewed_token(cloud: FakeCloud, start_bridge: Any, tmp_path: Any) -> None:
+    from cloudtolocalllm.bridge.token import TokenSource
+    from cloudtolocalllm.core.protocol import Reauth, ReauthOk
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    cloud.token_ttl_s = 30.5  # reauth at max(0, min(0.8 * 30.5, 30.5 - 30)) = 0.5 s
+    await start_bridge(token_source=TokenSource(token_file=token_file))
+    link = await cloud.next_link()
+    token_file.write_text("tok-2")
+    reauth = await link.control_frame(Reauth, timeout=3)
+    assert reauth.token == "tok-2"
+    await link.send(ReauthOk(time.time() + 3600))
+    await asyncio.sleep(0.3)
+    assert not link.closed.is_set()
+
+
+async def test_bridge_status_on_backend_change(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    await start_bridge(status_interval_s=0.1)
+    link = await cloud.next_link()
+    backend.models = ["llama3:8b", "qwen3:4b", "smollm2:135m"]
+    status = await link.control_frame(BridgeStatus, timeout=3)
+    assert status.backend_reachable is True and status.models == ["llama3:8b", "qwen3:4b", "smollm2:135m"]
+
+
+async def test_shutdown_drains_in_flight_streams(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    backend.generate_chunks = 10  # half a second
+    running = await start_bridge()
+    link = await cloud.next_link()
+    stream = await link.open("POST", "/api/generate", body=b"{}")
+    assert isinstance(await stream.head(), ResponseHead)
+    running.bridge.request_stop()
+    late = await link.open("GET", "/api/tags")
+    refused = await late.head()
+    assert isinstance(refused, StreamError) and refused.code == "refused"
+    body = await stream.body()
+    assert body.count(b"\n") == 10
+    assert await asyncio.wait_for(running.task, 5) == 0
+    await asyncio.wait_for(link.closed.wait(), 3)
+    assert link.close_code == 1000
+
+
+async def test_status_file_tracks_the_connection(cloud: FakeCloud, start_bridge: Any) -> None:
+    from cloudtolocalllm.bridge.state import BridgeStatusFile
+
+    running = await start_bridge()
+    await cloud.next_link()
+    await wait_until(lambda: running.bridge.status.snapshot.state == "connected")
+    running.bridge.status.flush(force=True)
+    snap = BridgeStatusFile.read(running.bridge.state_dir)
+    assert snap is not None and snap.state == "connected" and snap.session_id == "s-1"
+    assert snap.backend_reachable and snap.models == ["llama3:8b", "smollm2:135m"]
+    await running.stop()
+    snap = BridgeStatusFile.read(running.bridge.state_dir)
+    assert snap is not None and snap.state == "stopped"
+
+
+async def test_report_ignores_unchanged_state(cloud: FakeCloud, start_bridge: Any) -> None:
+    running = await start_bridge()
+    link = await cloud.next_link()
+    session = running.bridge.sessions[-1]
+    session.report(BackendState(True, ("llama3:8b", "smollm2:135m")))
+    session.report(BackendState(False, ()))
+    status = await link.control_frame(BridgeStatus)
+    assert status.backend_reachable is False
+    assert link.control.empty()
