@@ -48,6 +48,17 @@ TOKEN = "tok-1"
 SMALL_LIMITS = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=16)
 
 
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
 # --- fake local backend -------------------------------------------------------------------------------
 
 
@@ -68,6 +79,8 @@ class FakeBackend:
     upload: dict[str, Any] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     url: str = ""
+    openai: bool = False
+    """Behave like llama.cpp server / LM Studio: /v1 only, no Ollama-native API."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -83,7 +96,10 @@ class FakeBackend:
         self.requests.append(
             (method, path + ("?" + scope["query_string"].decode() if scope["query_string"] else ""), headers)
         )
-        if path == "/api/tags":
+        if path.startswith("/api/") and self.openai:
+            await _drain(receive)
+            await _json(send, {"error": "not found"}, status=404)
+        elif path == "/api/tags":
             await _json(send, {"models": [{"name": m} for m in self.models]})
         elif path == "/api/version":
             await _json(send, {"version": "0.9.0"})
@@ -98,6 +114,14 @@ class FakeBackend:
             await self._pull(send)
         elif path.startswith("/api/blobs/"):
             await self._blob(receive, send)
+        elif path == "/v1/models" and self.openai:
+            await _json(send, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+        elif path == "/v1/chat/completions" and self.openai:
+            await _drain(receive)
+            await send(_start(200, "text/event-stream"))
+            for event in (b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n', b"data: [DONE]\n\n"):
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await _json(send, {"error": "not found"}, status=404)
 
@@ -250,6 +274,7 @@ class CloudLink:
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, frame: Frame) -> None:
         async with self._lock:
@@ -310,7 +335,9 @@ class CloudLink:
             Open(sid, method, path, query, headers or [("content-type", "application/json")], body is not None)
         )
         if body is not None:
-            asyncio.create_task(self._upload(sid, body))
+            task = asyncio.create_task(self._upload(sid, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return stream
 
     async def _upload(self, sid: int, body: bytes) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,15 +23,9 @@ from cloudtolocalllm.core.protocol import (
     StreamError,
 )
 
-from .conftest import TOKEN, FakeBackend, FakeCloud
+from .conftest import TOKEN, FakeBackend, FakeCloud, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_handshake_hello_and_ping_pong(cloud: FakeCloud, start_bridge: Any) -> None:
@@ -160,9 +153,7 @@ async def test_cancel_aborts_the_backend_request_within_1s(
     assert isinstance(await stream.next(), Data)
     cancelled_at = time.monotonic()
     await stream.cancel()
-    async with asyncio.timeout(2):
-        while backend.generate_disconnected_at is None:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: backend.generate_disconnected_at is not None, timeout=2)
     assert backend.generate_disconnected_at - cancelled_at < 1.0
 
 
@@ -260,9 +251,7 @@ async def test_401_with_token_file_waits_for_a_new_token(cloud: FakeCloud, start
 async def test_retry_after_is_honoured(cloud: FakeCloud, start_bridge: Any) -> None:
     cloud.refuse = (503, '{"error": "draining"}', {"Retry-After": "1"})
     await start_bridge()
-    async with asyncio.timeout(5):
-        while len(cloud.attempts) < 2:
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: len(cloud.attempts) >= 2)
     gap = cloud.attempts[1] - cloud.attempts[0]
     assert gap >= 1.0  # the backoff alone (cap 0.2 s) would have redialled much sooner
 

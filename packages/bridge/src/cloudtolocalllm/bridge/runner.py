@@ -152,7 +152,7 @@ class Bridge:
             self.status.update(state="stopped", session_id=None, streams_in_flight=0, force=True)
 
     async def _make_backend(self) -> Backend:
-        kind_setting = self.settings.backend_kind
+        kind_setting = BackendKindSetting(self.settings.backend_kind)
         if kind_setting is BackendKindSetting.AUTO:
             kind = await detect_kind(self.backend_url, connect_timeout_s=self.settings.backend_connect_timeout_s)
             if kind is None:
