@@ -157,6 +157,22 @@ async def test_cancel_aborts_the_backend_request_within_1s(
     assert backend.generate_disconnected_at - cancelled_at < 1.0
 
 
+async def test_cancel_during_an_upload_aborts_it(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
+    running = await start_bridge()
+    link = await cloud.next_link()
+    link.auto_credit = True
+    stream = await link.open("POST", "/api/blobs/sha256:" + "0" * 64, body=b"x" * (64 * 1024 * 1024))
+    session = running.bridge.sessions[-1]
+    await wait_until(lambda: session.stats.max_buffered_bytes > 0)
+    await stream.cancel()
+    await wait_until(lambda: session.streams_in_flight == 0, timeout=1)
+    # The backend saw its client go away mid-body: it never got the whole 64 MB.
+    await wait_until(lambda: bool(backend.upload), timeout=2)
+    assert backend.upload["size"] < 64 * 1024 * 1024
+    assert stream.frames.empty()
+
+
 async def test_backend_down_gives_backend_unreachable(
     cloud: FakeCloud, start_bridge: Any, dead_backend_url: str
 ) -> None:
@@ -311,6 +327,21 @@ async def test_shutdown_drains_in_flight_streams(cloud: FakeCloud, backend: Fake
     body = await stream.body()
     assert body.count(b"\n") == 10
     assert await asyncio.wait_for(running.task, 5) == 0
+    await asyncio.wait_for(link.closed.wait(), 3)
+    assert link.close_code == 1000
+
+
+async def test_shutdown_deadline_cuts_endless_streams(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    running = await start_bridge(drain_timeout_s=0.3)
+    link = await cloud.next_link()
+    stream = await link.open("POST", "/api/generate", body=b"{}")  # streams until its client goes away
+    assert isinstance(await stream.head(), ResponseHead)
+    started = time.monotonic()
+    assert await running.stop() == 0
+    assert time.monotonic() - started < 2.0
+    await wait_until(lambda: backend.generate_disconnected_at is not None, timeout=2)
     await asyncio.wait_for(link.closed.wait(), 3)
     assert link.close_code == 1000
 

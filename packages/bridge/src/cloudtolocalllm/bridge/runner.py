@@ -194,6 +194,7 @@ class Bridge:
                 continue
             self._warn_if_expired(token)
             self.status.update(state="connecting")
+            logger.info("connecting to the cloud", extra={"url": self.url, "attempt": self.backoff.attempt})
             try:
                 ws = await open_websocket(self.url, token, open_timeout_s=self.settings.handshake_timeout_s)
             except HandshakeRefused as exc:
@@ -262,7 +263,12 @@ class Bridge:
             return EXIT_OK
         self.active = None
         self._last_token = session.token
-        return await self._after_session(task.result())
+        try:
+            end = task.result()
+        except Exception:  # a bug must not kill a desktop daemon: log it and redial with backoff
+            logger.exception("the tunnel session failed unexpectedly")
+            end = SessionEnd(reason="internal error in the bridge")
+        return await self._after_session(end)
 
     async def _hand_over(self, session: Session, task: asyncio.Task[SessionEnd], by_cloud: bool) -> _Next:
         """GoAway (or a backend kind change): keep the old session for its streams, dial a new one."""
