@@ -14,8 +14,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from cloudtolocalllm.edge.certs import write_self_signed
 from cloudtolocalllm.edge.config import parse_config
+from cloudtolocalllm.edge.controller import Controller
 from cloudtolocalllm.edge.nginx import Nginx
 from cloudtolocalllm.edge.render import render
+from cloudtolocalllm.edge.settings import ControllerSettings
+from controller_harness import RunningController
 from edge_harness import (
     HOSTS,
     POOLS,
@@ -105,3 +108,52 @@ def start_edge(
         edge.close()
         failure = error_log.read_text()
     raise AssertionError(f"nginx did not start: {failure}")
+
+
+# Fast enough for tests, slow enough for a busy 2-core machine: an instance leaves after 2 failed checks
+# (~0.5 s) and returns after 2 good ones.
+FAST_CHECKS = {"interval": 0.2, "timeout": 1.0, "fall": 2, "rise": 2}
+FAST_SETTINGS = ControllerSettings(cert_poll_interval=0.1, restart_backoff=0.2, stop_timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ctl_upstreams() -> Iterator[UpstreamServers]:
+    """Upstreams of its own for each controller test module: tests flip their /health answers."""
+    servers = UpstreamServers([f"{pool}#{i}" for pool, count in POOLS.items() for i in range(1, count + 1)])
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def make_controller(
+    ctl_upstreams: UpstreamServers, tls_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., RunningController]]:
+    """Run the controller in-process (its own thread and loop) on real nginx; stopped when the test ends."""
+    started: list[RunningController] = []
+
+    def start(
+        overrides: dict[str, Any] | None = None,
+        instances: dict[str, list[str]] | None = None,
+        settings: ControllerSettings = FAST_SETTINGS,
+        tls: tuple[Path, Path] | None = None,
+    ) -> RunningController:
+        runtime = tmp_path_factory.mktemp("ctl")
+        (runtime / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True)
+        http_port, https_port = free_port(), free_port()
+        files = tls or tls_files
+        data = base_config(runtime, instances or pool_instances(ctl_upstreams), files, http_port, https_port)
+        data["health_checks"] = dict(FAST_CHECKS)
+        # These tests send bursts of requests; the limits themselves are tested in test_limits_failover.py.
+        data["rate_limits"] = {name: {"rate": 100000, "burst": 100000} for name in ("api", "general")}
+        config = parse_config(merge(data, overrides or {}))
+        controller = Controller(config, settings)
+        edge = Edge(config, controller.nginx, http_port, https_port, runtime / "access.log", runtime, files[0])
+        running = RunningController(controller, edge)
+        started.append(running)
+        running.start()
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

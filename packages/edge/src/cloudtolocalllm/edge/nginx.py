@@ -125,8 +125,14 @@ class Nginx:
             return []
         return [int(child) for child in text.split()]
 
-    def start(self, *, stderr: IO[bytes] | int | None = None) -> None:
-        """Start the master process on the live configuration (which :meth:`install` must have written)."""
+    def start(
+        self, *, stderr: IO[bytes] | int | None = None, stdout: IO[bytes] | int | None = subprocess.DEVNULL
+    ) -> None:
+        """Start the master process on the live configuration (which :meth:`install` must have written).
+
+        ``stdout=None`` lets nginx inherit this process's stdout, which the default access log
+        (``/dev/stdout``) then writes to (a container's log stream).
+        """
         if self.running:
             raise NginxError("nginx is already running")
         if not self.conf_path.exists():
@@ -135,7 +141,7 @@ class Nginx:
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             self._command(self.conf_path),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=stderr,
             env={**os.environ, "TZ": "UTC"},
         )

@@ -91,8 +91,10 @@ class _Renderer:
         config: EdgeConfig,
         healthy: Mapping[str, Sequence[str]] | None,
         certificate: tuple[str, str] | None,
+        addresses: Mapping[str, str] | None = None,
     ) -> None:
         self.c = config
+        self.addresses = dict(addresses or {})
         self.w = _Writer()
         self.runtime = config.nginx.runtime_dir
         self.healthy = {
@@ -276,7 +278,10 @@ class _Renderer:
                 if pool.balance == "least_conn":
                     w("least_conn")
                 for instance in instances:
-                    w("server", instance)
+                    address = self.addresses.get(instance, instance)
+                    if address != instance:
+                        w.comment(instance)
+                    w("server", address)
                 if pool.keepalive:
                     w("keepalive", str(pool.keepalive))
             w.blank()
@@ -491,14 +496,17 @@ def render(
     *,
     healthy: Mapping[str, Sequence[str]] | None = None,
     certificate: tuple[str, str] | None = None,
+    addresses: Mapping[str, str] | None = None,
 ) -> str:
     """The nginx.conf text for ``config``; the same inputs always give the same bytes.
 
     ``healthy`` maps a pool name to its instances currently passing health checks (``None``: all of them);
     a pool left with none has its routes answer 503 directly. ``certificate`` overrides the configured
-    certificate and key paths (the controller's self-signed bootstrap pair).
+    certificate and key paths (the controller's self-signed bootstrap pair). ``addresses`` maps an instance
+    (``api-backend-1:8080``) to the ``ip:port`` to render instead of its name: nginx resolves names only at
+    start-up and refuses a configuration whose name does not resolve, so the controller resolves them itself.
     """
-    text = _Renderer(config, healthy, certificate).render()
+    text = _Renderer(config, healthy, certificate, addresses).render()
     generation = hashlib.sha256(text.encode()).hexdigest()[:16]
     return text.replace(GENERATION_PLACEHOLDER, generation)
 
