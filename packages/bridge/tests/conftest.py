@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from cloudtolocalllm.bridge.backend import Backend
 from cloudtolocalllm.bridge.backoff import Backoff
 from cloudtolocalllm.bridge.config import BridgeSettings
 from cloudtolocalllm.bridge.runner import Bridge
@@ -444,7 +445,11 @@ async def start_bridge(tmp_path: Path, cloud: FakeCloud, backend: FakeBackend) -
     started: list[RunningBridge] = []
 
     async def start(
-        *, token_source: TokenSource | None = None, backoff: Backoff | None = None, **overrides: Any
+        *,
+        token_source: TokenSource | None = None,
+        backoff: Backoff | None = None,
+        backend_impl: Backend | None = None,
+        **overrides: Any,
     ) -> RunningBridge:
         options: dict[str, Any] = {
             "cloud_url": cloud.url,
@@ -462,6 +467,7 @@ async def start_bridge(tmp_path: Path, cloud: FakeCloud, backend: FakeBackend) -
             token_source or TokenSource(env_token=TOKEN),
             backoff=backoff or Backoff(base_s=0.05, cap_s=0.2, stable_after_s=30, rng=random.Random(7)),
             token_poll_s=0.05,
+            backend=backend_impl,
         )
         running = RunningBridge(bridge, asyncio.create_task(bridge.run()))
         started.append(running)

@@ -159,7 +159,9 @@ async def test_detect_kind(backend: FakeBackend, dead_backend_url: str) -> None:
 @pytest.mark.slow
 async def test_openai_kind_over_the_tunnel(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
     backend.openai = True
-    await start_bridge(backend_kind="auto")
+    # translator=None explicitly: this test is about the seam, not about the openai_compat module.
+    seam = OpenAIBackend(HttpBackend(backend.url, kind=BackendKind.OPENAI), translator=None)
+    await start_bridge(backend_kind="openai", backend_impl=seam)
     link = await cloud.next_link()
     assert link.hello.backend_kind == "openai"
     assert link.hello.models == ["llama3:8b", "smollm2:135m"]
@@ -171,3 +173,20 @@ async def test_openai_kind_over_the_tunnel(cloud: FakeCloud, backend: FakeBacken
     error = await stream.head()
     assert isinstance(error, StreamError) and error.code == "backend_error"
     assert "translation not available yet" in error.message
+
+
+@pytest.mark.slow
+async def test_auto_kind_announces_what_it_found(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    backend.openai = True
+    await start_bridge(backend_kind="auto")
+    link = await cloud.next_link()
+    assert link.hello.backend_kind == "openai" and link.hello.backend_reachable
+
+
+@pytest.mark.slow
+async def test_auto_kind_with_the_backend_down_assumes_ollama(
+    cloud: FakeCloud, start_bridge: Any, dead_backend_url: str
+) -> None:
+    await start_bridge(backend_kind="auto", backend_url=dead_backend_url)
+    link = await cloud.next_link()
+    assert link.hello.backend_kind == "ollama" and not link.hello.backend_reachable

@@ -84,7 +84,8 @@ class BridgeSettings(msgspec.Struct, kw_only=True, frozen=True):
             raise ValueError(f"{ENV_PREFIX}BACKOFF_CAP_S must not be below {ENV_PREFIX}BACKOFF_BASE_S")
 
     def bridge_name(self) -> str:
-        return self.name or socket.gethostname() or "bridge"
+        """The configured name or the host name, clipped to the 128 characters the cloud accepts."""
+        return (self.name or socket.gethostname() or "bridge")[:128]
 
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()

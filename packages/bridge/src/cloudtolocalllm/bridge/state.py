@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ import msgspec
 __all__ = ["BridgeStatusFile", "StatusSnapshot", "load_or_create_bridge_id", "pid_alive"]
 
 _ID_FILE = "bridge-id"
+_VALID_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+"""What the cloud accepts as a bridge id (1-64 of these characters; ours are at least 8 long)."""
 STATUS_FILE = "status.json"
 
 
@@ -34,7 +37,7 @@ def load_or_create_bridge_id(state_dir: Path) -> str:
     path = state_dir / _ID_FILE
     with contextlib.suppress(FileNotFoundError):
         existing = path.read_text().strip()
-        if 8 <= len(existing) <= 128 and existing.isascii() and existing.replace("-", "").isalnum():
+        if _VALID_ID.fullmatch(existing):
             return existing
     bridge_id = "br-" + secrets.token_hex(16)
     tmp = path.with_name(f".{_ID_FILE}.{os.getpid()}.tmp")
