@@ -71,6 +71,7 @@ class FakeBackend:
     chat_chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     chat_yielded: list[float] = field(default_factory=list)
     generate_disconnected_at: float | None = None
+    embed_disconnected_at: float | None = None
     generate_started: asyncio.Event = field(default_factory=asyncio.Event)
     generate_done: asyncio.Event = field(default_factory=asyncio.Event)
     generate_chunks: int = 0
@@ -110,6 +111,11 @@ class FakeBackend:
         elif path == "/api/generate":
             await _drain(receive)
             await self._generate(receive, send)
+        elif path == "/api/embed":
+            # Like a non-streaming generation: no response head until the work is done (never, here).
+            await _drain(receive)
+            await _wait_disconnect(receive)
+            self.embed_disconnected_at = time.monotonic()
         elif path == "/api/pull":
             await _drain(receive)
             await self._pull(send)

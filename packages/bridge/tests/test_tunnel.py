@@ -157,6 +157,21 @@ async def test_cancel_aborts_the_backend_request_within_1s(
     assert backend.generate_disconnected_at - cancelled_at < 1.0
 
 
+async def test_cancel_before_the_response_head_aborts_within_1s(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    await start_bridge()
+    link = await cloud.next_link()
+    stream = await link.open("POST", "/api/embed", body=b'{"model":"m","input":"x"}')
+    await wait_until(lambda: any(path == "/api/embed" for _, path, _ in backend.requests))
+    await asyncio.sleep(0.1)
+    cancelled_at = time.monotonic()
+    await stream.cancel()
+    await wait_until(lambda: backend.embed_disconnected_at is not None, timeout=2)
+    assert backend.embed_disconnected_at - cancelled_at < 1.0
+    assert stream.frames.empty()
+
+
 async def test_cancel_during_an_upload_aborts_it(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
     cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
     running = await start_bridge()
@@ -370,3 +385,26 @@ async def test_report_ignores_unchanged_state(cloud: FakeCloud, start_bridge: An
     status = await link.control_frame(BridgeStatus)
     assert status.backend_reachable is False
     assert link.control.empty()
+
+
+async def test_reauth_refused_close_4001_stops_an_env_token_bridge(cloud: FakeCloud, start_bridge: Any) -> None:
+    running = await start_bridge()
+    link = await cloud.next_link()
+    await link.ws.close(CloseCode.UNAUTHORIZED, "bridge token is invalid or expired; sign in again")
+    assert await asyncio.wait_for(running.task, 5) == 1
+    assert (running.bridge.exit_message or "").startswith("token invalid or expired (the cloud closed the connection")
+    assert len(cloud.attempts) == 1
+
+
+async def test_second_stop_cuts_the_drain_short(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    running = await start_bridge(drain_timeout_s=30)
+    link = await cloud.next_link()
+    stream = await link.open("POST", "/api/generate", body=b"{}")  # endless
+    assert isinstance(await stream.head(), ResponseHead)
+    running.bridge.request_stop()
+    await asyncio.sleep(0.2)
+    assert not running.task.done()  # draining
+    started = time.monotonic()
+    running.bridge.request_stop()  # the second Ctrl-C
+    assert await asyncio.wait_for(running.task, 3) == 0
+    assert time.monotonic() - started < 1.0
