@@ -63,7 +63,7 @@ def typecheck(session: nox.Session) -> None:
 
 
 def _tests(session: nox.Session, folder: str, dist: str) -> None:
-    _uv_sync(session, "--package", dist, "--group", "test")
+    _uv_sync(session, "--package", dist, "--group", "test", "--all-extras")
     session.run(
         "pytest",
         f"packages/{folder}/tests",
