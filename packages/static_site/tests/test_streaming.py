@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cloudtolocalllm.static_site.server import CHUNK_SIZE, FileChangedError, StaticFiles
+from cloudtolocalllm.static_site.files import Found
+from cloudtolocalllm.static_site.server import CHUNK_SIZE, FileChangedError, StaticFiles, _in_pool
 
 
 def _scope(path: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
@@ -150,3 +152,47 @@ async def test_open_descriptors_are_closed(tmp_path: Path) -> None:
             await app(scope, Peer().receive, Peer().send)
         await app(_scope("/big.img"), (leaving := Peer(leave_after=1)).receive, leaving.send)
     assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
+async def test_a_cancelled_lookup_closes_the_file_it_opened(tmp_path: Path) -> None:
+    """If the request is cancelled while its lookup runs (e.g. shutdown), the descriptor is not leaked."""
+    path = _sparse(tmp_path / "big.img", 1024)
+    started, release = threading.Event(), threading.Event()
+    opened: list[int] = []
+
+    def slow_lookup() -> Found:
+        started.set()
+        release.wait(10)
+        fd = os.open(path, os.O_RDONLY)
+        opened.append(fd)
+        return Found(
+            path=str(path),
+            size=1024,
+            mtime=0.0,
+            etag='"x"',
+            coding=None,
+            content_type="application/octet-stream",
+            vary=False,
+            fd=fd,
+        )
+
+    task = asyncio.create_task(_in_pool(slow_lookup))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    for _ in range(100):
+        if opened and not _is_open(opened[0]):
+            break
+        await asyncio.sleep(0.02)
+    assert opened
+    assert not _is_open(opened[0])
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
