@@ -113,6 +113,7 @@ class Controller:
         self._known_workers: set[int] = set()
         self._orphans: set[int] = set()
         self._started_at = 0.0
+        self._cert_seen: CertSignature = ()
         self.app = self.build_app()
 
     # -- the admin app ---------------------------------------------------------------------------------
@@ -165,6 +166,8 @@ class Controller:
             self._write_bootstrap("the configured certificate is missing")
         await self.checker.run_round()
         self._update_gauges()
+        # Taken before nginx reads the files: a change from now on is noticed by the watcher.
+        self._cert_seen = self.certificate_signature()
         await self._install_first()
         await self._start_nginx()
         self._tasks = [
@@ -369,9 +372,9 @@ class Controller:
     async def _health_loop(self) -> None:
         while not await self._sleep(self.config.health_checks.interval):
             changed = await self.checker.run_round()
-            self._update_gauges()
             if changed or self.reload_failed:
                 await self.reconcile(reason="upstream health changed")
+            self._update_gauges()  # after the reload: "up" means in the pool nginx is serving
 
     # -- certificates ----------------------------------------------------------------------------------
 
@@ -413,17 +416,16 @@ class Controller:
 
     async def _certificate_loop(self) -> None:
         interval = self.settings.cert_poll_interval
-        last = self.certificate_signature()
         while not await self._sleep(interval):
             current = self.certificate_signature()
-            if current == last:
+            if current == self._cert_seen:
                 continue
             # certbot updates the certificate and the key one after the other: act on a pair seen twice.
             if await self._sleep(interval):
                 return
             if self.certificate_signature() != current:
                 continue
-            last = current
+            self._cert_seen = current
             await self.certificate_changed()
 
     async def certificate_changed(self) -> bool:
