@@ -6,6 +6,7 @@ set -euo pipefail
 APT_PACKAGES=(
   nginx-light      # edge data plane under test
   openssl          # self-signed bootstrap certificates
+  wrk              # HTTP load generator: benchmarks (static-site small files vs nginx, core /health)
 )
 
 export PATH="$HOME/.local/bin:$PATH"
