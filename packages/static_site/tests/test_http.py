@@ -428,3 +428,10 @@ async def test_metrics_label_files_by_route_template(client: httpx.AsyncClient) 
     assert 'route="/{path:path}"' in metrics
     assert "secret-name-of-a-missing-file" not in metrics
     assert "app.js" not in metrics
+
+
+async def test_conditional_head_is_304_too(client: httpx.AsyncClient) -> None:
+    etag = (await client.head("/app.js")).headers["etag"]
+    response = await client.head("/app.js", headers={"if-none-match": etag})
+    assert response.status_code == 304
+    assert response.headers["etag"] == etag

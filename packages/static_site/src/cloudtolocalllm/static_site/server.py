@@ -248,8 +248,13 @@ class StaticFiles:
             ]
             if found.vary:
                 common.append((b"vary", b"Accept-Encoding"))
-            if found.body is None and fd is None and scope["method"] != "HEAD":
-                # The lookup saw the client's copy is current and did not read the file.
+            if not_modified(
+                found.etag,
+                found.mtime,
+                if_none_match=headers.get(b"if-none-match"),
+                if_modified_since=headers.get(b"if-modified-since"),
+            ):
+                # For GET the lookup made the same decision and did not read the file.
                 await send({"type": "http.response.start", "status": 304, "headers": common})
                 await send({"type": "http.response.body", "body": b""})
                 return
