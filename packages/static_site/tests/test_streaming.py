@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from cloudtolocalllm.static_site.files import Found
 from cloudtolocalllm.static_site.server import CHUNK_SIZE, FileChangedError, StaticFiles, _in_pool
@@ -37,20 +38,20 @@ class Peer:
 
     def __init__(self, *, leave_after: int | None = None) -> None:
         self.leave_after = leave_after
-        self.start: dict[str, Any] | None = None
+        self.start: Message | None = None
         self.sizes: list[int] = []
         self.more: list[bool] = []
         self._requested = False
         self._gone = asyncio.Event()
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> Message:
         if not self._requested:
             self._requested = True
             return {"type": "http.request", "body": b"", "more_body": False}
         await self._gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.start = message
             return
@@ -122,7 +123,7 @@ async def test_a_file_that_shrinks_mid_download_fails_the_response(tmp_path: Pat
     shrunk = False
 
     class Shrinker(Peer):
-        async def send(self, message: dict[str, Any]) -> None:
+        async def send(self, message: Message) -> None:
             nonlocal shrunk
             await super().send(message)
             if self.sizes and not shrunk:
