@@ -97,6 +97,19 @@ for _folder, _dist_name in PACKAGES.items():
     _dist_session.__doc__ = f"Build the wheel and sdist of {_dist_name} into dist/."
 
 
+@nox.session(name="tests-e2e", default=True)
+def tests_e2e(session: nox.Session) -> None:
+    """Every service and the bridge as real processes, a real small model, the official clients."""
+    _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e")
+    session.run("python3", "scripts/local_model.py", "ensure", external=True)
+    session.run(
+        "pytest",
+        "tests/e2e",
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
+    )
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Measure and report (``-- --json PATH`` to save); never fails on a timing."""

@@ -275,3 +275,13 @@ async def test_expired_token_is_401_on_every_route(cloud: Cloud, path: str) -> N
         response = await client.get(path)
     assert response.status_code == 401
     assert response.json() == {"error": "token expired"}
+
+
+async def test_model_management_is_forwarded_even_when_the_model_is_unlisted(cloud: Cloud) -> None:
+    # The bridge's model list can lag a local `ollama pull`; the backend decides for management calls.
+    async with FakeBridge(cloud.url, cloud.token(), models=[]) as bridge, cloud.client() as client:
+        deleted = await client.request("DELETE", "/api/ollama/api/delete", json={"model": "fresh:latest"})
+        chat = await client.post("/api/ollama/api/chat", json={"model": "fresh:latest"})
+    assert deleted.status_code == 200
+    assert [o.path for o in bridge.opens] == ["/api/delete"]
+    assert chat.status_code == 404

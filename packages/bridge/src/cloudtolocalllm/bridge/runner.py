@@ -84,6 +84,7 @@ class Bridge:
         self.status = BridgeStatusFile(self.state_dir)
         self.backend: Backend | None = backend
         self.backend_state = BackendState(False, (), "not probed yet")
+        self._probe_now = asyncio.Event()
         self.active: Session | None = None
         self.sessions: list[Session] = []
         """Every session opened, oldest first (tests look at them)."""
@@ -238,6 +239,7 @@ class Bridge:
             backend_state=self.backend_state,
             on_go_away=lambda _frame: go_away.set(),
             on_streams_changed=self._streams_changed,
+            on_models_changed=self._probe_now.set,
             on_welcome=self._welcomed,
         )
         self.sessions.append(session)
@@ -350,7 +352,11 @@ class Bridge:
 
     async def _monitor(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.status_interval_s)
+            # Poll every status interval, or at once after a request that changed the models.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.status_interval_s):
+                    await self._probe_now.wait()
+            self._probe_now.clear()
             try:
                 await self._poll_backend()
             except Exception:

@@ -291,6 +291,10 @@ class _Outbox:
         self._space.set()
 
 
+# Requests after which the backend's model list is likely different.
+MODEL_CHANGING_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
+
+
 class Session:
     """Runs the protocol over one open WebSocket until it closes."""
 
@@ -305,6 +309,7 @@ class Session:
         backend_state: BackendState,
         on_go_away: Callable[[GoAway], None] | None = None,
         on_streams_changed: Callable[[], None] | None = None,
+        on_models_changed: Callable[[], None] | None = None,
         on_welcome: Callable[[Welcome], None] | None = None,
     ) -> None:
         self.ws = ws
@@ -319,6 +324,7 @@ class Session:
         self._reported = (backend_state.reachable, tuple(backend_state.models))
         self._on_go_away = on_go_away
         self._on_streams_changed = on_streams_changed
+        self._on_models_changed = on_models_changed
         self._on_welcome = on_welcome
         self._outbox = _Outbox(ws)
         self._streams: dict[int, _Stream] = {}
@@ -707,6 +713,8 @@ class Session:
         finally:
             self._streams.pop(sid, None)
             self.stats.streams_done += 1
+            if frame.path in MODEL_CHANGING_PATHS and status is not None and status < 400 and self._on_models_changed:
+                self._on_models_changed()  # tell the cloud about the new model list now, not next poll
             if not self._streams:
                 self._streams_idle.set()
             logger.info(

@@ -9,13 +9,17 @@ from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 
-__all__ = ["BRIDGE_HEADER", "MODEL_CREATING_PATHS", "choose_bridge"]
+__all__ = ["BRIDGE_HEADER", "MODEL_MANAGEMENT_PATHS", "choose_bridge"]
 
 BRIDGE_HEADER: Final = "x-cloudtolocalllm-bridge"
 """Pins a request to one of the caller's bridges by id (e.g. a blob upload and the create that uses it)."""
 
-# These name a model that need not exist on the bridge yet.
-MODEL_CREATING_PATHS: Final = frozenset({"/api/pull", "/api/create"})
+# Model management: the backend itself knows best whether the model exists (a bridge's model list can
+# lag a local `ollama pull` by one status interval), so these are never refused for an unlisted model.
+# Inference requests are: an OpenAI-compatible backend would silently answer with whatever it serves.
+MODEL_MANAGEMENT_PATHS: Final = frozenset(
+    {"/api/pull", "/api/create", "/api/push", "/api/copy", "/api/delete", "/api/show"}
+)
 
 
 def choose_bridge(
@@ -38,13 +42,14 @@ def choose_bridge(
         bridges = [b for b in bridges if b.bridge_id == pinned]
         if not bridges:
             raise RelayError(404, f"bridge {pinned!r} is not connected")
-    if model and path not in MODEL_CREATING_PATHS:
+    if model:
         with_model = [b for b in bridges if b.has_model(model)]
-        if not with_model:
+        if with_model:
+            bridges = with_model
+        elif path not in MODEL_MANAGEMENT_PATHS:
             if not any(b.backend_reachable for b in bridges):
                 raise RelayError(503, _UNREACHABLE, retry_after_s=5)
             raise RelayError(404, f"model '{model}' not found, try pulling it first")
-        bridges = with_model
     reachable = [b for b in bridges if b.backend_reachable]
     if not reachable:
         raise RelayError(503, _UNREACHABLE, retry_after_s=5)

@@ -1,0 +1,161 @@
+"""Run the real programs (api-backend, bridge, the local model) as processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+REPO = Path(os.environ.get("CTLLM_REPO_ROOT", Path(__file__).resolve().parents[2]))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Proc:
+    """A child process whose stdout+stderr go to a log file the test can read (JSON lines)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._log.close()
+        return int(self.popen.returncode)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = None) -> tuple[Proc, str]:
+    port = port or free_port()
+    proc = Proc(
+        f"api-backend-{port}-{time.monotonic_ns()}",
+        [str(BIN / "cloudtolocalllm-api-backend")],
+        {"API_PORT": str(port), **env},
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"api-backend exited: {proc.log_text()[-2000:]}")
+        try:
+            return httpx.get(url + "/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(healthy, 30, "api-backend /health")
+    return proc, url
+
+
+def start_bridge(
+    log_dir: Path,
+    *,
+    cloud: str,
+    token_file: Path,
+    backend: str,
+    kind: str = "auto",
+    state_dir: Path,
+    name: str = "e2e",
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    argv = [
+        str(BIN / "cloudtolocalllm-bridge"),
+        "run",
+        "--cloud",
+        cloud,
+        "--token-file",
+        str(token_file),
+        "--backend",
+        backend,
+        "--backend-kind",
+        kind,
+        "--state-dir",
+        str(state_dir),
+        "--name",
+        name,
+        *(extra or []),
+    ]
+    return Proc(f"bridge-{name}-{time.monotonic_ns()}", argv, env or {}, log_dir)
+
+
+def start_local_model(log_dir: Path) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc(
+        "llama-server",
+        [sys.executable, str(REPO / "scripts" / "local_model.py"), "serve", "--port", str(port)],
+        {},
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"the local model server exited: {proc.log_text()[-2000:]}")
+        try:
+            return httpx.get(url + "/v1/models", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, 120, "the local model server")
+    return proc, url

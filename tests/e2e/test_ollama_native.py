@@ -1,0 +1,77 @@
+"""Ollama-native behaviour through the tunnel with the official client: pull progress, blobs, create,
+copy, delete, read-only mode."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from .conftest import Stack
+from .fake_ollama import MODEL, FakeOllama
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as backend:
+        yield backend
+
+
+@pytest.fixture
+def client(stack: Stack, fake_ollama: FakeOllama) -> Iterator[ollama.Client]:
+    stack.bridge(fake_ollama.url, kind="ollama")
+    with ollama.Client(host=stack.url + "/api/ollama", headers=stack.headers()) as client:
+        yield client
+
+
+def test_pull_streams_progress(client: ollama.Client) -> None:
+    updates = list(client.pull(MODEL, stream=True))
+    statuses = [u.status for u in updates]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-1] == "success"
+    completed = [u.completed for u in updates if u.completed is not None]
+    assert completed == sorted(completed)
+    assert completed[-1] == 4000
+
+
+def test_blob_upload_then_create(client: ollama.Client, stack: Stack, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 32768  # 8 MiB, streamed from the file through the tunnel
+    path = tmp_path / "model.gguf"
+    path.write_bytes(data)
+    digest = client.create_blob(path)
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert fake_ollama.blobs[digest] == len(data)
+    # HEAD tells whether the backend already has a blob (Ollama's protocol for skipping uploads).
+    blobs = stack.url + "/api/ollama/api/blobs/"
+    assert httpx.head(blobs + digest, headers=stack.headers()).status_code == 200
+    assert httpx.head(blobs + "sha256:" + "0" * 64, headers=stack.headers()).status_code == 404
+    result = client.create(model="mine:latest", files={"model.gguf": digest})
+    assert result.status == "success"
+
+
+def test_copy_and_delete(client: ollama.Client, fake_ollama: FakeOllama) -> None:
+    client.copy(MODEL, "backup:latest")
+    client.delete("backup:latest")
+    kinds = {k: v for k, _, v in fake_ollama.events}
+    assert kinds["copy"] == {"source": MODEL, "destination": "backup:latest"}
+    assert kinds["delete"] == {"model": "backup:latest"}
+
+
+def test_read_only_bridge_refuses_pull_and_delete(stack: Stack, fake_ollama: FakeOllama) -> None:
+    stack.bridge(fake_ollama.url, kind="ollama", name="ro", extra=["--read-only"])
+    with ollama.Client(host=stack.url + "/api/ollama", headers=stack.headers()) as client:
+        _refuses_changes(client, fake_ollama)
+
+
+def _refuses_changes(client: ollama.Client, fake_ollama: FakeOllama) -> None:
+    for call in (lambda: client.pull(MODEL), lambda: client.delete(MODEL)):
+        with pytest.raises(ollama.ResponseError) as caught:
+            call()
+        assert caught.value.status_code == 403
+        assert "read-only" in caught.value.error
+    assert not [k for k, _, _ in fake_ollama.events if k in ("pull", "delete")]
+    assert client.list().models[0].model == MODEL
