@@ -14,10 +14,9 @@ import asyncio
 import sys
 from urllib.parse import parse_qs, urlsplit
 
-LINE = b'{"model":"bench","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"tok"},"done":false}\n'
-DONE = (
-    b'{"model":"bench","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":""},"done":true}\n'
-)
+_PREFIX = b'{"model":"bench","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":'
+LINE = _PREFIX + b'"tok"},"done":false}\n'
+DONE = _PREFIX + b'""},"done":true}\n'
 TAGS = b'{"models":[{"name":"bench:latest","model":"bench:latest","size":1,"digest":"0"}]}'
 
 
