@@ -67,7 +67,7 @@ def traversal_targets(tree: Path) -> list[bytes]:
         b"/%c0%ae%c0%ae/secret.txt",
         b"/..;/secret.txt",
         b"//" + outside.lstrip(b"/"),
-        b"/" + outside,  # "//tmp/.../secret.txt"
+        b"/" + outside,  # "//" + the absolute path of the secret
         outside,  # an absolute path as the request target
         b"http://static.test/../secret.txt",  # absolute-form target
         b"/link-out.txt",
