@@ -1,0 +1,182 @@
+"""The official ollama client -> the translator -> a real llama-cpp-python server with SmolLM2-135M.
+
+Runs only when scripts/local_model.py's cache is ready (building it takes minutes; the end-to-end suite
+builds it and covers the real model unconditionally). Generations are a few tokens, so this takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import ollama
+import pytest
+from openai_compat_fakes import serve_translator, start
+
+from cloudtolocalllm.bridge.backend import HttpBackend
+from cloudtolocalllm.core.protocol import BackendKind
+
+REPO = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parents[4])
+SCRIPT = REPO / "scripts" / "local_model.py"
+MODEL = "smollm2:135m"
+# The same interpreter as `ensure`: the cache key includes the Python version that built the wheel.
+PYTHON = shutil.which("python3") or "python3"
+
+
+def _cache_ready() -> bool:
+    if not SCRIPT.is_file():
+        return False
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import local_model; print(local_model.venv_is_ready())"
+    result = subprocess.run(
+        [PYTHON, "-c", probe, str(SCRIPT.parent)], capture_output=True, text=True, timeout=30, check=False
+    )
+    return result.stdout.strip() == "True"
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not _cache_ready(),
+        reason="the local model cache is not built: run `python3 scripts/local_model.py ensure` (the e2e suite does)",
+    ),
+]
+
+SHORT = {"num_predict": 6, "temperature": 0}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def llama_url() -> Iterator[str]:
+    port = _free_port()
+    server = subprocess.Popen(
+        [PYTHON, str(SCRIPT), "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        subprocess.run([PYTHON, str(SCRIPT), "wait", "--port", str(port), "--timeout", "60"], check=True, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+async def real_upstream(llama_url: str) -> AsyncIterator[HttpBackend]:
+    backend = HttpBackend(llama_url, kind=BackendKind.OPENAI, idle_timeout_s=60)
+    yield backend
+    await backend.aclose()
+
+
+@pytest.fixture
+async def client(real_upstream: HttpBackend) -> AsyncIterator[ollama.AsyncClient]:
+    async with serve_translator(real_upstream) as url:
+        client = ollama.AsyncClient(host=url, trust_env=False, timeout=60)
+        yield client
+        await client.close()
+
+
+async def test_chat(client: ollama.AsyncClient) -> None:
+    messages = [{"role": "user", "content": "Say hello."}]
+    parts = [part async for part in await client.chat(MODEL, messages, stream=True, options=SHORT)]
+    assert len(parts) >= 2
+    assert not any(part.done for part in parts[:-1])
+    final = parts[-1]
+    assert final.done
+    assert final.done_reason in ("stop", "length")
+    assert "".join(part.message.content or "" for part in parts).strip()
+    assert final.eval_count is not None
+    assert 0 < final.eval_count <= 6
+    assert final.total_duration is not None
+    assert final.total_duration > 0
+
+    whole = await client.chat(MODEL, messages, options=SHORT)
+    assert whole.done
+    assert (whole.message.content or "").strip()
+    assert whole.prompt_eval_count is not None
+    assert whole.prompt_eval_count > 0
+
+
+async def test_generate(client: ollama.AsyncClient) -> None:
+    templated = await client.generate(MODEL, "Name a colour.", system="Answer in one word.", options=SHORT)
+    assert (templated.response or "").strip()
+    assert templated.context == []
+    raw = [part async for part in await client.generate(MODEL, "The sky is", raw=True, stream=True, options=SHORT)]
+    assert "".join(part.response or "" for part in raw).strip()
+    assert raw[-1].done
+
+
+async def test_json_schema_format(client: ollama.AsyncClient) -> None:
+    # llama-cpp-python refuses OpenAI's json_schema: this goes through the json_object fallback.
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+    answer = await client.chat(
+        MODEL, [{"role": "user", "content": "A colour?"}], format=schema, options={"num_predict": 30, "temperature": 0}
+    )
+    assert (answer.message.content or "").lstrip().startswith("{")
+
+
+async def test_embeddings(client: ollama.AsyncClient) -> None:
+    embedded = await client.embed(MODEL, ["hello", "world"])
+    assert len(embedded.embeddings) == 2
+    assert all(len(vector) == 576 for vector in embedded.embeddings)
+    assert all(math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-6) for vector in embedded.embeddings)
+    legacy = await client.embeddings(MODEL, "hello")
+    assert len(legacy.embedding) == 576
+
+
+async def test_models(client: ollama.AsyncClient) -> None:
+    listed = await client.list()
+    assert [model.model for model in listed.models] == [MODEL]
+    shown = await client.show(MODEL)
+    assert shown.details is not None
+    assert shown.details.parameter_size == "135M"
+    with pytest.raises(ollama.ResponseError) as missing:
+        await client.show("llama3:8b")
+    assert missing.value.status_code == 404
+
+
+async def test_prompt_over_the_context_is_an_error(client: ollama.AsyncClient) -> None:
+    long = [{"role": "user", "content": "word " * 5000}]
+    with pytest.raises(ollama.ResponseError, match="context length") as whole:
+        await client.chat(MODEL, long, options=SHORT)
+    assert whole.value.status_code == 400
+    with pytest.raises(ollama.ResponseError, match="without finishing"):
+        async for _ in await client.chat(MODEL, long, stream=True, options=SHORT):
+            pass
+
+
+async def test_closing_early_stops_the_generation(real_upstream: HttpBackend) -> None:
+    # The server runs with --interrupt_requests false: a generation that went on after the close would
+    # hold up the next request for the ~15 s that 1000 tokens take here.
+    story = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "options": {"num_predict": 1000, "temperature": 0},
+    }
+    response = await start(real_upstream, "POST", "/api/chat", story)
+    first = json.loads(await asyncio.wait_for(anext(aiter(response.body)), 30))
+    assert first["done"] is False
+    await response.aclose()
+
+    began = time.monotonic()
+    quick = await start(real_upstream, "POST", "/api/chat", {**story, "stream": False, "options": SHORT})
+    async with quick:
+        answer = json.loads(b"".join([chunk async for chunk in quick.body]))
+    assert answer["done"] is True
+    assert time.monotonic() - began < 6
