@@ -84,7 +84,9 @@ class FakeOllama:
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
-        chunks = int(body.get("options", {}).get("num_predict", 200))
+        options = body.get("options", {})
+        chunks = int(options.get("num_predict", 200))
+        delay = float(options.get("delay_ms", 50)) / 1000  # 0: produce as fast as the reader allows
         self.events.append(("chat-start", time.monotonic(), chunks))
 
         async def tokens() -> AsyncIterator[bytes]:
@@ -97,7 +99,7 @@ class FakeOllama:
                         "done": False,
                     }
                     yield json.dumps(line).encode() + b"\n"
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(delay)
                 done = {
                     "model": MODEL,
                     "created_at": "2026-11-26T00:00:00Z",
