@@ -6,6 +6,8 @@ set -euo pipefail
 APT_PACKAGES=(
   nginx-light      # edge data plane under test
   openssl          # self-signed bootstrap certificates
+  pebble           # Let's Encrypt's test ACME server (edge ACME test; also pebble-challtestsrv for its DNS)
+  certbot          # the certbot container's client, run by the edge ACME test
   wrk              # HTTP load generator: benchmarks (static-site small files vs nginx, core /health)
 )
 
