@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ["bench_core"]
+SUITES = ["bench_core", "bench_edge"]
 
 
 async def main() -> None:

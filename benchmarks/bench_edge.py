@@ -1,0 +1,192 @@
+"""Edge figures: the latency the edge adds in front of an upstream, and static throughput through it.
+
+Both compare against the same origin: an nginx serving files from disk (``worker_processes 1``). The edge is
+the real rendered configuration (security headers, cache map, JSON access log, upstream keep-alive) with
+``worker_processes 1`` and its rate limits raised so the load generator measures throughput, not the limiter.
+
+- ``edge.overhead_ms.p50``: one keep-alive client alternates requests to the origin and through the edge
+  (plain HTTP both ways), ``edge.overhead_ms.p50`` = p50(through the edge) - p50(direct). The same over TLS
+  (``edge.overhead_tls_ms.p50``) adds the edge's TLS termination.
+- ``edge.static_ratio_vs_nginx_direct``: ``wrk`` requests/s for a 16 KB content-hashed asset through the
+  edge, divided by the origin's own. On a 2-core machine wrk, the edge and the origin share the CPUs, so the
+  ratio also shows the cost of a second nginx hop competing for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from stats import percentile
+
+from cloudtolocalllm.edge.certs import write_self_signed
+from cloudtolocalllm.edge.config import parse_config
+from cloudtolocalllm.edge.nginx import Nginx
+from cloudtolocalllm.edge.render import render
+
+SAMPLES = 3000
+WRK_SECONDS = 4
+ASSET = "/assets/app.3f2a9c1b.js"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _user_line() -> str:
+    # Started as root, nginx drops workers to "nobody", who cannot read a 0700 temporary directory.
+    return f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
+
+
+def _origin_conf(runtime: Path, root: Path, port: int) -> str:
+    names = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "\n".join(f"    {name}_temp_path {runtime / 'tmp' / name};" for name in names)
+    return (
+        f"daemon off;\n{_user_line()}worker_processes 1;\npid {runtime}/nginx.pid;\nerror_log stderr warn;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n"
+        "    types { text/html html; application/javascript js; }\n"
+        "    access_log off;\n    sendfile on;\n    tcp_nodelay on;\n    keepalive_requests 100000;\n"
+        f"{temp}\n"
+        f"    server {{ listen 127.0.0.1:{port}; root {root}; location = /ping {{ return 200 'ok'; }} }}\n"
+        "}\n"
+    )
+
+
+def _edge_conf(runtime: Path, origin: str, http_port: int, https_port: int, cert: Path, key: Path) -> str:
+    data: dict[str, Any] = {
+        "listen": {"addresses": ["127.0.0.1"], "http_port": http_port, "https_port": https_port},
+        "tls": {"certificate": str(cert), "certificate_key": str(key), "redirect_http": False},
+        "acme": {"webroot": str(runtime / "acme")},
+        "upstreams": {pool: {"instances": [origin]} for pool in ("static-site", "flutter-app", "api-backend")},
+        "rate_limits": {name: {"rate": 1000000, "burst": 1000000} for name in ("api", "general")},
+        "logging": {"access_log": str(runtime / "access.log"), "error_log": "stderr"},
+        "nginx": {"runtime_dir": str(runtime), "worker_processes": "1", "worker_connections": 1024},
+    }
+    if os.geteuid() == 0:
+        data["nginx"]["user"] = getpass.getuser()
+    return render(parse_config(data))
+
+
+def _wait_http(url: str, **kwargs: Any) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2, **kwargs).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _overhead(direct: str, edge: str, *, verify: ssl.SSLContext | bool = True) -> dict[str, float]:
+    """p50/p90 of (through the edge) minus (direct), ms; one client, alternating, after a warm-up."""
+    times: dict[str, list[float]] = {"direct": [], "edge": []}
+    with httpx.Client(verify=verify, timeout=5) as client:
+        for i in range(SAMPLES + 200):
+            for name, url in (("direct", direct), ("edge", edge)):
+                started = time.perf_counter()
+                response = client.get(url, headers={"Host": "localhost"})
+                elapsed = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url}: {response.status_code}")
+                if i >= 200:
+                    times[name].append(elapsed * 1000)
+    return {
+        "p50": percentile(times["edge"], 50) - percentile(times["direct"], 50),
+        "p90": percentile(times["edge"], 90) - percentile(times["direct"], 90),
+        "direct_p50": percentile(times["direct"], 50),
+    }
+
+
+def _wrk(url: str) -> tuple[float, int]:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{WRK_SECONDS}s", "-H", "Host: localhost", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not rps:
+        raise RuntimeError(f"unexpected wrk output: {out}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return float(rps.group(1)), int(bad.group(1)) if bad else 0
+
+
+def _measure(tmp: Path) -> dict[str, object]:
+    root = tmp / "www"
+    (root / "assets").mkdir(parents=True)
+    (root / "assets" / "app.3f2a9c1b.js").write_bytes(b"console.log('static asset');\n" * 565)  # ~16 KB
+    (root / "ping").write_text("ok")
+    origin_port, http_port, https_port = _free_port(), _free_port(), _free_port()
+    origin = Nginx(tmp / "origin")
+    edge = Nginx(tmp / "edge")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    write_self_signed(["localhost", "127.0.0.1"], cert, key)
+    (tmp / "edge" / "acme").mkdir(parents=True)
+    origin.prepare()
+    try:
+        origin.install(_origin_conf(tmp / "origin", root, origin_port))
+        origin.start()
+        edge.install(_edge_conf(tmp / "edge", f"127.0.0.1:{origin_port}", http_port, https_port, cert, key))
+        edge.start()
+        direct = f"http://127.0.0.1:{origin_port}"
+        through = f"http://127.0.0.1:{http_port}"
+        tls = f"https://127.0.0.1:{https_port}"
+        trust = ssl.create_default_context(cafile=str(cert))
+        _wait_http(direct + "/ping")
+        _wait_http(through + "/ping", headers={"Host": "localhost"})
+
+        plain = _overhead(direct + "/ping", through + "/ping")
+        secure = _overhead(direct + "/ping", tls + "/ping", verify=trust)
+
+        if shutil.which("wrk") is None:
+            return {
+                "edge.overhead_ms.p50": round(plain["p50"], 3),
+                "edge.static_ratio_vs_nginx_direct": None,
+                "edge.static_note": "wrk is not installed (scripts/system-deps.sh)",
+            }
+        rounds: dict[str, list[float]] = {"direct": [], "edge": []}
+        non_2xx = 0
+        for _ in range(2):  # interleaved, so drift on a shared machine hits both sides alike
+            for name, base in (("direct", direct), ("edge", through)):
+                rps, bad = _wrk(base + ASSET)
+                rounds[name].append(rps)
+                non_2xx += bad
+        direct_rps = sum(rounds["direct"]) / len(rounds["direct"])
+        edge_rps = sum(rounds["edge"]) / len(rounds["edge"])
+        return {
+            "edge.overhead_ms.p50": round(plain["p50"], 3),
+            "edge.overhead_ms.p90": round(plain["p90"], 3),
+            "edge.direct_latency_ms.p50": round(plain["direct_p50"], 3),
+            "edge.overhead_tls_ms.p50": round(secure["p50"], 3),
+            "edge.static_ratio_vs_nginx_direct": round(edge_rps / direct_rps, 3),
+            "edge.static_rps_direct": round(direct_rps),
+            "edge.static_rps_through_edge": round(edge_rps),
+            "edge.static_non_2xx": non_2xx,
+            "edge.static_tool": f"wrk -t1 -c32 -d{WRK_SECONDS}s x2, 16 KB asset, both nginx worker_processes 1",
+        }
+    finally:
+        edge.stop()
+        origin.stop()
+
+
+async def run() -> dict[str, object]:
+    if shutil.which("nginx") is None:
+        return {"edge.skipped": "nginx is not installed (scripts/system-deps.sh)"}
+    with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:
+        return await asyncio.to_thread(_measure, Path(tmp))
