@@ -71,6 +71,11 @@ class RunningController:
         future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
 
+    def get(self, host: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request on a fresh connection: a kept-alive one may be closed by a reload (see the reload test)."""
+        with httpx.Client(verify=self.edge.ssl_context(), timeout=10) as client:
+            return client.get(self.edge.url(path), headers={"Host": host}, **kwargs)
+
     # -- admin endpoints -------------------------------------------------------------------------------
 
     def admin(self, path: str) -> httpx.Response:

@@ -68,15 +68,15 @@ def test_a_pool_with_every_instance_down_answers_a_clear_503_until_one_recovers(
 ) -> None:
     running = make_controller()
     with _unhealthy(ctl_upstreams, "api-backend#1", "api-backend#2"):
-        wait_for(lambda: running.edge.get("app.localhost", "/api/tags").status_code == 503, "the 503")
-        response = running.edge.get("app.localhost", "/api/tags")
+        wait_for(lambda: running.get("app.localhost", "/api/tags").status_code == 503, "the 503")
+        response = running.get("app.localhost", "/api/tags")
         assert response.json() == {"error": "service unavailable: no healthy upstream instance, retry later"}
         assert response.headers["retry-after"] == "5"
-        page = running.edge.get("app.localhost", "/chat")
+        page = running.get("app.localhost", "/chat")
         assert page.status_code == 200  # flutter-app is healthy: only the api-backend routes are down
         ready = running.admin("/ready")
         assert ready.status_code == 200  # the edge itself is fine; its upstreams are reported in /metrics
-    wait_for(lambda: running.edge.get("app.localhost", "/api/tags").status_code == 200, "recovery")
+    wait_for(lambda: running.get("app.localhost", "/api/tags").status_code == 200, "recovery")
 
 
 def test_a_name_that_does_not_resolve_is_a_down_instance_not_a_failed_start(
@@ -139,4 +139,4 @@ def test_admin_endpoints(make_controller: Callable[..., RunningController]) -> N
     assert status["config"]["generation"] == running.edge.serving_generation()
     json.dumps(status)
     # The admin port is the controller's own; nginx does not route it.
-    assert running.edge.get("app.localhost", "/metrics").json()["upstream"] == "flutter-app#1"
+    assert running.get("app.localhost", "/metrics").json()["upstream"] == "flutter-app#1"
