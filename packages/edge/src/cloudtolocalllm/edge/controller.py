@@ -79,6 +79,14 @@ def _is_nginx_worker(pid: int) -> bool:
     return cmdline.startswith((b"nginx: worker process", b"nginx: cache"))
 
 
+def _is_draining(pid: int) -> bool:
+    """An old worker retitles itself right before it closes its listening sockets (or has exited already)."""
+    try:
+        return b"shutting down" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
 def _own_children() -> set[int]:
     children: set[int] = set()
     with contextlib.suppress(OSError):
@@ -263,11 +271,15 @@ class Controller:
             return ok
 
     async def _new_workers_started(self, before: set[int]) -> bool:
+        """Applied: the master started workers on the new configuration *and* told every old one to shut down
+        (until then an old worker may still accept a connection and serve it the old way). Draining the old
+        workers' requests may take much longer and is not waited for."""
         deadline = time.monotonic() + self.settings.reload_timeout
         while time.monotonic() < deadline:
             if not self.nginx.running:
                 return False
-            if set(self.nginx.worker_pids()) - before:
+            current = set(self.nginx.worker_pids())
+            if current - before and all(_is_draining(pid) for pid in current & before):
                 return True
             await asyncio.sleep(0.01)
         return False
