@@ -90,6 +90,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             else:
                 writer.write(_fixed("404 Not Found", b'{"error":"not found"}'))
             await writer.drain()
+            if headers.get("connection", "").lower() == "close":
+                break
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ["bench_core", "bench_edge"]
+SUITES = ["bench_core", "bench_tunnel", "bench_edge"]
 
 
 async def main() -> None:

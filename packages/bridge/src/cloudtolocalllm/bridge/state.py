@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import os
 import re
@@ -95,6 +97,7 @@ class BridgeStatusFile:
         self._min_interval_s = min_interval_s
         self._last_write = 0.0
         self._dirty = False
+        self._pending: asyncio.TimerHandle | None = None
 
     def update(self, *, force: bool = False, **changes: Any) -> None:
         """Change fields (``state`` changes also move ``since``) and write if due."""
@@ -110,7 +113,11 @@ class BridgeStatusFile:
             return
         now = time.monotonic()
         if not force and now - self._last_write < self._min_interval_s:
+            self._flush_later(self._min_interval_s - (now - self._last_write))
             return
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         self.snapshot.updated_at = time.time()
         try:
             _ensure_dir(self.path.parent)
@@ -123,6 +130,20 @@ class BridgeStatusFile:
             return  # status is best effort; the bridge keeps working without it
         self._last_write = now
         self._dirty = False
+
+    def _flush_later(self, delay_s: float) -> None:
+        """A throttled change is still written, at most ``min_interval_s`` late (not on the request path)."""
+        if self._pending is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (CLI, tests): the next update or an explicit flush writes it
+        self._pending = loop.call_later(delay_s, self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._pending = None
+        self.flush()
 
     @staticmethod
     def read(state_dir: Path) -> StatusSnapshot | None:

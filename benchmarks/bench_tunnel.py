@@ -1,0 +1,241 @@
+"""Tunnel figures (issue targets in brackets), one run on loopback with a fast local test backend:
+
+- tunnel.ttfb_overhead_ms.p50/.p99: added time to first byte vs calling the backend directly, 100
+  concurrent streams [<= 2 ms p50, <= 10 ms p99]
+- tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
+- tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct, throughput ratio [>= 0.3]
+- tunnel.idle_bridge_kb: api-backend RSS growth per idle connected bridge, 1,000 bridges [<= 50]
+- tunnel.slow_reader_rss_mb: api-backend RSS growth, 100 streams read at 1 KB/s, fast backend [<= 100]
+
+The real api-backend and bridge run as processes. Clients are minimal raw-socket HTTP/1.1 so that the
+load generator is not what is measured; idle bridges are protocol-level clients (the real bridge is a
+whole process each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import websockets
+from stats import percentile
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
+from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
+from tests.e2e.procs import Proc, start_api_backend, start_bridge, wait_for  # noqa: E402
+
+ISSUER = "http://127.0.0.1/dev-issuer"
+AUDIENCE = "cloudtolocalllm-bench"
+
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _request(port: int, method: str, path: str, headers: dict[str, str], body_size: int = 0) -> Conn:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    # One request per connection: the reader knows the response ended when the server closes.
+    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body_size:
+        lines.append(f"content-length: {body_size}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    if body_size:
+        block = b"x" * (1 << 20)
+        sent = 0
+        while sent < body_size:
+            piece = block[: min(len(block), body_size - sent)]
+            writer.write(piece)
+            await writer.drain()
+            sent += len(piece)
+    return reader, writer
+
+
+async def _ttfb(port: int, path: str, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    reader, writer = await _request(port, "POST", path, headers)
+    await reader.readuntil(b"\r\n\r\n")
+    first = time.perf_counter() - started
+    while await reader.read(1 << 16):
+        pass
+    writer.close()
+    return first * 1000
+
+
+async def _count_chunks(port: int, path: str, headers: dict[str, str]) -> int:
+    reader, writer = await _request(port, "POST", path, headers)
+    count = 0
+    while data := await reader.read(1 << 16):
+        count += data.count(b'"done"')
+    writer.close()
+    return count
+
+
+async def _upload(port: int, path: str, headers: dict[str, str], size: int) -> float:
+    started = time.perf_counter()
+    reader, writer = await _request(port, "POST", path, headers, body_size=size)
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.read(1 << 16)
+    writer.close()
+    return time.perf_counter() - started
+
+
+async def _slow_read(port: int, path: str, headers: dict[str, str], seconds: float) -> int:
+    reader, writer = await _request(port, "POST", path, headers)
+    got = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        got += len(await reader.read(1024))
+        await asyncio.sleep(1.0)
+    writer.close()
+    return got
+
+
+async def _idle_bridge(url: str, token: str, index: int, stop: asyncio.Event) -> None:
+    ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=60)
+    conn = Connection(Role.BRIDGE)
+    hello = Hello(PROTOCOL_VERSION, f"idle-{index}", f"idle {index}", "0", "linux", BackendKind.OLLAMA, True, ["m:1"])
+    await ws.send(conn.send(hello))
+    conn.receive(await ws.recv())  # type: ignore[arg-type]
+
+    async def answer() -> None:
+        async for message in ws:
+            frame = conn.receive(message)  # type: ignore[arg-type]
+            if isinstance(frame, Ping):
+                await ws.send(conn.send(Pong(frame.nonce)))
+
+    reader = asyncio.create_task(answer())
+    await stop.wait()
+    reader.cancel()
+    await ws.close()
+
+
+async def run() -> dict[str, object]:
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        backend = Proc("fast-backend", [sys.executable, str(REPO / "benchmarks" / "fast_backend.py")], {}, tmp)
+        port_text = wait_for(lambda: backend.log_text().strip(), 10, "the fast backend's port")
+        backend_port = int(port_text.splitlines()[0])
+        env = {
+            "DEV_AUTH": "true",
+            "DEV_ISSUER_DIR": str(tmp / "issuer"),
+            "DEV_ISSUER_URL": ISSUER,
+            "DEV_AUDIENCE": AUDIENCE,
+            "API_MAX_STREAMS_PER_BRIDGE": "200",
+            "API_MAX_STREAMS_PER_USER": "400",
+            "API_MAX_BRIDGES_PER_USER": "2000",
+            "API_HEARTBEAT_INTERVAL_S": "20",
+        }
+        issuer = DevIssuer(tmp / "issuer", issuer=ISSUER, audience=AUDIENCE)
+        api, url = start_api_backend(tmp, env)
+        api_port = int(url.rsplit(":", 1)[1])
+        token = issuer.mint("bench", ttl_s=7200)
+        token_file = tmp / "token"
+        token_file.write_text(token)
+        bridge = start_bridge(
+            tmp,
+            cloud=url,
+            token_file=token_file,
+            backend=f"http://127.0.0.1:{backend_port}",
+            kind="ollama",
+            state_dir=tmp / "bridge",
+            name="bench",
+        )
+        auth = {"authorization": f"Bearer {token}"}
+        try:
+            await _wait_bridge(api_port, auth)
+            results.update(await _ttfb_and_chunks(backend_port, api_port, auth))
+            results.update(await _bulk(backend_port, api_port, auth))
+            results.update(await _slow_readers(api, api_port, auth))
+            results.update(await _idle_bridges(api, url, issuer))
+        finally:
+            bridge.stop()
+            api.stop()
+            backend.stop()
+    return results
+
+
+async def _wait_bridge(api_port: int, auth: dict[str, str]) -> None:
+    for _ in range(200):
+        reader, writer = await _request(api_port, "GET", "/api/ollama/api/version", auth)
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        if b" 200 " in head.split(b"\r\n", 1)[0]:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the bridge never connected")
+
+
+async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
+    direct: list[float] = []
+    tunnel: list[float] = []
+    one_chunk = "/api/chat?chunks=1"
+    for _ in range(5):  # interleaved rounds of 100 concurrent streams each
+        direct += await asyncio.gather(*(_ttfb(backend_port, one_chunk, {}) for _ in range(100)))
+        tunnel += await asyncio.gather(*(_ttfb(api_port, "/api/ollama" + one_chunk, auth) for _ in range(100)))
+    started = time.perf_counter()
+    counts = await asyncio.gather(
+        *(_count_chunks(api_port, "/api/ollama/api/chat?chunks=2000", auth) for _ in range(100))
+    )
+    elapsed = time.perf_counter() - started
+    return {
+        "tunnel.direct_ttfb_ms.p50": round(percentile(direct, 50), 3),
+        "tunnel.tunnel_ttfb_ms.p50": round(percentile(tunnel, 50), 3),
+        "tunnel.ttfb_overhead_ms.p50": round(percentile(tunnel, 50) - percentile(direct, 50), 3),
+        "tunnel.ttfb_overhead_ms.p99": round(percentile(tunnel, 99) - percentile(direct, 99), 3),
+        "tunnel.chunks_per_s": round(sum(counts) / elapsed),
+        "tunnel.chunks_relayed": sum(counts),
+    }
+
+
+async def _bulk(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
+    size = 256 * 1024 * 1024
+    path = "/api/blobs/sha256:" + "0" * 64
+    direct = await _upload(backend_port, path, {}, size)
+    tunnel = await _upload(api_port, "/api/ollama" + path, auth, size)
+    return {
+        "tunnel.bulk_direct_mb_s": round(size / direct / 1e6, 1),
+        "tunnel.bulk_tunnel_mb_s": round(size / tunnel / 1e6, 1),
+        "tunnel.bulk_ratio_vs_direct": round(direct / tunnel, 3),
+    }
+
+
+async def _slow_readers(api: Proc, api_port: int, auth: dict[str, str]) -> dict[str, object]:
+    await asyncio.sleep(1)
+    before = api.rss_kb()
+    path = "/api/ollama/api/chat?chunks=1000000"
+    reads = await asyncio.gather(*(_slow_read(api_port, path, auth, 15) for _ in range(100)))
+    after = api.rss_kb()
+    return {
+        "tunnel.slow_reader_rss_mb": round((after - before) / 1024, 1),
+        "tunnel.slow_reader_bytes_read_each": min(reads),
+    }
+
+
+async def _idle_bridges(api: Proc, url: str, issuer: DevIssuer) -> dict[str, object]:
+    count = 1000
+    ws_url = url.replace("http://", "ws://") + "/ws/bridge"
+    token = issuer.mint("idle-user", ttl_s=7200)
+    await asyncio.sleep(2)
+    before = api.rss_kb()
+    stop = asyncio.Event()
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(_idle_bridge(ws_url, token, i, stop)))
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(5)
+    after = api.rss_kb()
+    failed = sum(1 for t in tasks if t.done() and t.exception() is not None)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "tunnel.idle_bridge_kb": round((after - before) / (count - failed), 1),
+        "tunnel.idle_bridges_connected": count - failed,
+    }
