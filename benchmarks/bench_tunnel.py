@@ -26,9 +26,10 @@ from stats import percentile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.e2e.procs import Proc, start_api_backend, start_bridge, wait_for  # noqa: E402
+
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
-from tests.e2e.procs import Proc, start_api_backend, start_bridge, wait_for  # noqa: E402
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"

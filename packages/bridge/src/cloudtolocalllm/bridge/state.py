@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 import os
 import re
