@@ -56,7 +56,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(default=True)
 def typecheck(session: nox.Session) -> None:
     """mypy over every package (strict for core, see pyproject.toml)."""
-    _uv_sync(session, "--all-packages", "--all-groups")
+    _uv_sync(session, "--all-packages", "--all-groups", "--all-extras")
     # Namespace packages: mypy maps each src folder to `cloudtolocalllm.*` only if it is on its path.
     mypy_path = os.pathsep.join(f"packages/{name}/src" for name in PACKAGES)
     session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), env={"MYPYPATH": mypy_path})
@@ -113,8 +113,8 @@ def tests_e2e(session: nox.Session) -> None:
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Measure and report (``-- --json PATH`` to save); never fails on a timing."""
-    _uv_sync(session, "--all-packages", "--all-groups")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    _uv_sync(session, "--all-packages", "--all-groups", "--all-extras")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"CTLLM_REPO_ROOT": str(ROOT)})
 
 
 @nox.session(default=True)
