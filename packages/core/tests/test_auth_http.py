@@ -80,16 +80,12 @@ async def test_bad_credentials_get_401_invalid_token(client: httpx.AsyncClient, 
     assert "error" in response.json()
 
 
-async def test_missing_scope_gets_403_insufficient_scope(
-    client: httpx.AsyncClient, issuer: DevIssuer
-) -> None:
+async def test_missing_scope_gets_403_insufficient_scope(client: httpx.AsyncClient, issuer: DevIssuer) -> None:
     response = await client.get("/admin", headers={"Authorization": f"Bearer {issuer.mint('alice')}"})
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert 'scope="admin"' in response.headers["www-authenticate"]
-    granted = await client.get(
-        "/admin", headers={"Authorization": f"Bearer {issuer.mint('root', scopes=['admin'])}"}
-    )
+    granted = await client.get("/admin", headers={"Authorization": f"Bearer {issuer.mint('root', scopes=['admin'])}"})
     assert granted.status_code == 200
 
 
@@ -106,9 +102,7 @@ async def test_websocket_with_valid_token_is_accepted(app: ServiceApp, issuer: D
 
 
 @pytest.mark.parametrize("token", [None, "forged.token.value", "expired"])
-async def test_websocket_refused_before_the_upgrade(
-    app: ServiceApp, issuer: DevIssuer, token: str | None
-) -> None:
+async def test_websocket_refused_before_the_upgrade(app: ServiceApp, issuer: DevIssuer, token: str | None) -> None:
     if token == "expired":
         token = issuer.mint("alice", extra_claims={"exp": 1_000_000, "iat": 999_000, "nbf": 999_000})
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -26,9 +26,7 @@ _open: list[TokenVerifier] = []
 
 def _verifier(url: str, *, min_refetch_interval_s: float = 0.0) -> TokenVerifier:
     keys = RemoteJwks(jwks_url=url, min_refetch_interval_s=min_refetch_interval_s)
-    verifier = TokenVerifier(
-        issuer=ISSUER, audience=AUDIENCE, keys=keys, algorithms=["RS256", "ES256"], leeway_s=5
-    )
+    verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, keys=keys, algorithms=["RS256", "ES256"], leeway_s=5)
     _open.append(verifier)
     return verifier
 
@@ -49,9 +47,7 @@ async def _refused(verifier: TokenVerifier, token: str, reason: str) -> None:
         await verifier.verify(token)
 
 
-async def test_valid_token_is_accepted_with_subject_and_scopes(
-    issuer: DevIssuer, jwks_server: JwksServer
-) -> None:
+async def test_valid_token_is_accepted_with_subject_and_scopes(issuer: DevIssuer, jwks_server: JwksServer) -> None:
     verifier = _verifier(jwks_server.url)
     token = issuer.mint("alice", scopes=["bridge:connect", "models:read"])
     principal = await verifier.verify(token)
@@ -75,9 +71,7 @@ async def test_alg_none_is_refused(issuer: DevIssuer, jwks_server: JwksServer) -
     await _refused(_verifier(jwks_server.url), token, "algorithm not allowed")
 
 
-async def test_hs256_signed_with_the_rsa_public_key_is_refused(
-    issuer: DevIssuer, jwks_server: JwksServer
-) -> None:
+async def test_hs256_signed_with_the_rsa_public_key_is_refused(issuer: DevIssuer, jwks_server: JwksServer) -> None:
     public_pem = jwt.PyJWK(issuer.jwks()["keys"][0]).key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -154,9 +148,7 @@ async def test_rotation_new_key_picked_up_old_key_refused(
     await _refused(verifier, old_token, "unknown signing key")
 
 
-async def test_unknown_kids_cannot_make_it_hammer_the_issuer(
-    issuer: DevIssuer, jwks_server: JwksServer
-) -> None:
+async def test_unknown_kids_cannot_make_it_hammer_the_issuer(issuer: DevIssuer, jwks_server: JwksServer) -> None:
     verifier = _verifier(jwks_server.url, min_refetch_interval_s=60)
     await verifier.verify(issuer.mint("alice"))
     fetches_after_first = jwks_server.fetches

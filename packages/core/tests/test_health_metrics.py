@@ -76,9 +76,7 @@ async def test_readiness_ok_when_every_check_passes() -> None:
 
 
 async def test_readiness_names_the_failed_and_the_timed_out_check() -> None:
-    app = make_app(
-        ReadinessCheck("db", ok), ReadinessCheck("redis", broken), ReadinessCheck("idp", slow, 0.05)
-    )
+    app = make_app(ReadinessCheck("db", ok), ReadinessCheck("redis", broken), ReadinessCheck("idp", slow, 0.05))
     async with client(app) as c:
         response = await c.get("/ready")
     body = response.json()

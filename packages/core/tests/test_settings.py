@@ -84,8 +84,6 @@ def test_auth_settings_refuse_symmetric_algorithms() -> None:
 
 
 def test_auth0_settings_derive_issuer() -> None:
-    settings = load_settings(
-        AuthSettings, environ={"AUTH0_DOMAIN": "tenant.eu.auth0.com", "AUTH0_AUDIENCE": "api"}
-    )
+    settings = load_settings(AuthSettings, environ={"AUTH0_DOMAIN": "tenant.eu.auth0.com", "AUTH0_AUDIENCE": "api"})
     assert settings.issuer == "https://tenant.eu.auth0.com/"
     assert settings.audience == "api"

@@ -63,9 +63,7 @@ async def _run(check: ReadinessCheck) -> CheckResult:
         error = f"timed out after {check.timeout_s:g}s"
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-    return CheckResult(
-        ok=error is None, duration_ms=round((time.perf_counter() - started) * 1000, 3), error=error
-    )
+    return CheckResult(ok=error is None, duration_ms=round((time.perf_counter() - started) * 1000, 3), error=error)
 
 
 async def run_checks(checks: Sequence[ReadinessCheck]) -> ReadinessReport:

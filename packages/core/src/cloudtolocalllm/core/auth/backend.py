@@ -104,9 +104,7 @@ def auth_error_response(error: AuthError, *, status: int | None = None, scope: s
     headers = {"WWW-Authenticate": _www_authenticate(error, scope)} if status in (401, 403) else {}
     if status == 503:
         headers["Retry-After"] = "5"
-    return JSONResponse(
-        {"error": str(error) or "authentication required"}, status_code=status, headers=headers
-    )
+    return JSONResponse({"error": str(error) or "authentication required"}, status_code=status, headers=headers)
 
 
 async def _deny_websocket(websocket: WebSocket, response: Response) -> None:

@@ -62,9 +62,7 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
         elif len(modes) > 1:
             problems[modes[1]] = f"conflicts with {modes[0]}: configure exactly one issuer"
         if self.auth0_domain and not self.auth0_audience:
-            problems["AUTH0_AUDIENCE"] = (
-                "required with AUTH0_DOMAIN (the API identifier tokens are issued for)"
-            )
+            problems["AUTH0_AUDIENCE"] = "required with AUTH0_DOMAIN (the API identifier tokens are issued for)"
         if self.oidc_issuer and not self.oidc_audience:
             problems["OIDC_AUDIENCE"] = "required with OIDC_ISSUER"
         if bad := sorted(set(self.auth_algorithms) - ASYMMETRIC_ALGORITHMS):
@@ -86,17 +84,13 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def dev_issuer_from(settings: AuthSettings) -> DevIssuer:
-    return DevIssuer(
-        Path(settings.dev_issuer_dir), issuer=settings.dev_issuer_url, audience=settings.dev_audience
-    )
+    return DevIssuer(Path(settings.dev_issuer_dir), issuer=settings.dev_issuer_url, audience=settings.dev_audience)
 
 
 def build_verifier(settings: AuthSettings) -> TokenVerifier:
     keys: KeySource
     if settings.dev_auth:
-        log.warning(
-            "DEV_AUTH is on: tokens from the embedded dev issuer are accepted; never use this in production"
-        )
+        log.warning("DEV_AUTH is on: tokens from the embedded dev issuer are accepted; never use this in production")
         keys = dev_issuer_from(settings).key_source()
     elif settings.auth0_domain:
         keys = RemoteJwks(

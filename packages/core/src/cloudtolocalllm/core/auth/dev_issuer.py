@@ -34,9 +34,7 @@ ALGORITHM: Final = "RS256"
 
 def _thumbprint(public_jwk: dict[str, Any]) -> str:
     # RFC 7638: SHA-256 over the required members in lexicographic order, no whitespace.
-    canonical = json.dumps(
-        {k: public_jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"), sort_keys=True
-    )
+    canonical = json.dumps({k: public_jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"), sort_keys=True)
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
@@ -49,9 +47,7 @@ def _load_or_create_key(directory: Path) -> rsa.RSAPrivateKey:
         return key
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     # Write then rename so a concurrent reader never sees half a key; O_EXCL + 0600 keeps it private.
     tmp = directory / f".{KEY_FILE}.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

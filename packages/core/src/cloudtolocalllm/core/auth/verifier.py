@@ -112,6 +112,4 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise InvalidToken("token subject invalid")
-        return Principal(
-            subject=subject, scopes=_scopes(claims), expires_at=float(claims["exp"]), claims=claims
-        )
+        return Principal(subject=subject, scopes=_scopes(claims), expires_at=float(claims["exp"]), claims=claims)
