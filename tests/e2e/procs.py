@@ -85,6 +85,20 @@ class Proc:
         raise RuntimeError("no VmRSS")
 
 
+def wait_until_answers(proc: Proc, url: str, timeout: float) -> None:
+    """Wait for ``url`` to answer 200, failing at once (with its log) if the process exits first."""
+
+    def answers() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited: {proc.log_text()[-2000:]}")
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answers, timeout, f"{proc.name} at {url}")
+
+
 def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = None) -> tuple[Proc, str]:
     port = port or free_port()
     proc = Proc(
@@ -94,16 +108,7 @@ def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = Non
         log_dir,
     )
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"api-backend exited: {proc.log_text()[-2000:]}")
-        try:
-            return httpx.get(url + "/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(healthy, 30, "api-backend /health")
+    wait_until_answers(proc, url + "/health", 30)
     return proc, url
 
 
@@ -148,14 +153,5 @@ def start_local_model(log_dir: Path) -> tuple[Proc, str]:
         log_dir,
     )
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"the local model server exited: {proc.log_text()[-2000:]}")
-        try:
-            return httpx.get(url + "/v1/models", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(ready, 120, "the local model server")
+    wait_until_answers(proc, url + "/v1/models", 120)
     return proc, url
