@@ -39,6 +39,8 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
     auth_leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
     auth_jwks_cache_s: Seconds = 600.0
     auth_jwks_min_refetch_s: Seconds = 30.0
+    # Verified tokens remembered (by SHA-256 of the token) to skip repeated signature checks; 0 disables.
+    auth_token_cache_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1024
     dev_auth: bool = False
     dev_issuer_dir: str = DEV_ISSUER_DIR
     dev_issuer_url: str = DEV_ISSUER_URL
@@ -111,4 +113,5 @@ def build_verifier(settings: AuthSettings) -> TokenVerifier:
         keys=keys,
         algorithms=settings.auth_algorithms,
         leeway_s=settings.auth_leeway_s,
+        cache_size=settings.auth_token_cache_size,
     )
