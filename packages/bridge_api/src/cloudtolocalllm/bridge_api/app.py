@@ -21,6 +21,8 @@ from cloudtolocalllm.core.auth import (
     build_verifier,
     dev_issuer_from,
 )
+from cloudtolocalllm.core.auth.dev_code_flow import DevCodeFlow, dev_code_flow_from_env
+from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow
 
 __all__ = ["SERVICE_NAME", "build_app"]
 
@@ -43,10 +45,14 @@ def build_app(settings: ApiSettings, auth: AuthSettings, *, verifier: TokenVerif
         Route("/api/bridge/status", status_endpoint(registry), methods=["GET"]),
         WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, verifier, metrics)),
     ]
+    dev_flow: DevCodeFlow | None = None
     if auth.dev_auth:
-        # Serve the dev issuer's discovery + JWKS where its issuer URL says, for OIDC clients in dev.
+        # Serve the dev issuer's discovery + JWKS where its issuer URL says, for OIDC clients in dev,
+        # with the browser sign-in (authorization code + PKCE) in front of them.
         prefix = urlsplit(auth.dev_issuer_url).path.rstrip("/")
-        issuer_routes = dev_issuer_from(auth).routes()
+        dev_flow = dev_code_flow_from_env(dev_issuer_from(auth))
+        device_routes = DevDeviceFlow(dev_flow.issuer).routes(behind=dev_flow)  # `bridge login`, in front
+        issuer_routes = device_routes + dev_flow.routes() + dev_flow.issuer.routes()
         routes.extend([Mount(prefix, routes=issuer_routes)] if prefix else issuer_routes)
     app = create_app(
         ServiceInfo(SERVICE_NAME, __version__),
@@ -56,6 +62,8 @@ def build_app(settings: ApiSettings, auth: AuthSettings, *, verifier: TokenVerif
         content_security_policy=API_CSP,
         metrics=http_metrics,
     )
+    if dev_flow is not None:
+        dev_flow.install_cors(app)  # the dev app's origins (DEV_REDIRECT_URIS) only
     app.state.registry = registry
     app.state.settings = settings
     app.state.verifier = verifier
