@@ -1,7 +1,7 @@
 """``cloudtolocalllm-dev-issuer``: mint dev tokens, or serve the dev issuer's discovery document and JWKS.
 
     cloudtolocalllm-dev-issuer token --sub alice            # prints a bearer token valid for 1 h
-    cloudtolocalllm-dev-issuer serve --port 8081            # discovery document and JWKS
+    cloudtolocalllm-dev-issuer serve --port 8081            # discovery, JWKS, device flow (bridge login)
 
 Keys, issuer URL and audience come from the same variables the services read (DEV_ISSUER_DIR,
 DEV_ISSUER_URL, DEV_AUDIENCE), so a minted token is accepted by every service started with DEV_AUTH=true.
@@ -19,6 +19,7 @@ from starlette.routing import Mount
 
 from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth.config import AuthSettings, dev_issuer_from
+from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
 from cloudtolocalllm.core.logging import configure_logging
 from cloudtolocalllm.core.serving import bind_socket, exit_on_settings_error, serve
 from cloudtolocalllm.core.settings import SettingsError, load_settings
@@ -34,9 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", default="dev-user", help="user id (the token's subject); default dev-user")
     token.add_argument("--scope", action="append", default=[], help="a scope to grant (repeatable)")
     token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds; default 3600")
-    serve_cmd = commands.add_parser("serve", help="serve discovery + JWKS at DEV_ISSUER_URL's path")
+    serve_cmd = commands.add_parser("serve", help="serve discovery, JWKS and the device flow at DEV_ISSUER_URL's path")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8081)
+    serve_cmd.add_argument(
+        "--access-token-ttl", type=float, default=3600, help="lifetime of device-flow access tokens; default 3600"
+    )
     return parser
 
 
@@ -52,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     configure_logging(PROG, __version__)
     prefix = urlsplit(settings.dev_issuer_url).path.rstrip("/")
-    routes = [Mount(prefix, routes=issuer.routes())] if prefix else issuer.routes()
+    issuer_routes = dev_issuer_routes(issuer, DevDeviceFlow(issuer, access_token_ttl_s=args.access_token_ttl))
+    routes = [Mount(prefix, routes=issuer_routes)] if prefix else issuer_routes
     app = create_app(ServiceInfo(PROG, __version__), routes)
     asyncio.run(serve(app, sock=bind_socket(args.host, args.port)))
 
