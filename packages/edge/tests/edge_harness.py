@@ -161,9 +161,21 @@ class Edge:
         # Done when the new generation answers and the old workers (which still hold the listening
         # sockets while draining) have exited.
         wait_for(
-            lambda: self.serving_generation() == generation and len(self.nginx.worker_pids()) == workers,
+            lambda: self.serving_generation() == generation and len(self.worker_processes()) == workers,
             f"generation {generation}",
         )
+
+    def worker_processes(self) -> list[int]:
+        """The master's children that serve requests (not the cache manager and loader)."""
+        found = []
+        for pid in self.nginx.worker_pids():
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"nginx: worker process"):
+                found.append(pid)
+        return found
 
     def started_or_exited(self) -> bool:
         return self.serving_generation() is not None or not self.nginx.running

@@ -8,6 +8,8 @@ upstream was still holding the rest.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import re
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,10 +37,28 @@ class Gate:
 class Shared:
     gates: dict[str, Gate] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # /site/ requests as received, by path: what the edge cache let through to the origin.
+    hits: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    failing: set[str] = field(default_factory=set)  # /site/ paths answered with 500
 
     def gate(self, key: str) -> Gate:
         with self.lock:
             return self.gates.setdefault(key, Gate())
+
+    def seen(self, path: str) -> list[dict[str, str]]:
+        with self.lock:
+            return list(self.hits.get(path, []))
+
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+_HASHED = re.compile(r"[.-][0-9a-f]{8,}\.[a-z0-9]+$")
+
+
+def site_body(path: str) -> bytes:
+    """The deterministic body the /site/ origin sends for ``path`` (large for .bin downloads)."""
+    if path.endswith(".bin"):
+        return bytes(range(256)) * 1024  # 256 KiB, every offset distinguishable modulo 256
+    return f"static content of {path}\n".encode() * 40
 
 
 def build_app(name: str, shared: Shared) -> Starlette:
@@ -119,6 +139,52 @@ def build_app(name: str, shared: Shared) -> Starlette:
         status = int(request.query_params.get("status", "200"))
         return PlainTextResponse(f"{name} asset", status_code=status, headers={"Cache-Control": "max-age=60"})
 
+    async def site(request: Request) -> Response:
+        """A static origin like static-site: ETags, 304s, Cache-Control by name, gzip variants on request.
+
+        Query parameters (part of the cache key): ``cc`` replaces Cache-Control (``none`` omits it),
+        ``cookie=1`` adds Set-Cookie, ``enc=1`` negotiates gzip with ``Vary: Accept-Encoding``.
+        """
+        path = request.url.path
+        query = request.query_params
+        status = 500 if path in shared.failing else 200
+        with shared.lock:
+            shared.hits.setdefault(path, []).append(
+                {
+                    "if-none-match": request.headers.get("if-none-match", ""),
+                    "range": request.headers.get("range", ""),
+                    "accept-encoding": request.headers.get("accept-encoding", ""),
+                    "authorization": request.headers.get("authorization", ""),
+                    "status": str(status),
+                }
+            )
+        if path.endswith((".html", "/")):
+            cache_control = "no-cache"
+        elif _HASHED.search(path):
+            cache_control = IMMUTABLE
+        else:
+            cache_control = "public, max-age=60"
+        cache_control = query.get("cc", cache_control)
+        body, etag = site_body(path), '"v1"'
+        headers = {"ETag": etag, "X-Frame-Options": "DENY"}
+        if cache_control != "none":
+            headers["Cache-Control"] = cache_control
+        if query.get("cookie") == "1":
+            headers["Set-Cookie"] = "session=s3cr3t; Path=/; HttpOnly"
+        if query.get("enc") == "1":
+            headers["Vary"] = "Accept-Encoding"
+            if "gzip" in request.headers.get("accept-encoding", ""):
+                body, headers["ETag"] = gzip.compress(body), '"v1-gzip"'
+                headers["Content-Encoding"] = "gzip"
+        if status != 200:
+            return PlainTextResponse("origin error", status_code=status, headers=headers)
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            with shared.lock:
+                shared.hits[path][-1]["status"] = "304"
+            return Response(status_code=304, headers=headers)
+        media_type = "text/html" if path.endswith((".html", "/")) else "application/octet-stream"
+        return Response(body, media_type=media_type, headers=headers)
+
     async def ws_echo(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.send_text(f"hello from {name}")
@@ -141,6 +207,8 @@ def build_app(name: str, shared: Shared) -> Starlette:
             Route("/api/own-error", own_error),
             Route("/upstream-headers", with_headers),
             Route("/cached/{rest:path}", cached),
+            Route("/site/{rest:path}", site, methods=["GET", "HEAD"]),
+            Route("/api/site/{rest:path}", site, methods=["GET", "HEAD"]),
             WebSocketRoute("/ws/bridge", ws_echo),
             Route("/{rest:path}", echo, methods=["GET", "POST", "PUT", "DELETE", "HEAD"]),
         ]

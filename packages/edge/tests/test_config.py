@@ -168,3 +168,36 @@ def test_pool_and_rate_limit_tables_merge_over_the_defaults() -> None:
     assert config.rate_limits["api"].rate == 5
     assert config.rate_limits["api"].burst == 0  # a table given is taken as written
     assert config.rate_limits["general"].rate == 30
+
+
+def test_the_cache_is_on_for_the_static_routes_and_off_for_the_api() -> None:
+    config = load_config(None)
+    assert config.cache.enabled
+    cached = {(site.name, route.path) for site in config.sites for route in site.routes if route.cache}
+    assert cached == {("home", "/"), ("docs", "/"), ("app", "/")}
+    example = load_config(EXAMPLE)
+    cached = {(site.name, route.path) for site in example.sites for route in site.routes if route.cache}
+    assert cached == {("home", "/"), ("docs", "/"), ("app", "/")}
+
+
+def test_a_streaming_or_websocket_route_cannot_be_cached() -> None:
+    sites = [
+        {
+            "name": "app",
+            "hosts": ["app.{domain}"],
+            "routes": [
+                {"path": "/api/", "upstream": "api-backend", "streaming": True, "cache": True},
+                {"path": "/ws/", "upstream": "api-backend", "websocket": True, "cache": True},
+            ],
+        }
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sites": sites})
+    assert caught.value.problems == [
+        ("$.sites[0].routes[0].cache", "a streaming route cannot be cached"),
+        ("$.sites[0].routes[1].cache", "a websocket route cannot be cached"),
+    ]
+    with pytest.raises(ConfigError, match=r"\$\.cache\.revalidate_after"):
+        parse_config({"cache": {"revalidate_after": 0}})
+    with pytest.raises(ConfigError, match=r"\$\.cache\.max_size"):
+        parse_config({"cache": {"max_size": "lots"}})

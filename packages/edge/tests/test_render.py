@@ -162,3 +162,36 @@ def test_a_rejected_render_never_replaces_the_running_config(edge: Edge) -> None
 def test_pools_no_route_uses_are_not_rendered(tmp_path: Path) -> None:
     config = _config(tmp_path, upstreams={"spare": {"instances": ["unresolvable.invalid:80"]}})
     assert "unresolvable.invalid" not in render(config)
+
+
+def test_the_cache_zone_lives_in_the_runtime_dir_and_is_keyed_by_scheme_host_and_uri(tmp_path: Path) -> None:
+    text = render(_config(tmp_path))
+    assert render(_config(tmp_path)) == text
+    zone = f'proxy_cache_path "{tmp_path}/cache" levels=1:2 keys_zone=edge_cache:10m max_size=256m inactive=86400s'
+    assert zone in text
+    keys = {line.strip() for line in text.splitlines() if line.strip().startswith("proxy_cache_key")}
+    assert keys == {'proxy_cache_key "$scheme://$host$request_uri";'}  # never cookies or credentials
+    assert text.count("proxy_cache edge_cache;") == 3
+    assert text.count("proxy_cache_bypass $http_authorization;") == 3
+    assert "X-Cache-Status" not in text  # only with [cache] status_header = true
+    for prefix in ("/api/", "/ws/"):
+        block = text[text.index(f"location {prefix} {{") :]
+        assert "proxy_cache" not in block[: block.index("\n        }")]
+
+
+def test_the_cache_can_be_turned_off_or_moved(tmp_path: Path) -> None:
+    off = render(_config(tmp_path, cache={"enabled": False}))
+    assert "proxy_cache" not in off
+    moved = render(_config(tmp_path, cache={"path": "/var/cache/edge", "status_header": True}))
+    assert 'proxy_cache_path "/var/cache/edge"' in moved
+    assert moved.count("add_header X-Cache-Status $upstream_cache_status always;") == 3
+
+
+def test_a_down_pool_behind_a_cached_route_keeps_its_stale_copies(tmp_path: Path) -> None:
+    text = render(_config(tmp_path), healthy={"flutter-app": ["flutter-app:80"], "api-backend": ["api-backend:8080"]})
+    # static-site has no healthy instance: its cached routes still proxy (to a never-contacted placeholder),
+    # so nginx serves stale copies, or the 503 page for what it never stored.
+    block = text[text.index("upstream static-site {") :]
+    assert block[: block.index("}")].split("\n")[1].strip() == "server 127.0.0.1:9 down;"
+    cached = render(_config(tmp_path, cache={"enabled": False}), healthy={"flutter-app": [], "api-backend": []})
+    assert "upstream flutter-app {" not in cached

@@ -22,6 +22,7 @@ from msgspec import Meta, Struct, field
 
 __all__ = [
     "Acme",
+    "Cache",
     "CacheRule",
     "ConfigError",
     "EdgeConfig",
@@ -189,6 +190,8 @@ class Route(_Base):
 
     ``path`` is a prefix (``/api/``) unless ``exact``. ``streaming`` turns off response and request
     buffering (NDJSON/SSE answers, model uploads); ``websocket`` also forwards the Upgrade handshake.
+    ``cache`` keeps public responses in the edge's cache (see :class:`Cache`); public content only, never
+    with ``streaming`` or ``websocket``.
     """
 
     path: UrlPath
@@ -199,6 +202,7 @@ class Route(_Base):
     rate_limit: Name | None = "general"
     json_errors: bool = False
     cache_rules: bool = True
+    cache: bool = False
     max_body_size: Size = "1m"
     timeouts: Timeouts | None = None
 
@@ -244,6 +248,26 @@ def _default_cache_rules() -> list[CacheRule]:
             cache_control="public, max-age=31536000, immutable",
         ),
     ]
+
+
+class Cache(_Base):
+    """The edge's HTTP cache (nginx ``proxy_cache``) for routes with ``cache = true``.
+
+    A response is stored only when it is a ``200`` with a ``Cache-Control`` header that says neither
+    ``private`` nor ``no-store``, has no ``Set-Cookie`` and no ``Vary: *``, and answers a GET/HEAD without
+    ``Authorization``. A stored copy is served for ``revalidate_after`` seconds, then revalidated with the
+    origin (``If-None-Match``/``If-Modified-Since``; a ``304`` refreshes it). While the origin is down or
+    answering 5xx, stored copies are served stale. ``path`` defaults to ``<runtime_dir>/cache``.
+    """
+
+    enabled: bool = True
+    path: PathStr | None = None
+    keys_zone_size: Size = "10m"
+    max_size: Size = "256m"
+    inactive: Seconds = 86400
+    revalidate_after: Annotated[int, Meta(ge=1)] = 1
+    lock_timeout: Seconds = 5
+    status_header: bool = False
 
 
 class Gzip(_Base):
@@ -311,13 +335,13 @@ def _default_sites() -> list[Site]:
     # Far above the bridge's 20-30 s heartbeat: an idle tunnel is never cut by the edge.
     ws_timeouts = Timeouts(read=3600, send=3600)
     return [
-        Site(name="home", hosts=["{domain}"], routes=[Route(path="/", upstream="static-site")]),
-        Site(name="docs", hosts=["docs.{domain}"], routes=[Route(path="/", upstream="static-site")]),
+        Site(name="home", hosts=["{domain}"], routes=[Route(path="/", upstream="static-site", cache=True)]),
+        Site(name="docs", hosts=["docs.{domain}"], routes=[Route(path="/", upstream="static-site", cache=True)]),
         Site(
             name="app",
             hosts=["app.{domain}"],
             routes=[
-                Route(path="/", upstream="flutter-app"),
+                Route(path="/", upstream="flutter-app", cache=True),
                 Route(
                     path="/api/",
                     upstream="api-backend",
@@ -356,6 +380,7 @@ class EdgeConfig(_Base):
     upstreams: dict[Name, Pool] = field(default_factory=_default_upstreams)
     sites: list[Site] = field(default_factory=_default_sites)
     cache_rules: list[CacheRule] = field(default_factory=_default_cache_rules)
+    cache: Cache = field(default_factory=Cache)
     timeouts: Timeouts = field(default_factory=Timeouts)
     gzip: Gzip = field(default_factory=Gzip)
     logging: Logging = field(default_factory=Logging)
@@ -426,6 +451,9 @@ def _semantic_problems(config: EdgeConfig) -> Iterator[tuple[str, str]]:
             if route.upstream not in config.upstreams:
                 known = ", ".join(sorted(config.upstreams)) or "none"
                 yield f"{rwhere}.upstream", f"unknown upstream pool {route.upstream!r} (known: {known})"
+            if route.cache and (route.streaming or route.websocket):
+                kind = "websocket" if route.websocket else "streaming"
+                yield f"{rwhere}.cache", f"a {kind} route cannot be cached"
             if route.rate_limit is not None and route.rate_limit not in config.rate_limits:
                 known = ", ".join(sorted(config.rate_limits)) or "none"
                 yield f"{rwhere}.rate_limit", f"unknown rate limit {route.rate_limit!r} (known: {known})"

@@ -79,6 +79,14 @@ def _is_nginx_worker(pid: int) -> bool:
     return cmdline.startswith((b"nginx: worker process", b"nginx: cache"))
 
 
+def _is_cache_process(pid: int) -> bool:
+    """nginx's cache manager and loader: children of the master that never accept a connection."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: cache")
+    except OSError:
+        return False
+
+
 def _is_draining(pid: int) -> bool:
     """An old worker retitles itself right before it closes its listening sockets (or has exited already)."""
     try:
@@ -273,12 +281,13 @@ class Controller:
     async def _new_workers_started(self, before: set[int]) -> bool:
         """Applied: the master started workers on the new configuration *and* told every old one to shut down
         (until then an old worker may still accept a connection and serve it the old way). Draining the old
-        workers' requests may take much longer and is not waited for."""
+        workers' requests may take much longer and is not waited for. The cache manager and loader accept no
+        connections and are left out."""
         deadline = time.monotonic() + self.settings.reload_timeout
         while time.monotonic() < deadline:
             if not self.nginx.running:
                 return False
-            current = set(self.nginx.worker_pids())
+            current = {pid for pid in self.nginx.worker_pids() if not _is_cache_process(pid)}
             if current - before and all(_is_draining(pid) for pid in current & before):
                 return True
             await asyncio.sleep(0.01)

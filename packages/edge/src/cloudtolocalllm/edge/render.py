@@ -13,6 +13,12 @@ Rules that keep the original system's traps closed:
   ``/api/...``).
 - The access log is JSON (``escape=json``) in core's log schema; its path comes from ``$request_uri`` cut
   at the first ``?``, so query strings (which may carry tokens) and headers are never written.
+- Cached routes (``cache = true``) share one ``proxy_cache`` zone keyed by scheme, host and request URI only
+  (never cookies or credentials). Only ``200`` responses with a ``Cache-Control`` that is neither ``private``
+  nor ``no-store`` are stored (nginx itself refuses ``Set-Cookie`` and ``Vary: *``, and keeps one variant
+  per ``Vary`` value); requests with ``Authorization`` bypass the cache. Stored copies are revalidated after
+  ``[cache].revalidate_after`` seconds and served stale while the origin is down, even when the controller
+  has taken every instance out of the pool (the pool is then rendered with a ``down`` placeholder).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ _MIME_TYPES: Final = (
     ("image/x-icon", "ico"),
 )
 _SUCCESS_STATUSES: Final = "200|203|204|206|304"
+CACHE_ZONE: Final = "edge_cache"
+# Rendered for a pool with no healthy instance when a cached route uses it: never contacted ("down"), so
+# nginx answers from its stale copies (or the 503 page) instead of the route returning 503 outright.
+_DOWN_PLACEHOLDER: Final = "127.0.0.1:9"
 
 
 def quote(value: str) -> str:
@@ -101,6 +111,7 @@ class _Renderer:
             name: [i for i in pool.instances if healthy is None or i in healthy.get(name, ())]
             for name, pool in config.upstreams.items()
         }
+        self.caching = config.cache.enabled and any(route.cache for site in config.sites for route in site.routes)
         self.certificate = certificate or (
             config.expand(config.tls.certificate),
             config.expand(config.tls.certificate_key),
@@ -193,6 +204,8 @@ class _Renderer:
             w("ssl_session_timeout", "1d")
             w("ssl_session_tickets", "off")
             w.blank()
+        if self.caching:
+            self.cache_path()
         self.upstreams()
         self.redirect_server()
         for site in c.sites:
@@ -218,6 +231,47 @@ class _Renderer:
         with w.block("map", quote("$status:$edge_cache_rule"), "$edge_cache_control"):
             w(quote(f"~^(?:{_SUCCESS_STATUSES}):(?<edge_cc>.+)$"), "$edge_cc")
             w("default", "$upstream_http_cache_control")
+
+    def cache_path(self) -> None:
+        w, cache = self.w, self.c.cache
+        path = cache.path or posixpath.join(self.runtime, "cache")
+        w.comment("The edge cache: public responses of the routes with cache = true (see [cache]).")
+        w(
+            "proxy_cache_path",
+            quote(path),
+            "levels=1:2",
+            f"keys_zone={CACHE_ZONE}:{cache.keys_zone_size}",
+            f"max_size={cache.max_size}",
+            f"inactive={_seconds(cache.inactive)}",
+            "use_temp_path=off",
+        )
+        w.comment("Never stored: no Cache-Control at all (the origin did not say it may be), private, no-store.")
+        with w.block("map", "$upstream_http_cache_control", "$edge_cache_skip"):
+            w('""', "1")
+            w(quote("~*(?:private|no-store)"), "1")
+            w("default", "0")
+        w.blank()
+
+    def cache_directives(self) -> None:
+        w, cache = self.w, self.c.cache
+        w("proxy_cache", CACHE_ZONE)
+        w("proxy_cache_key", '"$scheme://$host$request_uri"')
+        # Our own freshness instead of the origin's max-age: nginx cannot store a no-cache response (HTML)
+        # otherwise, and a short lifetime plus a cheap conditional request is right for every static file.
+        w("proxy_ignore_headers", "Cache-Control", "Expires", "X-Accel-Expires")
+        w("proxy_cache_valid", "200", _seconds(cache.revalidate_after))
+        w("proxy_no_cache", "$http_authorization", "$edge_cache_skip")
+        w("proxy_cache_bypass", "$http_authorization")
+        w("proxy_cache_revalidate", "on")
+        w("proxy_cache_lock", "on")
+        w("proxy_cache_lock_timeout", _seconds(cache.lock_timeout))
+        w("proxy_cache_use_stale", "error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504")
+        w("proxy_force_ranges", "on")
+        if cache.status_header:
+            w("add_header", "X-Cache-Status", "$upstream_cache_status", "always")
+
+    def cached(self, route: Route) -> bool:
+        return self.caching and route.cache
 
     def access_log_format(self) -> None:
         w, c = self.w, self.c
@@ -272,7 +326,14 @@ class _Renderer:
                 continue  # nginx would resolve its host names at start-up for nothing
             instances = self.healthy[name]
             if not instances:
-                w.comment(f"upstream {name}: no healthy instance; its routes answer 503 directly")
+                cached = any(r.upstream == name and self.cached(r) for s in self.c.sites for r in s.routes)
+                if not cached:
+                    w.comment(f"upstream {name}: no healthy instance; its routes answer 503 directly")
+                    continue
+                w.comment(f"upstream {name}: no healthy instance; cached routes serve stale copies or 503")
+                with w.block("upstream", name):
+                    w("server", _DOWN_PLACEHOLDER, "down")
+                w.blank()
                 continue
             with w.block("upstream", name):
                 if pool.balance == "least_conn":
@@ -374,7 +435,7 @@ class _Renderer:
             w("set", "$edge_route", quote(route.path))
             w("set", "$edge_upstream", quote(route.upstream))
             self.security_headers(tls=tls, csp=csp)
-            if not self.healthy[route.upstream]:
+            if not self.healthy[route.upstream] and not self.cached(route):
                 w("add_header", "Retry-After", "5", "always")
                 self.unavailable_body(route.json_errors)
                 return
@@ -420,6 +481,8 @@ class _Renderer:
             if route.cache_rules and c.cache_rules:
                 w("proxy_hide_header", "Cache-Control")
                 w("add_header", "Cache-Control", "$edge_cache_control", "always")
+            if self.cached(route):
+                self.cache_directives()
 
     def unavailable_body(self, json_errors: bool) -> None:
         w = self.w
