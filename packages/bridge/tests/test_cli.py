@@ -70,8 +70,11 @@ def test_env_errors_name_every_bad_variable(
         assert f"CLOUDTOLOCALLLM_BRIDGE_{name}" in err
 
 
-def test_missing_cloud_and_token(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_cloud_and_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     monkeypatch.delenv("CLOUDTOLOCALLLM_TOKEN", raising=False)
+    monkeypatch.setenv("CLOUDTOLOCALLLM_BRIDGE_STATE_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as info:
         cli.main(["run"])
     assert info.value.code == 2
@@ -79,7 +82,8 @@ def test_missing_cloud_and_token(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "--cloud", "https://x.example"])
     assert info.value.code == 2
-    assert "no token" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no token: not logged in" in err and "cloudtolocalllm-bridge login" in err
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:

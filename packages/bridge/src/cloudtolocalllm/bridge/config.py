@@ -76,6 +76,14 @@ class BridgeSettings(msgspec.Struct, kw_only=True, frozen=True):
     backoff_cap_s: PositiveSeconds = 60.0
     stable_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 30.0
     """A connection must stay up this long before the reconnect backoff starts again from scratch."""
+    reauth_margin_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 30.0
+    """Renew the token (send the cloud a fresh one) at least this long before it expires."""
+    issuer_url: str = ""
+    """``login``: the OAuth issuer (``https://<AUTH0_DOMAIN>/``, or the dev issuer's URL)."""
+    client_id: str = "cloudtolocalllm-bridge"
+    """``login``: the OAuth client id (an Auth0 Native application with the Device Code grant)."""
+    audience: str = ""
+    """``login``: the API identifier the cloud verifies tokens for (AUTH0_AUDIENCE / DEV_AUDIENCE)."""
 
     def __post_init__(self) -> None:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

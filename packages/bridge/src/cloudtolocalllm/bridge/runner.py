@@ -181,7 +181,7 @@ class Bridge:
         rejected: str | None = None  # a token the cloud refused; redial only with another one
         while not self.stopping:
             try:
-                token = self.token_source.read()
+                token = await self.token_source.fresh()
             except TokenError as exc:
                 logger.error("no usable token: %s", exc)
                 self.status.update(state="disconnected", last_error=str(exc))
@@ -235,6 +235,7 @@ class Bridge:
                 read_only=self.settings.read_only,
                 handshake_timeout_s=self.settings.handshake_timeout_s,
                 idle_timeout_s=self.settings.backend_idle_timeout_s,
+                reauth_margin_s=self.settings.reauth_margin_s,
             ),
             backend_state=self.backend_state,
             on_go_away=lambda _frame: go_away.set(),
@@ -343,7 +344,7 @@ class Bridge:
         while not self.stopping:
             await self._sleep(self._token_poll_s)
             with contextlib.suppress(TokenError):
-                token = self.token_source.read()
+                token = await self.token_source.fresh(rejected=old)
                 if token != old:
                     logger.info("found a new token", extra={"token_fp": fingerprint(token)})
                     return

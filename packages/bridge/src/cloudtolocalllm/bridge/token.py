@@ -47,9 +47,10 @@ def unverified_expiry(token: str) -> float | None:
 class TokenSource:
     """Reads the token from ``token_file`` (preferred) or from ``env_token``."""
 
-    def __init__(self, *, token_file: Path | None = None, env_token: str | None = None) -> None:
+    def __init__(self, *, token_file: Path | None = None, env_token: str | None = None, label: str = "") -> None:
         self.token_file = token_file
         self._env_token = env_token.strip() if env_token else None
+        self._label = label
         if token_file is None and not self._env_token:
             raise TokenError(f"no token: pass --token-file FILE or set {TOKEN_ENV}")
 
@@ -64,7 +65,18 @@ class TokenSource:
 
     def describe(self) -> str:
         """Where the token comes from, for messages (never the token itself)."""
-        return f"token file {self.token_file}" if self.token_file else f"environment variable {TOKEN_ENV}"
+        if self.token_file:
+            return f"token file {self.token_file}"
+        return self._label or f"environment variable {TOKEN_ENV}"
+
+    def renew_hint(self) -> str | None:
+        """What to do when the token is refused, if this source knows better than the generic advice."""
+        return None
+
+    async def fresh(self, *, rejected: str | None = None) -> str:
+        """The token to use now (on connect and before a reauth). Sources that renew tokens themselves
+        (stored login credentials) do it here; ``rejected`` is a token the cloud just refused."""
+        return self.read()
 
     def read(self) -> str:
         """The current token. Raises TokenError with a clear message when there is none."""

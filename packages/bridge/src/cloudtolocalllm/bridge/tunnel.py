@@ -176,13 +176,13 @@ def platform_tag() -> str:
     return f"{sys.platform}-{platform.machine().lower() or 'unknown'}"
 
 
-def reauth_delay(remaining_s: float) -> float:
+def reauth_delay(remaining_s: float, margin_s: float = REAUTH_MARGIN_S) -> float:
     """Seconds to wait before renewing a token that expires in ``remaining_s``.
 
-    At 80 % of the remaining lifetime, but at least REAUTH_MARGIN_S before expiry (at once if that
-    has passed).
+    At 80 % of the remaining lifetime, but at least ``margin_s`` (REAUTH_MARGIN_S) before expiry (at
+    once if that has passed).
     """
-    return max(0.0, min(0.8 * remaining_s, remaining_s - REAUTH_MARGIN_S))
+    return max(0.0, min(0.8 * remaining_s, remaining_s - margin_s))
 
 
 @dataclass
@@ -195,6 +195,8 @@ class SessionOptions:
     """Longest wait for the next request-body chunk from the cloud."""
     token_recheck_s: float = 10.0
     """How often an unchanged, expiring token is looked at again."""
+    reauth_margin_s: float = REAUTH_MARGIN_S
+    """Renew the token at least this long before it expires."""
 
 
 @dataclass
@@ -590,9 +592,9 @@ class Session:
                 self._reauth_ok.clear()
                 await self._reauth_ok.wait()
                 continue
-            await asyncio.sleep(reauth_delay(expires_at - time.time()))
+            await asyncio.sleep(reauth_delay(expires_at - time.time(), self.options.reauth_margin_s))
             try:
-                token = self.token_source.read()
+                token = await self.token_source.fresh()
             except TokenError as exc:
                 logger.error("cannot renew the token: %s", exc)
                 await asyncio.sleep(self.options.token_recheck_s)
@@ -773,6 +775,8 @@ def _relayable_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def renew_hint(source: TokenSource) -> str:
     """What the user should do to get a working token, for this token source."""
+    if (own := source.renew_hint()) is not None:
+        return own
     if source.token_file is not None:
         return (
             f"get a new token (in the web app, or with `cloudtolocalllm-dev-issuer token` in development) "
