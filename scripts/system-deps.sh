@@ -9,6 +9,7 @@ APT_PACKAGES=(
   pebble           # Let's Encrypt's test ACME server (edge ACME test; also pebble-challtestsrv for its DNS)
   certbot          # the certbot container's client, run by the edge ACME test
   wrk              # HTTP load generator: benchmarks (static-site small files vs nginx, core /health)
+  mmdebstrap       # tests-packaging: a clean Debian root to install the bridge's .deb into
 )
 
 export PATH="$HOME/.local/bin:$PATH"
