@@ -122,3 +122,51 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site with MkDocs in strict mode (broken links fail)."""
     _uv_sync(session, "--only-group", "docs")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+DOWNLOADS_DIR = ROOT / "dist" / "downloads"
+STATIC_SITE_DIR = ROOT / "dist" / "static-site"
+
+
+@nox.session(name="package-bridge", default=False)
+def package_bridge(session: nox.Session) -> None:
+    """The bridge's downloads into dist/downloads/: its wheel, core's wheel, the .deb, .sha256 files, index.json."""
+    session.install("pip>=24")  # pip download: the wheelhouse for every supported Python and CPU
+    session.run("python", "scripts/build_downloads.py", "--out", str(DOWNLOADS_DIR), "--pip", "python")
+
+
+@nox.session(name="build-static-site", default=False, requires=["package-bridge"])
+def build_static_site(session: nox.Session) -> None:
+    """The static-site container's content in dist/static-site/: homepage, docs under /docs/, downloads."""
+    _uv_sync(session, "--only-group", "docs")
+    docs_out = Path(session.create_tmp()).resolve() / "docs-site"  # MkDocs resolves it from the config's folder
+    session.run(
+        "mkdocs", "build", "--strict", "--quiet", "-f", "packaging/mkdocs-site.yml", "--site-dir", str(docs_out)
+    )
+    session.run(
+        "python",
+        "scripts/build_static_site.py",
+        "--docs",
+        str(docs_out),
+        "--downloads",
+        str(DOWNLOADS_DIR),
+        "--out",
+        str(STATIC_SITE_DIR),
+    )
+
+
+@nox.session(name="tests-packaging", default=True, requires=["build-static-site"])
+def tests_packaging(session: nox.Session) -> None:
+    """The .deb installed in a clean Debian root; the assembled site served by the real static server."""
+    _uv_sync(session, "--package", PACKAGES["static_site"], "--group", "test")
+    session.run(
+        "pytest",
+        "tests/packaging",
+        *session.posargs,
+        env={
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "CTLLM_REPO_ROOT": str(ROOT),
+            "CTLLM_DOWNLOADS_DIR": str(DOWNLOADS_DIR),
+            "CTLLM_SITE_DIR": str(STATIC_SITE_DIR),
+        },
+    )

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   certbot          # the certbot container's client, run by the edge ACME test
   wrk              # HTTP load generator: benchmarks (static-site small files vs nginx, core /health)
   mmdebstrap       # tests-packaging: a clean Debian root to install the bridge's .deb into
+  brotli           # build-static-site: .br siblings of the site's text files
 )
 
 export PATH="$HOME/.local/bin:$PATH"
