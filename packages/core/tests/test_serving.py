@@ -86,3 +86,26 @@ async def test_after_sigterm_new_connections_are_refused(service: tuple[subproce
                 await fresh.get("/health")
         assert (await in_flight).status_code == 200
     assert await asyncio.to_thread(proc.wait, 15) == 0
+
+
+async def test_websocket_compression_is_declined() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+    from websockets.asyncio.client import connect
+
+    from cloudtolocalllm.core.testing import running_server
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_bytes(await websocket.receive_bytes())
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    async with running_server(app) as url:
+        # websockets offers permessage-deflate by default; the server must not take it.
+        async with connect(url.replace("http", "ws", 1) + "/ws") as ws:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.send(b"x" * 10_000)
+            assert await ws.recv() == b"x" * 10_000

@@ -2,6 +2,10 @@
 
 On SIGTERM or SIGINT the server stops accepting connections, lets in-flight requests finish for up to
 ``graceful_timeout_s`` and then returns, so the process exits 0 and an orchestrator sees a clean stop.
+
+WebSocket permessage-deflate is declined: hypercorn accepts it whenever a client offers it and has no
+setting to refuse, and each compressed connection costs ~100 KB of zlib state on the server plus CPU on
+every message (our WebSocket traffic is binary frames, model blobs and token streams).
 """
 
 from __future__ import annotations
@@ -20,6 +24,24 @@ from starlette.types import ASGIApp
 from cloudtolocalllm.core.settings import SettingsError
 
 __all__ = ["bind_socket", "exit_on_settings_error", "serve"]
+
+
+def _decline_websocket_compression() -> None:
+    """Make hypercorn answer every permessage-deflate offer with "no" (idempotent)."""
+    from hypercorn.protocol import ws_stream
+    from wsproto.extensions import PerMessageDeflate
+
+    names = vars(ws_stream)  # hypercorn looks the class up here for every WebSocket handshake
+    if getattr(names["PerMessageDeflate"], "declined", False):
+        return
+
+    class _DeclinedDeflate(PerMessageDeflate):
+        declined = True
+
+        def accept(self, offer: str) -> None:
+            return None  # not negotiated: the connection stays uncompressed
+
+    names["PerMessageDeflate"] = _DeclinedDeflate
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -43,6 +65,7 @@ async def serve(
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    _decline_websocket_compression()
     config = Config()
     # hypercorn takes ownership of (and closes) the descriptor it is given: hand it a duplicate.
     config.bind = [f"fd://{os.dup(sock.fileno())}"]
