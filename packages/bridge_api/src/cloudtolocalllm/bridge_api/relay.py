@@ -285,8 +285,11 @@ class _Exchange:
         stream = self.stream
         try:
             while True:
-                async with asyncio.timeout(idle):
+                if stream.has_chunk:  # already here: no timer to arm
                     chunk = await stream.next_chunk()
+                else:
+                    async with asyncio.timeout(idle):
+                        chunk = await stream.next_chunk()
                 if chunk is None:
                     await self.send({"type": "http.response.body", "body": b"", "more_body": False})
                     return True

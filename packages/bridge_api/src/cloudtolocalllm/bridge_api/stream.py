@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Final
 
 from cloudtolocalllm.core.protocol import Data, End, ErrorCode, ResponseHead
 
 if TYPE_CHECKING:
     from cloudtolocalllm.bridge_api.session import BridgeSession
 
-__all__ = ["RelayStream", "StreamFailed"]
+__all__ = ["COALESCE_BYTES", "RelayStream", "StreamFailed"]
+
+COALESCE_BYTES: Final = 256 * 1024
+"""Chunks already waiting when the client is ready are handed over together, up to this many bytes.
+Nothing waits to be merged: a chunk that arrives alone is passed on alone, at once."""
 
 
 class StreamFailed(Exception):
@@ -28,7 +33,8 @@ class RelayStream:
         self.stream_id = stream_id
         self.head: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
         # Unbounded on purpose: the protocol's credit window bounds what the bridge may have in flight.
-        self._chunks: asyncio.Queue[bytes | StreamFailed | None] = asyncio.Queue()  # None: end of body
+        self._chunks: deque[bytes | StreamFailed | None] = deque()  # None: end of body
+        self._waiter: asyncio.Future[None] | None = None
         self.finished = False
 
     # --- request body (cloud -> bridge) ---------------------------------------------------------------
@@ -36,11 +42,17 @@ class RelayStream:
     async def send_body_chunk(self, chunk: bytes) -> None:
         """Send ``chunk`` as Data frames, waiting for credit so a slow bridge bounds our memory."""
         conn = self.session.conn
+        allowed = await conn.wait_for_credit(self.stream_id)
+        if len(chunk) <= allowed:  # the common case: one frame, no copy
+            await self.session.send_frame(Data(self.stream_id, chunk))
+            return
         view = memoryview(chunk)
-        while view:
-            allowed = await conn.wait_for_credit(self.stream_id)
+        while True:
             piece, view = view[:allowed], view[allowed:]
             await self.session.send_frame(Data(self.stream_id, bytes(piece)))
+            if not view:
+                return
+            allowed = await conn.wait_for_credit(self.stream_id)
 
     async def end_body(self) -> None:
         await self.session.send_frame(End(self.stream_id))
@@ -53,25 +65,57 @@ class RelayStream:
 
     def on_data(self, payload: bytes) -> None:
         if payload:
-            self._chunks.put_nowait(payload)
+            self._push(payload)
 
     def on_end(self) -> None:
-        self._chunks.put_nowait(None)
+        self._push(None)
 
     def fail(self, code: ErrorCode, message: str) -> None:
         failure = StreamFailed(code, message)
         if not self.head.done():
             self.head.set_exception(failure)
             self.head.exception()  # mark retrieved: the waiter may already be gone
-        self._chunks.put_nowait(failure)
+        self._push(failure)
+
+    def _push(self, item: bytes | StreamFailed | None) -> None:
+        self._chunks.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def has_chunk(self) -> bool:
+        """next_chunk() would return (or raise) without waiting."""
+        return bool(self._chunks)
 
     async def next_chunk(self) -> bytes | None:
-        """The next response body chunk, or None at the end; raises StreamFailed."""
-        item = await self._chunks.get()
+        """The next response body bytes, or None at the end; raises StreamFailed.
+
+        Chunks that are already waiting are joined (up to COALESCE_BYTES) so a client that fell behind
+        catches up with one write instead of many; nothing is held back to wait for more.
+        """
+        chunks = self._chunks
+        while not chunks:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = chunks.popleft()
         if isinstance(item, StreamFailed):
             raise item
         if item is None:
             self.finished = True
+            return None
+        if chunks and type(chunks[0]) is bytes:
+            parts = [item]
+            size = len(item)
+            while chunks and size < COALESCE_BYTES and type(chunks[0]) is bytes:
+                part = chunks.popleft()
+                assert isinstance(part, bytes)
+                parts.append(part)
+                size += len(part)
+            item = b"".join(parts)
         return item
 
     async def consumed(self, n: int) -> None:
