@@ -5,7 +5,8 @@
 - tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
 - tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct, throughput ratio [>= 0.3]
 - tunnel.idle_bridge_kb: api-backend RSS growth per idle connected bridge, 1,000 bridges [<= 50]
-- tunnel.slow_reader_rss_mb: api-backend RSS growth, 100 streams read at 1 KB/s, fast backend [<= 100]
+- tunnel.slow_reader_rss_mb: peak api-backend RSS growth, 100 streams read at 1 KB/s for 20 s, fast backend
+  [<= 100]
 
 The real api-backend and bridge run as processes. Clients are minimal raw-socket HTTP/1.1 so that the
 load generator is not what is measured; idle bridges are protocol-level clients (the real bridge is a
@@ -15,6 +16,7 @@ whole process each).
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import tempfile
 import time
@@ -86,19 +88,42 @@ async def _upload(port: int, path: str, headers: dict[str, str], size: int) -> f
     return time.perf_counter() - started
 
 
-async def _slow_read(port: int, path: str, headers: dict[str, str], seconds: float) -> int:
-    reader, writer = await _request(port, "POST", path, headers)
+async def _slow_read(port: int, path: str, headers: dict[str, str], seconds: float) -> tuple[bytes, int]:
+    """Read ``path`` at ~1 KB/s. A small receive buffer and plain socket reads (no StreamReader, which
+    would eagerly buffer megabytes) make the client really slow, so backpressure reaches the server."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+    first = b""
     got = 0
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        got += len(await reader.read(1024))
-        await asyncio.sleep(1.0)
-    writer.close()
-    return got
+    try:
+        while time.monotonic() < end:
+            data = await loop.sock_recv(sock, 1024)
+            if not data:
+                break
+            first = first or data
+            got += len(data)
+            await asyncio.sleep(1.0)
+    finally:
+        sock.close()
+    return first.split(b"\r\n", 1)[0], got
 
 
 async def _idle_bridge(url: str, token: str, index: int, stop: asyncio.Event) -> None:
-    ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=60)
+    # Connect as the real bridge does (tunnel.open_websocket): no permessage-deflate offer, no library pings.
+    ws = await websockets.connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        open_timeout=60,
+        compression=None,
+        ping_interval=None,
+    )
     conn = Connection(Role.BRIDGE)
     hello = Hello(PROTOCOL_VERSION, f"idle-{index}", f"idle {index}", "0", "linux", BackendKind.OLLAMA, True, ["m:1"])
     await ws.send(conn.send(hello))
@@ -210,12 +235,19 @@ async def _bulk(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[
 async def _slow_readers(api: Proc, api_port: int, auth: dict[str, str]) -> dict[str, object]:
     await asyncio.sleep(1)
     before = api.rss_kb()
-    path = "/api/ollama/api/chat?chunks=1000000"
-    reads = await asyncio.gather(*(_slow_read(api_port, path, auth, 15) for _ in range(100)))
-    after = api.rss_kb()
+    # 64 lines (7 KB) per write: a producer fast enough to fill every stream's window within the run, so
+    # what is measured is the credit-bounded steady state, not how fast the tunnel moves tiny chunks.
+    path = "/api/ollama/api/chat?chunks=100000000&lines_per_write=64"
+    peak = before
+    readers = asyncio.gather(*(_slow_read(api_port, path, auth, 20) for _ in range(100)))
+    while not readers.done():
+        peak = max(peak, api.rss_kb())
+        await asyncio.wait([readers], timeout=0.5)
+    reads = readers.result()
     return {
-        "tunnel.slow_reader_rss_mb": round((after - before) / 1024, 1),
-        "tunnel.slow_reader_bytes_read_each": min(reads),
+        "tunnel.slow_reader_rss_mb": round((peak - before) / 1024, 1),
+        "tunnel.slow_reader_streams_ok": sum(1 for status, _ in reads if status.startswith(b"HTTP/1.1 200")),
+        "tunnel.slow_reader_bytes_read_each": min(got for _, got in reads),
     }
 
 

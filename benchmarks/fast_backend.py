@@ -1,6 +1,7 @@
 """A deliberately fast local "LLM server" for benchmarks: raw asyncio HTTP/1.1, no framework.
 
-- ``POST /api/chat``: NDJSON, ``chunks`` lines (query ``?chunks=N&delay_ms=D``), flushed one by one.
+- ``POST /api/chat``: NDJSON, ``chunks`` lines (query ``?chunks=N&delay_ms=D``), flushed one by one; with
+  ``&lines_per_write=K`` K lines go out per write (a producer far faster than its reader).
 - ``POST /api/blobs/<anything>``: reads the body, answers with the byte count.
 - ``GET /api/version``: a tiny JSON answer (time-to-first-byte probes).
 - ``GET /api/tags``: one model, so a bridge reports it.
@@ -72,14 +73,21 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 params = parse_qs(url.query)
                 chunks = int(params.get("chunks", ["50"])[0])
                 delay = float(params.get("delay_ms", ["0"])[0]) / 1000
+                per_write = int(params.get("lines_per_write", ["1"])[0])
+                block = LINE * per_write
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
                 )
-                for _ in range(chunks):
-                    writer.write(b"%x\r\n%s\r\n" % (len(LINE), LINE))
+                for i in range(0, chunks, per_write):
+                    data = block if i + per_write <= chunks else LINE * (chunks - i)
+                    writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                     await writer.drain()
                     if delay:
                         await asyncio.sleep(delay)
+                    elif i // per_write % 16 == 15:
+                        # drain() does not yield while the kernel takes everything: without this, the
+                        # first streams would fill their socket buffers (MBs) before later ones start.
+                        await asyncio.sleep(0)
                 writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(DONE), DONE))
             elif url.path.startswith("/api/blobs/"):
                 writer.write(_fixed("200 OK", b'{"bytes":%d}' % size))
