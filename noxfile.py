@@ -110,6 +110,12 @@ def tests_e2e(session: nox.Session) -> None:
     )
 
 
+@nox.session(name="build-flutter-app-content", default=False, venv_backend="none")
+def build_flutter_app_content(session: nox.Session) -> None:
+    """Build the chat web app (apps/chat) into dist/flutter-app: hashed assets, .gz, first-load budget."""
+    session.run("python3", "scripts/build_chat_app.py", str(ROOT / "dist" / "flutter-app"), external=True)
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Measure and report (``-- --json PATH`` to save); never fails on a timing."""
