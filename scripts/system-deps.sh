@@ -11,6 +11,7 @@ APT_PACKAGES=(
   wrk              # HTTP load generator: benchmarks (static-site small files vs nginx, core /health)
   mmdebstrap       # tests-packaging: a clean Debian root to install the bridge's .deb into
   brotli           # build-static-site: .br siblings of the site's text files
+  chromium         # the chat web app's browser tests (Playwright drives it; browser downloads are impossible)
 )
 
 export PATH="$HOME/.local/bin:$PATH"

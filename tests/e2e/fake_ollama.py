@@ -41,7 +41,11 @@ TAG = {
 
 
 class FakeOllama:
-    def __init__(self) -> None:
+    def __init__(self, chat_chunks: list[bytes] | None = None, chunk_gap_s: float = 0.15) -> None:
+        # chat_chunks: raw bytes /api/chat sends instead of its counting answer, one write each, chunk_gap_s
+        # apart, so a test controls the network chunk boundaries (a split UTF-8 character, hostile markup).
+        self.chat_chunks = chat_chunks
+        self.chunk_gap_s = chunk_gap_s
         self.events: list[tuple[str, float, Any]] = []
         self.blobs: dict[str, int] = {}
         self.url = ""
@@ -88,6 +92,8 @@ class FakeOllama:
         chunks = int(options.get("num_predict", 200))
         delay = float(options.get("delay_ms", 50)) / 1000  # 0: produce as fast as the reader allows
         self.events.append(("chat-start", time.monotonic(), chunks))
+        if self.chat_chunks is not None:
+            return StreamingResponse(self._scripted(self.chat_chunks), media_type="application/x-ndjson")
 
         async def tokens() -> AsyncIterator[bytes]:
             try:
@@ -115,6 +121,16 @@ class FakeOllama:
                 self.events.append(("chat-closed", time.monotonic(), None))
 
         return StreamingResponse(tokens(), media_type="application/x-ndjson")
+
+    async def _scripted(self, chunks: list[bytes]) -> AsyncIterator[bytes]:
+        try:
+            for i, chunk in enumerate(chunks):
+                if i:
+                    await asyncio.sleep(self.chunk_gap_s)
+                yield chunk
+            self.events.append(("chat-done", time.monotonic(), None))
+        finally:
+            self.events.append(("chat-closed", time.monotonic(), None))
 
     async def blob(self, request: Request) -> Response:
         digest = request.path_params["digest"]

@@ -1,0 +1,307 @@
+"""The chat web app in Debian's Chromium against the real services: dev-issuer sign-in (code + PKCE), the real
+small model streamed token by token, stop, reload, the offline banner, hostile model output, a UTF-8
+character split across network chunks, session renewal, and screenshots (desktop and phone)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .fake_ollama import MODEL as FAKE_MODEL
+from .fake_ollama import FakeOllama
+from .procs import wait_for
+from .web import ARTIFACTS, WebApp, build_app, launch, web_app
+
+pytestmark = pytest.mark.slow
+
+REAL_MODEL = "smollm2:135m"
+
+RECORD_GROWTH = """() => {
+  window.__lengths = [];
+  const list = document.getElementById("messages");
+  new MutationObserver(() => {
+    const last = list.querySelector("li.msg.assistant:last-of-type .body");
+    const state = list.querySelector("li.msg.assistant:last-of-type")?.dataset.state;
+    if (last) window.__lengths.push([performance.now(), last.textContent.length, state]);
+  }).observe(list, { subtree: true, childList: true, characterData: true, attributes: true });
+}"""
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("flutter-app")
+    report = build_app(out)
+    assert report["first_load_gzip_bytes"] <= 150 * 1024
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def web(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> Iterator[WebApp]:
+    with web_app(logs, tmp_path, build, browser) as running:
+        yield running
+
+
+def ndjson(content: str, done: bool = False) -> bytes:
+    line = {"model": FAKE_MODEL, "message": {"role": "assistant", "content": content}, "done": done}
+    return json.dumps(line, ensure_ascii=False).encode() + b"\n"
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebApp, local_model: str) -> None:
+    bridge = web.stack.bridge(local_model, user="dev-user", kind="openai", name="laptop")
+    web.sign_in()
+    page = web.page
+    expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#model option", has_text=REAL_MODEL)).to_have_count(1)
+    page.get_by_label("Model").select_option(REAL_MODEL)
+
+    page.evaluate(RECORD_GROWTH)
+    web.send("Write three sentences about the sea.")
+    expect(web.answer()).to_have_attribute("data-state", "done", timeout=60_000)
+    text = web.answer().locator(".body").inner_text()
+    assert len(text) > 20
+    lengths: list[list[Any]] = page.evaluate("window.__lengths")
+    growing = [n for _, n, state in lengths if state == "streaming" and n > 0]
+    # Token by token: the answer was seen at many increasing lengths before it was done.
+    assert len(set(growing)) >= 5, lengths
+    assert growing == sorted(growing)
+    screenshot(page, "chat-desktop.png")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot(page, "chat-phone.png")
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    page.reload()
+    expect(page.locator("#user-name")).to_have_text("dev-user")
+    expect(page.locator("#conversations button[aria-current=true]")).to_have_text(
+        "Write three sentences about the sea."
+    )
+    expect(web.answer()).to_have_attribute("data-state", "done")
+    assert web.answer().locator(".body").inner_text() == text
+
+    bridge.stop()
+    expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "none", timeout=15_000)
+    expect(page.locator("#banner")).to_contain_text("No bridge is connected")
+    expect(page.locator("#banner code")).to_have_text("cloudtolocalllm-bridge run")
+    screenshot(page, "offline-banner.png")
+    assert not web.dialogs
+
+
+def test_stop_cancels_the_backend_generation(web: WebApp) -> None:
+    with FakeOllama() as backend:  # 200 tokens, 50 ms apart: ten seconds unless stopped
+        web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+        web.sign_in()
+        page = web.page
+        expect(page.locator("#model")).to_have_value(FAKE_MODEL)
+        web.send("count")
+        body = web.answer().locator(".body")
+        expect(body).to_contain_text("t5 ")
+        expect(page.get_by_role("button", name="Stop")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(web.answer()).to_have_attribute("data-state", "stopped")
+        stopped_at = time.monotonic()
+        closed = wait_for(lambda: backend.event_times("chat-closed"), 5, "the backend to see the cancel")
+        assert closed[0] - stopped_at < 2
+        assert not backend.event_times("chat-done")
+        wait_for(lambda: web.stack.metric("relay_streams_active") == 0, 5, "no stream left in the relay")
+        assert all(b["streams_in_flight"] == 0 for b in web.stack.status("dev-user"))
+        frozen = body.inner_text()
+        time.sleep(0.5)
+        assert body.inner_text() == frozen, "the answer kept growing after stop"
+        expect(page.get_by_role("button", name="Send")).to_be_visible()
+        expect(web.answer().locator(".note")).to_have_text("Stopped.")
+
+
+HOSTILE = (
+    "Here you go <script>window.__pwned = 1; alert('script')</script>\n\n"
+    '<img src=x onerror="window.__pwned = 2; alert(\'img\')"> and <a href="javascript:alert(3)">html link</a>\n\n'
+    "- [markdown js link](javascript:alert(4))\n"
+    "- [a real link](https://example.com/docs)\n"
+    "- **bold** and `<b>code</b>`\n\n"
+    "```html\n<script>alert(5)</script>\n```\n"
+)
+
+
+def test_hostile_model_output_runs_no_code_and_is_shown_as_text(
+    logs: Path, tmp_path: Path, build: Path, browser: Browser
+) -> None:
+    chunks = [ndjson(HOSTILE[i : i + 40]) for i in range(0, len(HOSTILE), 40)] + [ndjson("", done=True)]
+    with FakeOllama(chat_chunks=chunks, chunk_gap_s=0.02) as backend:
+        with web_app(logs, tmp_path, build, browser) as web:
+            web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+            web.sign_in()
+            page = web.page
+            expect(page.locator("#model")).to_have_value(FAKE_MODEL)
+            web.send("show me markup")
+            answer = web.answer()
+            expect(answer).to_have_attribute("data-state", "done")
+            page.wait_for_timeout(300)
+            assert page.evaluate("window.__pwned") is None
+            assert not web.dialogs, web.dialogs
+            assert not [c for c in web.console if "pwned" in c or "Content Security Policy" in c], web.console
+            assert answer.locator("script, img, [onerror]").count() == 0
+            body = answer.locator(".body")
+            expect(body).to_contain_text("<script>window.__pwned = 1; alert('script')</script>")
+            expect(body).to_contain_text('<img src=x onerror="window.__pwned = 2')
+            links = answer.locator("a")
+            expect(links).to_have_count(1)
+            expect(links).to_have_attribute("href", "https://example.com/docs")
+            expect(links).to_have_attribute("rel", "noopener noreferrer nofollow")
+            expect(answer.locator("li", has_text="markdown js link")).to_contain_text("javascript:alert(4)")
+            expect(answer.locator("strong")).to_have_text("bold")
+            expect(answer.locator("li code")).to_have_text("<b>code</b>")
+            expect(answer.locator("pre code")).to_have_text("<script>alert(5)</script>")
+            # Clicking the text of the javascript: link does nothing either.
+            answer.locator("li", has_text="markdown js link").click()
+            assert page.evaluate("window.__pwned") is None and not web.dialogs
+
+
+def test_utf8_character_split_across_network_chunks(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
+    line = ndjson("Grüße €😀 done")
+    # Split inside "ü" (2 bytes), inside "€" (3 bytes) and inside "😀" (4 bytes).
+    cuts = [line.index("ü".encode()) + 1, line.index("€".encode()) + 2, line.index("😀".encode()) + 3]
+    parts = [line[: cuts[0]], line[cuts[0] : cuts[1]], line[cuts[1] : cuts[2]], line[cuts[2] :]]
+    with FakeOllama(chat_chunks=[*parts, ndjson("", done=True)], chunk_gap_s=0.2) as backend:
+        with web_app(logs, tmp_path, build, browser) as web:
+            web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+            web.sign_in()
+            page = web.page
+            expect(page.locator("#model")).to_have_value(FAKE_MODEL)
+            # Record the chunks as the browser receives them, to prove the split reached it.
+            page.evaluate(
+                """() => {
+                  window.__chunks = [];
+                  const original = window.fetch;
+                  window.fetch = async (...args) => {
+                    const response = await original(...args);
+                    if (!String(args[0]).endsWith("/api/chat")) return response;
+                    const [mine, theirs] = response.body.tee();
+                    (async () => {
+                      const reader = mine.getReader();
+                      for (;;) {
+                        const { value, done } = await reader.read();
+                        if (done) break;
+                        window.__chunks.push(Array.from(value));
+                      }
+                    })();
+                    return new Response(theirs, { status: response.status, headers: response.headers });
+                  };
+                }"""
+            )
+            web.send("greet")
+            expect(web.answer()).to_have_attribute("data-state", "done")
+            expect(web.answer().locator(".body")).to_have_text("Grüße €😀 done")
+            chunks: list[list[int]] = page.evaluate("window.__chunks")
+            received = b"".join(bytes(c) for c in chunks)
+            assert received.startswith(line)
+            boundaries = {sum(len(c) for c in chunks[: i + 1]) for i in range(len(chunks))}
+            assert set(cuts) & boundaries, f"no multi-byte split reached the browser: {[len(c) for c in chunks]}"
+
+
+def test_error_messages_for_401_429_503_and_the_ndjson_decoder(web: WebApp) -> None:
+    web.sign_in()
+    page = web.page
+    result = page.evaluate(
+        """async () => {
+          const main = document.querySelector('script[type=module]').src;
+          // The build hashes module names: follow the imports to find them.
+          const find = async (from, name) => {
+            const source = await (await fetch(from)).text();
+            const start = source.indexOf(`"./${name}.`) + 1;
+            return new URL(source.slice(start, source.indexOf('"', start)), from).href;
+          };
+          const apiUrl = await find(main, "api");
+          const api = await import(apiUrl);
+          const nd = await import(await find(apiUrl, "ndjson"));
+          const bytes = new TextEncoder().encode('{"t":"€"}\\n{"t":"😀"}\\n');
+          const stream = new ReadableStream({ start(c) {
+            c.enqueue(bytes.slice(0, 8)); c.enqueue(bytes.slice(8, 20)); c.enqueue(bytes.slice(20)); c.close();
+          } });
+          const lines = [];
+          for await (const line of nd.ndjsonLines(stream)) lines.push(line.t);
+          return {
+            lines,
+            e401: api.explain(new api.ApiError(401, "token expired")),
+            e429: api.explain(new api.ApiError(429, "too many requests", 7)),
+            e503: api.explain(new api.ApiError(503, "no bridge connected", 2)),
+            offline: api.explain(new TypeError("Failed to fetch")),
+          };
+        }"""
+    )
+    assert result["lines"] == ["€", "😀"]
+    assert "Sign in again" in result["e401"]
+    assert "Slow down" in result["e429"] and "7 s" in result["e429"]
+    assert "Start the bridge" in result["e503"]
+    assert "Cannot reach" in result["offline"]
+
+    # A real 503 from the relay: no bridge is connected when the user sends.
+    page.evaluate(
+        """() => {
+          const select = document.getElementById("model");
+          select.append(new Option("m", "m"));
+          select.value = "m";
+          document.getElementById("send").disabled = false;
+        }"""
+    )
+    web.send("anyone there?")
+    expect(web.answer()).to_have_attribute("data-state", "error")
+    expect(web.answer().locator(".note")).to_contain_text("Start the bridge")
+
+
+def test_session_renews_silently_and_sign_out(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
+    with web_app(logs, tmp_path, build, browser, DEV_ACCESS_TOKEN_TTL_S="3") as web:
+        web.sign_in()
+        page = web.page
+        first = page.evaluate("JSON.parse(sessionStorage.getItem('ctllm.auth'))")
+        page.wait_for_function(
+            "(old) => JSON.parse(sessionStorage.getItem('ctllm.auth')).refresh_token !== old",
+            arg=first["refresh_token"],
+            timeout=10_000,
+        )
+        renewed = page.evaluate("JSON.parse(sessionStorage.getItem('ctllm.auth'))")
+        assert renewed["expires_at"] > first["expires_at"]
+        expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "none")  # the API still answers
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('ctllm.auth')") is None
+
+
+def test_phone_layout_and_keyboard(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
+    with FakeOllama() as backend:
+        with web_app(logs, tmp_path, build, browser, viewport=(390, 844)) as web:
+            web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+            web.sign_in()
+            page = web.page
+            expect(page.locator("#model")).to_have_value(FAKE_MODEL)
+            expect(page.get_by_label("Message", exact=True)).to_be_focused()
+            page.keyboard.type("hello from a phone")
+            page.keyboard.press("Enter")
+            expect(web.answer().locator(".body")).to_contain_text("t3 ")
+            page.keyboard.press("Escape")
+            expect(web.answer()).to_have_attribute("data-state", "stopped")
+            screenshot(page, "chat-phone-fake.png")
+            # Nothing wider than the screen.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.get_by_role("button", name="Chats").click()
+            expect(page.locator("#sidebar")).to_be_visible()
+            expect(page.locator("#conversations button").first).to_have_text("hello from a phone")
