@@ -121,3 +121,27 @@ async def test_drain_sends_goaway_then_closes_going_away(cloud: Cloud) -> None:
         assert bridge.close_code == CloseCode.GOING_AWAY
     async with cloud.client() as client:
         assert (await client.get("/ready")).status_code == 503
+
+
+async def test_a_bridge_at_the_limit_may_still_reconnect_with_its_own_id(make_cloud: CloudFactory) -> None:
+    async with make_cloud(max_bridges_per_user=1) as cloud:
+        old = FakeBridge(cloud.url, cloud.token(), bridge_id="one")
+        await old.connect()
+        async with FakeBridge(cloud.url, cloud.token(), bridge_id="one") as new:
+            await asyncio.wait_for(old.closed.wait(), 5)
+            assert old.close_code == CloseCode.REPLACED
+            assert not new.closed.is_set()
+
+
+async def test_an_idle_bridge_runs_on_timers_not_tasks(make_cloud: CloudFactory) -> None:
+    async with make_cloud(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.4) as cloud:
+        async with FakeBridge(cloud.url, cloud.token()) as bridge:
+            session = cloud.app.state.registry.all_sessions()[0]
+            await asyncio.sleep(0.35)  # a few heartbeats
+            helpers = [t for t in asyncio.all_tasks() if "BridgeSession._" in getattr(t.get_coro(), "__qualname__", "")]
+            assert helpers == []  # Pings that were sent are done; nothing waits per session but the reader
+            assert session._heartbeat_timer is not None and session._reauth_timer is not None
+            assert not bridge.closed.is_set()
+        await wait_until(lambda: not cloud.app.state.registry.all_sessions())
+        assert session._heartbeat_timer is None or session._heartbeat_timer.cancelled()
+        assert session._reauth_timer is None or session._reauth_timer.cancelled()

@@ -88,10 +88,12 @@ def bridge_socket_endpoint(
         if problem := _hello_problem(hello):
             await websocket.close(CloseCode.PROTOCOL_VIOLATION, close_reason(CloseCode.PROTOCOL_VIOLATION, problem))
             return
+        del message  # this frame lives as long as the bridge: keep nothing in it that is not needed
         user = principal.subject
-        known = {b.bridge_id for b in registry.bridges_for(user)}
-        if hello.bridge_id not in known and len(known) >= settings.max_bridges_per_user:
-            await websocket.close(POLICY_VIOLATION, f"too many bridges for this account (limit {len(known)})")
+        # No set of the user's bridge ids here: it would stay alive in this frame for the whole session.
+        if not registry.has_bridge(user, hello.bridge_id) and registry.count_for(user) >= settings.max_bridges_per_user:
+            limit = registry.count_for(user)
+            await websocket.close(POLICY_VIOLATION, f"too many bridges for this account (limit {limit})")
             return
         session = BridgeSession(
             websocket=websocket,

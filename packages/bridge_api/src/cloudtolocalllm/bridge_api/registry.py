@@ -24,6 +24,9 @@ class BridgeRegistry:
     def bridges_for(self, user: str) -> list[BridgeSession]:
         return list(self._by_user.get(user, {}).values())
 
+    def has_bridge(self, user: str, bridge_id: str) -> bool:
+        return bridge_id in self._by_user.get(user, {})
+
     def count_for(self, user: str) -> int:
         return len(self._by_user.get(user, {}))
 

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -91,8 +92,11 @@ class BridgeSession:
         self._last_seen = time.monotonic()
         self._ping_nonce = 0
         self._closed = asyncio.Event()
-        self._idle = asyncio.Event()  # set while no stream is in flight
-        self._idle.set()
+        self._idle: asyncio.Event | None = None  # created by wait_idle(); set while no stream is in flight
+        # Heartbeat and reauth deadline are loop timers, not tasks: an idle bridge costs two TimerHandles.
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._reauth_timer: asyncio.TimerHandle | None = None
+        self._timer_tasks: set[asyncio.Task[None]] = set()  # a Ping being sent, a close in progress
         self.close_code: int | None = None
 
     # --- queries used by routing and status ---------------------------------------------------------
@@ -138,7 +142,8 @@ class BridgeSession:
             data = self.conn.send(Open(stream_id, method, path, query, headers, has_body))
             stream = RelayStream(self, stream_id)
             self.streams[stream_id] = stream
-            self._idle.clear()
+            if self._idle is not None:
+                self._idle.clear()
             self.metrics.streams_active.inc()
             try:
                 await self._write(data)
@@ -161,25 +166,32 @@ class BridgeSession:
         if self.streams.pop(stream_id, None) is None:
             return False
         self.metrics.streams_active.dec()
-        if not self.streams:
+        if not self.streams and self._idle is not None:
             self._idle.set()
         return True
 
     async def wait_idle(self) -> None:
         """Return once no stream is in flight (used when draining)."""
+        if self._idle is None:
+            self._idle = asyncio.Event()
+            if not self.streams:
+                self._idle.set()
         await self._idle.wait()
 
     # --- the connection's life ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Read frames until the WebSocket closes; heartbeats and the reauth deadline run alongside."""
-        tasks = [
-            asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.session_id}"),
-            asyncio.create_task(self._reauth_deadline(), name=f"reauth-{self.session_id}"),
-        ]
+        loop = asyncio.get_running_loop()
+        self._heartbeat_timer = loop.call_later(self.settings.heartbeat_interval_s, self._on_heartbeat)
+        self._schedule_reauth_deadline()
         try:
             await self._read_loop()
         finally:
+            for timer in (self._heartbeat_timer, self._reauth_timer):
+                if timer is not None:
+                    timer.cancel()
+            tasks = list(self._timer_tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -267,27 +279,49 @@ class BridgeSession:
             await self.close(CloseCode.UNAUTHORIZED, close_reason(CloseCode.UNAUTHORIZED, "token is for another user"))
             return
         self.token_expires_at = principal.expires_at
+        self._schedule_reauth_deadline()
         await self.send_frame(ReauthOk(expires_at=principal.expires_at))
 
-    async def _heartbeat(self) -> None:
-        interval = self.settings.heartbeat_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            if time.monotonic() - self._last_seen > self.settings.heartbeat_timeout_s:
-                self.metrics.errors.labels("heartbeat_timeout").inc()
-                await self.close(CloseCode.HEARTBEAT_TIMEOUT, close_reason(CloseCode.HEARTBEAT_TIMEOUT))
-                return
-            self._ping_nonce += 1
-            with contextlib.suppress(ConnectionError, LocalProtocolError):
-                await self.send_frame(Ping(self._ping_nonce))
+    def _spawn_timer_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._timer_tasks.add(task)
+        task.add_done_callback(self._timer_tasks.discard)
 
-    async def _reauth_deadline(self) -> None:
-        while True:
-            deadline = self.token_expires_at + self.settings.reauth_grace_s
-            await asyncio.sleep(max(0.0, deadline - time.time()))
-            if time.time() >= self.token_expires_at + self.settings.reauth_grace_s:
-                await self.close(CloseCode.REAUTH_DEADLINE, close_reason(CloseCode.REAUTH_DEADLINE))
-                return
+    def _on_heartbeat(self) -> None:
+        """Every heartbeat interval: drop a silent bridge, else send a Ping."""
+        self._heartbeat_timer = None
+        if self._closed.is_set():
+            return
+        if time.monotonic() - self._last_seen > self.settings.heartbeat_timeout_s:
+            self.metrics.errors.labels("heartbeat_timeout").inc()
+            reason = close_reason(CloseCode.HEARTBEAT_TIMEOUT)
+            self._spawn_timer_task(self.close(CloseCode.HEARTBEAT_TIMEOUT, reason))
+            return
+        self._ping_nonce += 1
+        self._spawn_timer_task(self._send_ping(self._ping_nonce))
+        loop = asyncio.get_running_loop()
+        self._heartbeat_timer = loop.call_later(self.settings.heartbeat_interval_s, self._on_heartbeat)
+
+    async def _send_ping(self, nonce: int) -> None:
+        with contextlib.suppress(ConnectionError, LocalProtocolError):
+            await self.send_frame(Ping(nonce))
+
+    def _schedule_reauth_deadline(self) -> None:
+        """(Re)arm the timer that closes the connection once the token expired ``reauth_grace_s`` ago."""
+        if self._reauth_timer is not None:
+            self._reauth_timer.cancel()
+        deadline = self.token_expires_at + self.settings.reauth_grace_s
+        loop = asyncio.get_running_loop()
+        self._reauth_timer = loop.call_later(max(0.0, deadline - time.time()), self._on_reauth_deadline)
+
+    def _on_reauth_deadline(self) -> None:
+        self._reauth_timer = None
+        if self._closed.is_set():
+            return
+        if time.time() >= self.token_expires_at + self.settings.reauth_grace_s:
+            self._spawn_timer_task(self.close(CloseCode.REAUTH_DEADLINE, close_reason(CloseCode.REAUTH_DEADLINE)))
+        else:  # woke early (the loop clock and the wall clock drift apart): wait the rest
+            self._schedule_reauth_deadline()
 
     async def go_away(self, reason: str, retry_after_s: float) -> None:
         """Ask the bridge to reconnect elsewhere; streams in flight may finish here."""
