@@ -1,0 +1,131 @@
+"""The README's run command: ``scripts/devstack.py`` brings the whole stack up, and Ctrl-C takes it all down.
+
+Every port and the state directory are this test's own, so it never collides with a developer's running
+``./scripts/dev``. The bundled small model is served even when an Ollama answers, so the answer is real
+and the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from .procs import REPO, free_port
+
+REAL_MODEL = "smollm2:135m"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc), nginx's master and workers included."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_devstack_serves_the_app_site_docs_and_chat_through_the_edge_and_stops_everything(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("https", "http", "edge-admin", "api", "app", "site", "model")}
+    command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--bundled-model", "--dev-dir", str(tmp_path)]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    running = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if "dev stack is running" in line:
+                running.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    children: set[int] = set()
+    try:
+        assert running.wait(150), "".join(output)[-4000:]
+        time.sleep(0.5)  # the rest of the banner
+        text = "".join(output)
+        https = ports["https"]
+        assert f"https://app.localhost:{https}/" in text
+        token = re.search(r"export TOKEN=(\S+)", text)
+        assert token, text
+        children = _descendants(proc.pid)
+        assert len(children) >= 7  # model, api-backend, bridge, two static servers, edge, nginx (+ workers)
+
+        # *.localhost resolves to loopback in browsers and curl, not in Python: connect to 127.0.0.1 by name.
+        with httpx.Client(base_url=f"https://127.0.0.1:{https}", verify=False, timeout=60) as edge:  # noqa: S501
+
+            def get(host: str, path: str) -> httpx.Response:
+                return edge.get(path, headers={"Host": f"{host}:{https}"})
+
+            app = get("app.localhost", "/")
+            assert app.status_code == 200
+            assert "<title>" in app.text
+            config = get("app.localhost", "/config.json").json()
+            assert config["apiBase"] == ""  # one origin with the API, as in production
+            assert config["issuer"] == f"http://127.0.0.1:{ports['api']}/dev-issuer"
+            assert "CloudToLocalLLM" in get("localhost", "/").text
+            assert get("docs.localhost", "/docs/").status_code == 200
+            assert get("localhost", "/downloads/").status_code == 200
+            discovery = httpx.get(config["issuer"] + "/.well-known/openid-configuration", timeout=5).json()
+            assert discovery["token_endpoint"] == config["issuer"] + "/oauth/token"
+
+            answer = edge.post(
+                "/api/ollama/api/chat",
+                headers={"Host": f"app.localhost:{https}", "Authorization": f"Bearer {token.group(1)}"},
+                json={"model": REAL_MODEL, "messages": [{"role": "user", "content": "Say hello"}], "stream": False},
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["message"]["content"].strip()
+
+        redirect = httpx.get(
+            f"http://127.0.0.1:{ports['http']}/", headers={"Host": f"app.localhost:{ports['http']}"}, timeout=5
+        )
+        assert redirect.status_code == 301
+        assert redirect.headers["location"] == f"https://app.localhost:{https}/"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        try:
+            status = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert status == 0, "".join(output)[-4000:]
+    left = {pid for pid in children if _alive(pid)}
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after Ctrl-C: {left}"
