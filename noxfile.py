@@ -97,7 +97,7 @@ for _folder, _dist_name in PACKAGES.items():
     _dist_session.__doc__ = f"Build the wheel and sdist of {_dist_name} into dist/."
 
 
-@nox.session(name="tests-e2e", default=True)
+@nox.session(name="tests-e2e", default=True, requires=["package-bridge"])
 def tests_e2e(session: nox.Session) -> None:
     """Every service and the bridge as real processes, a real small model, the official clients."""
     _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e")
