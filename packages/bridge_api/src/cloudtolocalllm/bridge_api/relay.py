@@ -193,7 +193,11 @@ class _Exchange:
     async def run(self, body: bytes, *, buffered: bool) -> None:
         completed = False
         try:
-            uploader = self._spawn(self._send_buffered(body) if buffered else self._pump_body())
+            uploader: asyncio.Task[None] | None = None
+            if buffered and not body and not _has_body(self.scope):
+                self._watch_disconnect()  # nothing to upload: no task for it
+            else:
+                uploader = self._spawn(self._send_buffered(body) if buffered else self._pump_body())
             head = await self._await_head(uploader)
             completed = await self._respond(head)
         finally:
@@ -256,7 +260,7 @@ class _Exchange:
 
     # --- response -------------------------------------------------------------------------------------
 
-    async def _await_head(self, uploader: asyncio.Task[None]) -> ResponseHead:
+    async def _await_head(self, uploader: asyncio.Task[None] | None) -> ResponseHead:
         timeout = self.settings.first_byte_timeout_s
         try:
             async with asyncio.timeout(timeout):
@@ -267,7 +271,9 @@ class _Exchange:
         except StreamFailed as failure:
             if self.client_gone:
                 raise _ClientGone from None
-            upload_error = uploader.exception() if uploader.done() and not uploader.cancelled() else None
+            upload_error = None
+            if uploader is not None and uploader.done() and not uploader.cancelled():
+                upload_error = uploader.exception()
             if upload_error is not None and not isinstance(upload_error, StreamClosedError):
                 raise upload_error from None
             self.metrics.errors.labels(failure.code.value).inc()

@@ -21,11 +21,7 @@ from starlette.types import ASGIApp, Lifespan
 from cloudtolocalllm.core.auth.backend import AuthMiddleware
 from cloudtolocalllm.core.health import ReadinessCheck, health_endpoint, readiness_endpoint
 from cloudtolocalllm.core.metrics import HttpMetrics, metrics_endpoint
-from cloudtolocalllm.core.middleware import (
-    DEFAULT_SECURITY_HEADERS,
-    RequestContextMiddleware,
-    SecurityHeadersMiddleware,
-)
+from cloudtolocalllm.core.middleware import DEFAULT_SECURITY_HEADERS, RequestContextMiddleware
 
 __all__ = ["DEFAULT_CSP", "ServiceApp", "ServiceInfo", "create_app"]
 
@@ -57,8 +53,9 @@ class ServiceApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         app = super().build_middleware_stack()
-        app = SecurityHeadersMiddleware(app, self._security_headers.items())
-        return RequestContextMiddleware(app, self._metrics)
+        # RequestContextMiddleware adds the security headers itself (what SecurityHeadersMiddleware does,
+        # in the same send wrapper): one layer less on every message.
+        return RequestContextMiddleware(app, self._metrics, security_headers=self._security_headers.items())
 
 
 def create_app(
