@@ -100,7 +100,8 @@ for _folder, _dist_name in PACKAGES.items():
 @nox.session(name="tests-e2e", default=True, requires=["package-bridge"])
 def tests_e2e(session: nox.Session) -> None:
     """Every service and the bridge as real processes, a real small model, the official clients."""
-    _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e")
+    # docs: the dev-stack test builds the documentation site it serves.
+    _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e", "--group", "docs")
     session.run("python3", "scripts/local_model.py", "ensure", external=True)
     session.run(
         "pytest",

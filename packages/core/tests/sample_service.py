@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
 
 async def slow(request: Request) -> JSONResponse:
+    logging.getLogger("sample").info("slow request started")  # tests signal only once it is in flight
     await asyncio.sleep(float(request.query_params.get("seconds", "1")))
     return JSONResponse({"done": True, "greeting": request.app.state.greeting})
 

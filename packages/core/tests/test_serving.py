@@ -59,6 +59,20 @@ def test_bad_settings_exit_2_naming_every_variable() -> None:
     assert "Traceback" not in stderr
 
 
+async def _in_flight(proc: subprocess.Popen[str]) -> None:
+    """Wait until the service logs that the slow request reached its handler (robust under load)."""
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def read_until_started() -> None:
+        for line in stdout:
+            if '"slow request started"' in line:
+                return
+        raise AssertionError("the service exited before the request arrived")
+
+    await asyncio.wait_for(asyncio.to_thread(read_until_started), 20)
+
+
 async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
     service: tuple[subprocess.Popen[str], str],
 ) -> None:
@@ -66,7 +80,7 @@ async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
     async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
         assert (await client.get("/health")).status_code == 200
         in_flight = asyncio.create_task(client.get("/slow", params={"seconds": "1.5"}))
-        await asyncio.sleep(0.4)
+        await _in_flight(proc)
         proc.send_signal(signal.SIGTERM)
         response = await in_flight
     assert response.status_code == 200
@@ -78,7 +92,7 @@ async def test_after_sigterm_new_connections_are_refused(service: tuple[subproce
     proc, base_url = service
     async with httpx.AsyncClient(base_url=base_url, timeout=20) as client:
         in_flight = asyncio.create_task(client.get("/slow", params={"seconds": "2"}))
-        await asyncio.sleep(0.3)
+        await _in_flight(proc)
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=base_url, timeout=2) as fresh:
