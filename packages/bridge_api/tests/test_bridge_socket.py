@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import websockets
@@ -145,3 +149,19 @@ async def test_an_idle_bridge_runs_on_timers_not_tasks(make_cloud: CloudFactory)
         await wait_until(lambda: not cloud.app.state.registry.all_sessions())
         assert session._heartbeat_timer is None or session._heartbeat_timer.cancelled()
         assert session._reauth_timer is None or session._reauth_timer.cancelled()
+
+
+def test_bad_dev_issuer_settings_exit_2_without_a_traceback(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DEV_AUTH": "true",
+        "DEV_ISSUER_DIR": str(tmp_path / "issuer"),
+        "DEV_REDIRECT_URIS": "not-a-url",
+        "API_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudtolocalllm.bridge_api.cli"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "DEV_REDIRECT_URIS" in done.stderr
+    assert "Traceback" not in done.stderr

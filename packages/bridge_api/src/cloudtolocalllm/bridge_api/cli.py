@@ -59,7 +59,11 @@ def main() -> None:
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
     configure_logging(SERVICE_NAME, __version__)
-    asyncio.run(run(build_app(settings, auth), settings))
+    try:
+        app = build_app(settings, auth)  # reads the optional dev-issuer settings (DEV_REDIRECT_URIS, ...)
+    except SettingsError as exc:
+        exit_on_settings_error(exc, SERVICE_NAME)
+    asyncio.run(run(app, settings))
 
 
 if __name__ == "__main__":
