@@ -6,9 +6,12 @@ packages it declares and its own ``test`` dependency group, so an undeclared imp
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -142,8 +145,8 @@ def package_bridge(session: nox.Session) -> None:
     session.run("python", "scripts/build_downloads.py", "--out", str(DOWNLOADS_DIR), "--pip", "python")
 
 
-@nox.session(name="build-static-site", default=False, requires=["package-bridge"])
-def build_static_site(session: nox.Session) -> None:
+@nox.session(name="build-static-site-content", default=False, requires=["package-bridge"])
+def build_static_site_content(session: nox.Session) -> None:
     """The static-site container's content in dist/static-site/: homepage, docs under /docs/, downloads."""
     _uv_sync(session, "--only-group", "docs")
     docs_out = Path(session.create_tmp()).resolve() / "docs-site"  # MkDocs resolves it from the config's folder
@@ -162,7 +165,7 @@ def build_static_site(session: nox.Session) -> None:
     )
 
 
-@nox.session(name="tests-packaging", default=True, requires=["build-static-site"])
+@nox.session(name="tests-packaging", default=True, requires=["build-static-site-content"])
 def tests_packaging(session: nox.Session) -> None:
     """The .deb installed in a clean Debian root; the assembled site served by the real static server."""
     _uv_sync(session, "--package", PACKAGES["static_site"], "--group", "test")
@@ -176,4 +179,45 @@ def tests_packaging(session: nox.Session) -> None:
             "CTLLM_DOWNLOADS_DIR": str(DOWNLOADS_DIR),
             "CTLLM_SITE_DIR": str(STATIC_SITE_DIR),
         },
+    )
+
+
+# --- container images (docker/<image>/Dockerfile; see docs/deploy/images.md) ---------------------------------
+# Not in the default run yet: they need a Docker engine (scripts/system-deps.sh --images installs it), and
+# start a private one themselves unless DOCKER_HOST is set.
+
+
+def _load_images_module() -> Any:
+    spec = importlib.util.spec_from_file_location("cloudtolocalllm_images", ROOT / "scripts" / "images.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+IMAGES = _load_images_module().IMAGES
+
+for _image, _spec in IMAGES.items():
+
+    @nox.session(
+        name=f"build-{_image}",
+        default=False,
+        requires=[_spec.content_session] if _spec.content_session else [],
+    )
+    def _build_image(session: nox.Session, image: str = _image) -> None:
+        session.install("pip>=24")  # pip download: dependency wheels for the image's Python, whatever the host's
+        session.run("python", "scripts/images.py", "build", image, "--pip", "python")
+
+    _build_image.__doc__ = (
+        f"Build the {_image} image from docker/{_image}/Dockerfile, tagged with its package version and the commit."
+    )
+
+    @nox.session(name=f"test-{_image}", default=False, venv_backend="none", requires=[f"build-{_image}"])
+    def _test_image(session: nox.Session, image: str = _image) -> None:
+        session.run("python3", "scripts/images.py", "test", image, external=True)
+
+    _test_image.__doc__ = (
+        f"Run the {_image} image read-only as non-root on 127.0.0.1: healthy, /health, a real request."
     )

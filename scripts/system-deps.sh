@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite and the local stack use, plus uv and nox.
 # Idempotent: packages already present are skipped, so a rerun costs a second.
+# `--images` adds what the container image sessions (build-<image>, test-<image>) need; CI does not yet.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -10,9 +11,14 @@ APT_PACKAGES=(
   certbot          # the certbot container's client, run by the edge ACME test
   wrk              # HTTP load generator: benchmarks (static-site small files vs nginx, core /health)
   mmdebstrap       # tests-packaging: a clean Debian root to install the bridge's .deb into
-  brotli           # build-static-site: .br siblings of the site's text files
+  brotli           # build-static-site-content: .br siblings of the site's text files
   chromium         # the chat web app's browser tests (Playwright drives it; browser downloads are impossible)
 )
+IMAGE_PACKAGES=(
+  docker.io        # the engine (a private dockerd started by scripts/images.py) and the BuildKit client
+  mmdebstrap       # the offline base image (already above, listed so the image set stands on its own)
+)
+if [ "${1:-}" = "--images" ]; then APT_PACKAGES+=("${IMAGE_PACKAGES[@]}"); fi
 
 export PATH="$HOME/.local/bin:$PATH"
 missing=()
