@@ -120,6 +120,11 @@ def test_the_example_file_loads() -> None:
             "'x' is already served by site 'a'",
         ),
         ("domain = 'bad domain'\n", "$.domain", "expected a host name"),
+        ("[logging]\nbuffer = '64 k'\n", "$.logging.buffer", "expected a size such as '64k'"),
+        ("[logging]\nbuffer = '2k'\n", "$.logging.buffer", "between 4k and 1m"),
+        ("[logging]\nbuffer = '8m'\n", "$.logging.buffer", "between 4k and 1m"),
+        ("[logging]\nflush_s = 0\n", "$.logging.flush_s", ">= 0.001"),
+        ("[logging]\nflush_s = 600\n", "$.logging.flush_s", "<= 60"),
     ],
 )
 def test_a_bad_file_names_the_field_and_the_problem(tmp_path: Path, text: str, path: str, fragment: str) -> None:
@@ -201,3 +206,13 @@ def test_a_streaming_or_websocket_route_cannot_be_cached() -> None:
         parse_config({"cache": {"revalidate_after": 0}})
     with pytest.raises(ConfigError, match=r"\$\.cache\.max_size"):
         parse_config({"cache": {"max_size": "lots"}})
+
+
+@pytest.mark.parametrize(
+    ("buffer", "size"),
+    [("64k", 65536), ("1m", 1 << 20), (8192, 8192), ("", 0), ("0", 0), (0, 0)],
+)
+def test_the_access_log_buffer_is_a_size_or_off(buffer: str | int, size: int) -> None:
+    assert load_config(None).logging.buffer_bytes == 64 * 1024  # on by default, flushed every second
+    assert load_config(None).logging.flush_s == 1
+    assert parse_config({"logging": {"buffer": buffer}}).logging.buffer_bytes == size

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import signal
 import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -114,6 +116,7 @@ CORE_ACCESS_FIELDS = {
 
 
 def _entry(edge: Edge, path: str) -> dict[str, object]:
+    """The last access-log line for ``path``, polled: lines are buffered for up to [logging] flush_s (1 s)."""
     found: list[dict[str, object]] = []
 
     def logged() -> bool:
@@ -164,3 +167,27 @@ def test_access_log_escapes_hostile_paths(edge: Edge) -> None:
 def test_errors_are_logged_with_error_level(edge: Edge) -> None:
     edge.get("app.localhost", "/cached/x.js?status=404")
     assert _entry(edge, "/cached/x.js")["level"] == "warning"
+
+
+@pytest.mark.parametrize("event", ["reload", "graceful stop", "fast stop"])
+def test_a_buffered_line_is_written_on_reload_and_on_shutdown(make_edge: Callable[..., Edge], event: str) -> None:
+    # flush_s = 60 (the default is 1): within this test only the event itself can have written the line.
+    edge = make_edge({"logging": {"flush_s": 60}})
+    path = "/api/buffered-" + event.replace(" ", "-")
+    response = edge.get("app.localhost", path, headers={"Authorization": "Bearer secret-buffered-token"})
+    assert response.status_code == 200
+    assert edge.get("app.localhost", "/health").status_code == 200  # one round trip later: still buffered
+    assert not [line for line in edge.log_lines() if path in line]
+    if event == "reload":
+        edge.nginx.reload()  # the old worker writes its buffer when it exits
+        wait_for(lambda: any(path in line for line in edge.log_lines()), "the line after the reload")
+    else:
+        process = edge.nginx.process
+        assert process is not None
+        process.send_signal(signal.SIGQUIT if event == "graceful stop" else signal.SIGTERM)
+        assert process.wait(15) == 0
+    (line,) = [line for line in edge.log_lines() if path in line]
+    entry = json.loads(line)
+    assert set(entry) >= CORE_ACCESS_FIELDS | {"path"}
+    assert (entry["path"], entry["status"], entry["request_id"]) == (path, 200, response.headers["x-request-id"])
+    assert "secret-buffered-token" not in edge.access_log.read_text()

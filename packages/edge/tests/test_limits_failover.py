@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from cloudtolocalllm.edge.render import render
-from edge_harness import Edge, UpstreamServers, assert_security_headers, free_port, pool_instances
+from edge_harness import Edge, UpstreamServers, assert_security_headers, free_port, pool_instances, wait_for
 
 
 def _until_limited(
@@ -56,8 +56,14 @@ def test_behind_a_trusted_proxy_each_real_client_has_its_own_budget(make_edge: C
     assert other.status_code == 200
     assert other.json()["headers"]["x-forwarded-for"] == "203.0.113.6"
     assert other.json()["headers"]["x-real-ip"] == "203.0.113.6"
-    line = [entry for entry in edge.log_lines() if '"status":429' in entry][-1]
-    assert '"client":"203.0.113.5"' in line
+    limited: list[str] = []
+
+    def logged() -> bool:  # the access log is buffered: the line is written within [logging] flush_s
+        limited[:] = [entry for entry in edge.log_lines() if '"status":429' in entry]
+        return bool(limited)
+
+    wait_for(logged, "the 429's access log line", timeout=5)
+    assert '"client":"203.0.113.5"' in limited[-1]
 
 
 def test_an_untrusted_client_cannot_escape_the_limit_by_forging_x_forwarded_for(

@@ -174,14 +174,19 @@ def test_the_cache_zone_lives_in_the_runtime_dir_and_is_keyed_by_scheme_host_and
     assert text.count("proxy_cache edge_cache;") == 3
     assert text.count("proxy_cache_bypass $http_authorization;") == 3
     assert "X-Cache-Status" not in text  # only with [cache] status_header = true
+    # Stored files stay open between hits (a replaced copy has a new inode, which nginx checks).
+    assert text.count("open_file_cache max=256 inactive=60s;") == 3
     for prefix in ("/api/", "/ws/"):
         block = text[text.index(f"location {prefix} {{") :]
         assert "proxy_cache" not in block[: block.index("\n        }")]
+        assert "open_file_cache" not in block[: block.index("\n        }")]
+    assert "open_file_cache" not in render(_config(tmp_path, cache={"open_files": 0}))
 
 
 def test_the_cache_can_be_turned_off_or_moved(tmp_path: Path) -> None:
     off = render(_config(tmp_path, cache={"enabled": False}))
     assert "proxy_cache" not in off
+    assert "open_file_cache" not in off
     moved = render(_config(tmp_path, cache={"path": "/var/cache/edge", "status_header": True}))
     assert 'proxy_cache_path "/var/cache/edge"' in moved
     assert moved.count("add_header X-Cache-Status $upstream_cache_status always;") == 3
@@ -195,3 +200,26 @@ def test_a_down_pool_behind_a_cached_route_keeps_its_stale_copies(tmp_path: Path
     assert block[: block.index("}")].split("\n")[1].strip() == "server 127.0.0.1:9 down;"
     cached = render(_config(tmp_path, cache={"enabled": False}), healthy={"flutter-app": [], "api-backend": []})
     assert "upstream flutter-app {" not in cached
+
+
+def _access_log(text: str) -> str:
+    (line,) = [line.strip() for line in text.splitlines() if line.strip().startswith('access_log "')]
+    return line
+
+
+def test_the_access_log_is_buffered_and_flushed_every_second_by_default(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    text = render(_config(tmp_path, logging={"access_log": str(log)}))
+    assert _access_log(text) == f'access_log "{log}" edge_json buffer=64k flush=1s;'
+    tuned = render(_config(tmp_path, logging={"access_log": str(log), "buffer": "1m", "flush_s": 0.25}))
+    assert _access_log(tuned) == f'access_log "{log}" edge_json buffer=1m flush=250ms;'
+    for off in ("", "0", 0):
+        plain = render(_config(tmp_path, logging={"access_log": str(log), "buffer": off}))
+        assert _access_log(plain) == f'access_log "{log}" edge_json;'
+
+
+def test_a_log_stream_gets_writes_no_larger_than_a_pipe_keeps_whole(tmp_path: Path) -> None:
+    # Several workers write to the same pipe: a write over PIPE_BUF (4 KiB) may be split and interleaved.
+    assert _access_log(render(_config(tmp_path))) == 'access_log "/dev/stdout" edge_json buffer=4k flush=1s;'
+    fd = render(_config(tmp_path, logging={"access_log": "/proc/self/fd/1", "buffer": "1m", "flush_s": 2}))
+    assert _access_log(fd) == 'access_log "/proc/self/fd/1" edge_json buffer=4k flush=2s;'

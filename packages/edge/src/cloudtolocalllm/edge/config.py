@@ -53,6 +53,7 @@ _HOST_RE: Final = r"^(?:\*\.)?(?:[A-Za-z0-9-]+|\{domain\})(?:\.(?:[A-Za-z0-9-]+|
 _INSTANCE_RE: Final = r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]{1,5}$"
 _URL_PATH_RE: Final = r"^/[^\x00-\x20\x7f\"'{};$\\]*$"
 _SIZE_RE: Final = r"^[0-9]+[kKmMgG]?$"
+_BUFFER_RE: Final = r"^(?:[0-9]+[kKmM]?)?$"
 _PATH_RE: Final = r"^[^\x00-\x20\x7f\"';$\\]+$"
 Name = Annotated[str, Meta(pattern=_NAME_RE)]
 HostName = Annotated[str, Meta(pattern=_HOST_RE)]
@@ -73,6 +74,13 @@ DEFAULT_CIPHERS: Final = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
+
+
+def _size_bytes(size: str) -> int:
+    """An nginx size (``512``, ``64k``, ``1m``, ``1g``) in bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    unit = size[-1:].lower()
+    return int(size[:-1]) * units[unit] if unit in units else int(size)
 
 
 class ConfigError(Exception):
@@ -258,6 +266,7 @@ class Cache(_Base):
     ``Authorization``. A stored copy is served for ``revalidate_after`` seconds, then revalidated with the
     origin (``If-None-Match``/``If-Modified-Since``; a ``304`` refreshes it). While the origin is down or
     answering 5xx, stored copies are served stale. ``path`` defaults to ``<runtime_dir>/cache``.
+    ``open_files`` stored files stay open in each worker (``0``: opened for every hit).
     """
 
     enabled: bool = True
@@ -268,6 +277,9 @@ class Cache(_Base):
     revalidate_after: Annotated[int, Meta(ge=1)] = 1
     lock_timeout: Seconds = 5
     status_header: bool = False
+    # Stored files each worker keeps open (nginx open_file_cache): no open/fstat/close per hit. A file the
+    # cache replaces (new inode) is reopened at once: nginx checks the inode recorded in its cache entry.
+    open_files: Annotated[int, Meta(ge=0, le=100000)] = 256
 
 
 class Gzip(_Base):
@@ -293,12 +305,29 @@ class Gzip(_Base):
 
 
 class Logging(_Base):
-    """Access log: one JSON object per line in core's schema, never with query strings or credentials."""
+    """Access log: one JSON object per line in core's schema, never with query strings or credentials.
+
+    Each worker collects access-log lines in a ``buffer`` (``"64k"``; ``""`` or ``0``: one write per
+    request) and writes it when full, ``flush_s`` seconds after its oldest line, and when the worker exits
+    (reload, graceful stop, fast stop) or reopens its logs; only a killed worker (SIGKILL, crash) loses its
+    buffered lines. To a path under ``/dev/`` or ``/proc/`` (the default ``/dev/stdout``, usually a pipe) at
+    most 4 KiB are written at once: the kernel keeps such writes whole, so several workers' lines never
+    interleave.
+    """
 
     access_log: PathStr = "/dev/stdout"
     error_log: PathStr = "stderr"
     error_level: Literal["debug", "info", "notice", "warn", "error", "crit"] = "warn"
     service: Name = "edge"
+    buffer: Annotated[str, Meta(pattern=_BUFFER_RE)] | Annotated[int, Meta(ge=0)] = "64k"
+    flush_s: Annotated[float, Meta(ge=0.001, le=60)] = 1
+
+    @property
+    def buffer_bytes(self) -> int:
+        """The buffer size in bytes (0: unbuffered)."""
+        if isinstance(self.buffer, int):
+            return self.buffer
+        return _size_bytes(self.buffer) if self.buffer else 0
 
 
 class NginxProcess(_Base):
@@ -408,6 +437,9 @@ def _semantic_problems(config: EdgeConfig) -> Iterator[tuple[str, str]]:
             ipaddress.ip_address(address.strip("[]"))
         except ValueError:
             yield f"$.listen.addresses[{i}]", f"{address!r} is not an IP address"
+    log_buffer = config.logging.buffer_bytes
+    if log_buffer and not _MIN_LOG_BUFFER <= log_buffer <= _MAX_LOG_BUFFER:
+        yield "$.logging.buffer", 'must be "" or 0 (unbuffered), or between 4k and 1m'
     for name, limit in config.rate_limits.items():
         if limit.delay is not None and limit.delay > limit.burst:
             yield f"$.rate_limits.{name}.delay", f"must not exceed burst ({limit.burst})"
@@ -459,6 +491,10 @@ def _semantic_problems(config: EdgeConfig) -> Iterator[tuple[str, str]]:
                 yield f"{rwhere}.rate_limit", f"unknown rate limit {route.rate_limit!r} (known: {known})"
 
 
+# A smaller buffer would hold fewer lines than an access-log line can be long; a larger one only delays lines.
+_MIN_LOG_BUFFER: Final = 4 << 10
+_MAX_LOG_BUFFER: Final = 1 << 20
+
 # What each pattern means, in words, for error messages (msgspec would print the regex).
 _PATTERN_HELP: Final = {
     _LITERAL_RE: "a value without control characters or '$'",
@@ -467,6 +503,7 @@ _PATTERN_HELP: Final = {
     _INSTANCE_RE: "a 'host:port' address, e.g. 'api-backend:8080' or '[::1]:8080'",
     _URL_PATH_RE: "a URL path starting with '/', without spaces, quotes, braces, ';' or '$'",
     _SIZE_RE: "a size such as '0', '512k', '10m' or '1g'",
+    _BUFFER_RE: "a size such as '64k' or '1m', or '' or '0' for no buffering",
     _PATH_RE: "a file path without spaces, quotes, ';' or '$'",
 }
 _REGEX_MESSAGE: Final = re.compile(r"^Expected `str` matching regex '(?P<regex>.*)'$", re.DOTALL)

@@ -53,6 +53,10 @@ CACHE_ZONE: Final = "edge_cache"
 # Rendered for a pool with no healthy instance when a cached route uses it: never contacted ("down"), so
 # nginx answers from its stale copies (or the 503 page) instead of the route returning 503 outright.
 _DOWN_PLACEHOLDER: Final = "127.0.0.1:9"
+# Access-log paths that are usually a pipe or a terminal (the container's log stream), not a file: the kernel
+# writes at most PIPE_BUF bytes to a pipe in one piece, so several workers' buffers could interleave mid-line.
+_STREAM_PREFIXES: Final = ("/dev/", "/proc/")
+_PIPE_BUF: Final = 4096
 
 
 def quote(value: str) -> str:
@@ -267,6 +271,10 @@ class _Renderer:
         w("proxy_cache_lock_timeout", _seconds(cache.lock_timeout))
         w("proxy_cache_use_stale", "error", "timeout", "updating", "http_500", "http_502", "http_503", "http_504")
         w("proxy_force_ranges", "on")
+        if cache.open_files:
+            # Keyed by file name but checked against the inode in the cache entry: a replaced copy is reopened.
+            w("open_file_cache", f"max={cache.open_files}", "inactive=60s")
+            w("open_file_cache_valid", "60s")
         if cache.status_header:
             w("add_header", "X-Cache-Status", "$upstream_cache_status", "always")
 
@@ -316,7 +324,18 @@ class _Renderer:
         ]
         body = "{" + ",".join(f"{k}:{v}" for k, v in fields) + "}"
         w("log_format", "edge_json", "escape=json", "'" + body + "'")
-        w("access_log", quote(c.logging.access_log), "edge_json")
+        w("access_log", quote(c.logging.access_log), "edge_json", *self.access_log_buffering())
+
+    def access_log_buffering(self) -> list[str]:
+        """``buffer=`` and ``flush=`` for the access log; none when ``[logging] buffer`` is off."""
+        logging = self.c.logging
+        size = logging.buffer_bytes
+        if not size:
+            return []
+        if logging.access_log.startswith(_STREAM_PREFIXES) and size > _PIPE_BUF:
+            size = _PIPE_BUF  # a pipe keeps a write whole only up to PIPE_BUF: lines must not interleave
+        buffer = next((f"{size // n}{u}" for n, u in ((1 << 20, "m"), (1 << 10, "k")) if size % n == 0), str(size))
+        return [f"buffer={buffer}", f"flush={_seconds(logging.flush_s)}"]
 
     def upstreams(self) -> None:
         w = self.w
