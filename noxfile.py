@@ -182,7 +182,7 @@ def tests_packaging(session: nox.Session) -> None:
     )
 
 
-# --- container images (docker/<image>/Dockerfile; see docs/deploy/images.md) ---------------------------------
+# --- container images (docker/python-service/Dockerfile, docker/<image>/Dockerfile; see docs/deploy/images.md) --
 # Not in the default run yet: they need a Docker engine (scripts/system-deps.sh --images installs it), and
 # start a private one themselves unless DOCKER_HOST is set.
 
@@ -211,7 +211,7 @@ for _image, _spec in IMAGES.items():
         session.run("python", "scripts/images.py", "build", image, "--pip", "python")
 
     _build_image.__doc__ = (
-        f"Build the {_image} image from docker/{_image}/Dockerfile, tagged with its package version and the commit."
+        f"Build the {_image} image from {_spec.dockerfile(_image)}, tagged with its package version and the commit."
     )
 
     @nox.session(name=f"test-{_image}", default=False, venv_backend="none", requires=[f"build-{_image}"])

@@ -368,23 +368,76 @@ PYTHON_VERSIONS = ("3.11", "3.12")
 
 
 @dataclass(frozen=True)
+class Service:
+    """A Python service's parameters for the shared docker/python-service/Dockerfile (its build arguments)."""
+
+    command: str  # SERVICE_COMMAND: the console script the entry point execs
+    port_variable: str  # SERVICE_PORT_VARIABLE: the setting that holds the port (8080 in the image)
+    env: tuple[str, ...]  # SERVICE_ENV: the other settings the image sets, NAME=value (no spaces)
+    title: str  # the OCI title and description labels
+    description: str
+
+    def build_args(self) -> dict[str, str]:
+        return {
+            "SERVICE_COMMAND": self.command,
+            "SERVICE_PORT_VARIABLE": self.port_variable,
+            "SERVICE_ENV": " ".join(self.env),
+            "TITLE": self.title,
+            "DESCRIPTION": self.description,
+        }
+
+
+@dataclass(frozen=True)
 class ImageSpec:
-    """What goes into one image's build context, besides its Dockerfile in docker/<name>/."""
+    """What goes into one image's build context, and which Dockerfile builds it."""
 
     package: str  # the workspace package whose version tags the image
     wheels: bool = True  # install the package's wheels (certbot is Debian's)
     content: str | None = None  # a folder under dist/ copied to content/
     files: tuple[str, ...] = ()  # repository files copied next to the Dockerfile's COPY lines
     content_session: str | None = None  # the nox session that builds `content`
+    service: Service | None = None  # a Python service: docker/python-service/Dockerfile with these arguments
 
+    def dockerfile(self, image: str) -> str:
+        return "docker/python-service/Dockerfile" if self.service else f"docker/{image}/Dockerfile"
+
+
+_STATIC = ("STATIC_ROOT=/srv/www", "STATIC_HOST=0.0.0.0")
 
 IMAGES: dict[str, ImageSpec] = {
-    "api-backend": ImageSpec("cloudtolocalllm-bridge-api"),
+    "api-backend": ImageSpec(
+        "cloudtolocalllm-bridge-api",
+        service=Service(
+            "cloudtolocalllm-api-backend",
+            "API_PORT",
+            ("API_HOST=0.0.0.0",),
+            "cloudtolocalllm api-backend",
+            "Bridge WebSockets and the streaming Ollama/OpenAI relay",
+        ),
+    ),
     "static-site": ImageSpec(
-        "cloudtolocalllm-static-site", content="static-site", content_session="build-static-site-content"
+        "cloudtolocalllm-static-site",
+        content="static-site",
+        content_session="build-static-site-content",
+        service=Service(
+            "cloudtolocalllm-static-site",
+            "STATIC_PORT",
+            _STATIC,
+            "cloudtolocalllm static-site",
+            "The homepage, the documentation and the downloads",
+        ),
     ),
     "flutter-app": ImageSpec(
-        "cloudtolocalllm-static-site", content="flutter-app", content_session="build-flutter-app-content"
+        "cloudtolocalllm-static-site",
+        content="flutter-app",
+        content_session="build-flutter-app-content",
+        service=Service(
+            "cloudtolocalllm-static-site",
+            "STATIC_PORT",
+            (*_STATIC, "STATIC_SPA=true", "STATIC_SERVICE_NAME=flutter-app"),
+            "cloudtolocalllm flutter-app",
+            "The chat web app, with the SPA fallback",
+        ),
     ),
     "nginx-proxy": ImageSpec("cloudtolocalllm-edge"),
     "certbot": ImageSpec("cloudtolocalllm-edge", wheels=False, files=("packages/edge/certbot/certbot-loop.sh",)),
@@ -415,7 +468,7 @@ def package_version(dist: str) -> str:
 
 def stage_context(image: str, pip: str) -> Path:
     """Fill build/images/<image>/ with what the Dockerfile copies: the lock file's export, the dependency
-    wheels, the workspace wheels, content and files."""
+    wheels, the workspace wheels, content, files and, for a Python service, its entry point."""
     spec = IMAGES[image]
     context = ROOT / "build" / "images" / image
     shutil.rmtree(context, ignore_errors=True)
@@ -455,6 +508,10 @@ def stage_context(image: str, pip: str) -> Path:
         if not (source / "index.html").exists():
             raise SystemExit(f"images: {source} has no index.html; run nox -s {spec.content_session}")
         shutil.copytree(source, context / "content")
+    if spec.service:  # the shared Dockerfile always copies content/ (empty for api-backend) and its entry point
+        (context / "content").mkdir(exist_ok=True)
+        shutil.copy2(ROOT / "docker" / "python-service" / "service.sh", context)
+        (context / "service.sh").chmod(0o755)
     for name in spec.files:
         copied = Path(shutil.copy2(ROOT / name, context))
         copied.chmod(0o755 if name.endswith(".sh") else 0o644)
@@ -499,8 +556,13 @@ def build(image: str, pip: str) -> list[str]:
             "build",
             "--network=host",
             "--file",
-            str(ROOT / "docker" / image / "Dockerfile"),
+            str(ROOT / spec.dockerfile(image)),
             *base_args,
+            *(
+                arg
+                for name, value in (spec.service.build_args() if spec.service else {}).items()
+                for arg in ("--build-arg", f"{name}={value}")
+            ),
             "--build-arg",
             f"VERSION={package_version(spec.package)}",
             "--build-arg",
