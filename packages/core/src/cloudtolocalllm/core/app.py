@@ -53,8 +53,6 @@ class ServiceApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         app = super().build_middleware_stack()
-        # RequestContextMiddleware adds the security headers itself (what SecurityHeadersMiddleware does,
-        # in the same send wrapper): one layer less on every message.
         return RequestContextMiddleware(app, self._metrics, security_headers=self._security_headers.items())
 
 

@@ -1,7 +1,7 @@
 """Pure ASGI middleware (not BaseHTTPMiddleware, which breaks contextvars and streaming).
 
-- :class:`RequestContextMiddleware`: request id, one access-log line and the HTTP metrics per request.
-- :class:`SecurityHeadersMiddleware`: the security headers on every HTTP response, errors included.
+- :class:`RequestContextMiddleware`: request id, one access-log line, the HTTP metrics and the security
+  headers (on every HTTP response, errors included) per request.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ __all__ = [
     "DEFAULT_SECURITY_HEADERS",
     "REQUEST_ID_HEADER",
     "RequestContextMiddleware",
-    "SecurityHeadersMiddleware",
     "route_template",
 ]
 
@@ -65,14 +64,12 @@ def route_template(scope: Scope, root_path: str) -> str:
 class RequestContextMiddleware:
     """Sets the request id, logs one access line and records metrics for each HTTP/WebSocket request."""
 
-    def __init__(
-        self, app: ASGIApp, metrics: HttpMetrics, security_headers: Iterable[tuple[str, str]] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, security_headers: Iterable[tuple[str, str]]) -> None:
         self.app = app
         self.metrics = metrics
-        # Given here, the security headers are added by this layer's send wrapper (one layer less per
-        # message on the hot path) exactly as SecurityHeadersMiddleware would add them.
-        self.security_headers = _encoded(security_headers) if security_headers is not None else None
+        # The security headers are added in this layer's send wrapper too: one layer less per message on
+        # the hot path, and it sits outside starlette's error handler, so 500s carry them.
+        self.security_headers = _encoded(security_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -148,24 +145,3 @@ def _with_security_headers(
     # A handler may set a stricter value (e.g. a page-specific CSP); keep it.
     raw.extend(item for item in headers if item[0] not in present)
     return raw
-
-
-class SecurityHeadersMiddleware:
-    """Adds the security headers to every HTTP response, including errors and redirects."""
-
-    def __init__(self, app: ASGIApp, headers: Iterable[tuple[str, str]]) -> None:
-        self.app = app
-        self.headers = _encoded(headers)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                raw = _with_security_headers(list(message.get("headers", [])), self.headers)
-                message = {**message, "headers": raw}
-            await send(message)
-
-        await self.app(scope, receive, send_wrapper)
