@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite and the local stack use, plus uv and nox.
 # Idempotent: packages already present are skipped, so a rerun costs a second.
-# `--images` adds what the container image sessions (build-<image>, test-<image>) need; CI does not yet.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -13,12 +12,11 @@ APT_PACKAGES=(
   mmdebstrap       # tests-packaging: a clean Debian root to install the bridge's .deb into
   brotli           # build-static-site-content: .br siblings of the site's text files
   chromium         # the chat web app's browser tests (Playwright drives it; browser downloads are impossible)
-)
-IMAGE_PACKAGES=(
+  redis-server     # the shared bridge registry across api-backend replicas (tests start their own instance)
   docker.io        # the engine (a private dockerd started by scripts/images.py) and the BuildKit client
-  mmdebstrap       # the offline base image (already above, listed so the image set stands on its own)
+  docker-compose   # docker-compose.multi.yml, the seed's `docker-compose -f ...` commands (v1.29)
+  docker-registry  # a real registry on 127.0.0.1 for publish-<image> round trips
 )
-if [ "${1:-}" = "--images" ]; then APT_PACKAGES+=("${IMAGE_PACKAGES[@]}"); fi
 
 export PATH="$HOME/.local/bin:$PATH"
 missing=()
@@ -35,6 +33,8 @@ if ((${#missing[@]})); then
   # Stop only the distro service instance, by the pid file it wrote (never by process name: other
   # nginx instances on this machine, e.g. running test suites, are not ours to kill).
   if [ -s /run/nginx.pid ]; then $SUDO kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi
+  # Likewise redis and the registry: tests start their own on free loopback ports.
+  if [ -s /run/redis/redis-server.pid ]; then $SUDO kill "$(cat /run/redis/redis-server.pid)" 2>/dev/null || true; fi
 fi
 
 command -v uv >/dev/null && command -v nox >/dev/null || python3 -m pip install --user --quiet "uv>=0.8" "nox>=2025.2.9"
