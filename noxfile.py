@@ -6,8 +6,10 @@ packages it declares and its own ``test`` dependency group, so an undeclared imp
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -183,8 +185,8 @@ def tests_packaging(session: nox.Session) -> None:
 
 
 # --- container images (docker/python-service/Dockerfile, docker/<image>/Dockerfile; see docs/deploy/images.md) --
-# Not in the default run yet: they need a Docker engine (scripts/system-deps.sh --images installs it), and
-# start a private one themselves unless DOCKER_HOST is set.
+# One Docker engine per nox run: DOCKER_HOST if the caller set it (never stopped here), else the private engine
+# under the cache directory, started by the first session that needs it and stopped when nox exits.
 
 
 def _load_images_module() -> Any:
@@ -197,7 +199,30 @@ def _load_images_module() -> Any:
     return module
 
 
-IMAGES = _load_images_module().IMAGES
+_images = _load_images_module()
+IMAGES = _images.IMAGES
+
+
+def _stop_engine_on_exit(engine: Any) -> None:
+    atexit.register(engine.stop)
+    # SIGTERM (a CI timeout) would skip atexit: turn it into a normal exit so the engine still stops.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _docker_env(session: nox.Session) -> dict[str, str]:
+    """DOCKER_HOST for this session's commands, starting the private engine for the rest of the run if needed."""
+    if not os.environ.get("DOCKER_HOST"):
+        engine = _images.Engine()
+        try:
+            started = engine.start()
+        except SystemExit as exc:
+            session.error(str(exc))
+        if started:
+            session.log(f"started the private Docker engine ({engine.host}); it stops when nox exits")
+            _stop_engine_on_exit(engine)
+        os.environ["DOCKER_HOST"] = engine.host  # later sessions of this run use it too
+    return {"DOCKER_HOST": os.environ["DOCKER_HOST"], "DOCKER_BUILDKIT": "1"}
+
 
 for _image, _spec in IMAGES.items():
 
@@ -207,8 +232,9 @@ for _image, _spec in IMAGES.items():
         requires=[_spec.content_session] if _spec.content_session else [],
     )
     def _build_image(session: nox.Session, image: str = _image) -> None:
+        env = _docker_env(session)
         session.install("pip>=24")  # pip download: dependency wheels for the image's Python, whatever the host's
-        session.run("python", "scripts/images.py", "build", image, "--pip", "python")
+        session.run("python", "scripts/images.py", "build", image, "--pip", "python", env=env)
 
     _build_image.__doc__ = (
         f"Build the {_image} image from {_spec.dockerfile(_image)}, tagged with its package version and the commit."
@@ -216,8 +242,46 @@ for _image, _spec in IMAGES.items():
 
     @nox.session(name=f"test-{_image}", default=False, venv_backend="none", requires=[f"build-{_image}"])
     def _test_image(session: nox.Session, image: str = _image) -> None:
-        session.run("python3", "scripts/images.py", "test", image, external=True)
+        session.run("python3", "scripts/images.py", "test", image, external=True, env=_docker_env(session))
 
     _test_image.__doc__ = (
         f"Run the {_image} image read-only as non-root on 127.0.0.1: healthy, /health, a real request."
     )
+
+
+def _image_suite(session: nox.Session, folder: str, *groups: str) -> None:
+    """pytest over a folder of tests that run this commit's images on the run's Docker engine."""
+    tests = ROOT / folder
+    if not any(tests.glob("**/test_*.py")):
+        session.log(f"{folder}/ has no tests yet: nothing to run")
+        return
+    _uv_sync(session, "--all-packages", "--all-extras", *(arg for group in groups for arg in ("--group", group)))
+    revision = _images.revision()
+    # The images under test, by this commit's tag, e.g. CTLLM_IMAGE_API_BACKEND=cloudtolocalllm/api-backend:<sha>.
+    image_env = {
+        f"CTLLM_IMAGE_{image.upper().replace('-', '_')}": f"{_images.REPOSITORY}/{image}:{revision}" for image in IMAGES
+    }
+    session.run(
+        "pytest",
+        folder,
+        *session.posargs,
+        env={
+            **_docker_env(session),
+            **image_env,
+            "CTLLM_IMAGE_REVISION": revision,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "CTLLM_REPO_ROOT": str(ROOT),
+        },
+    )
+
+
+@nox.session(name="tests-deploy", default=True, requires=[f"build-{image}" for image in IMAGES])
+def tests_deploy(session: nox.Session) -> None:
+    """Compose and deploy scripts against this commit's images (tests/deploy)."""
+    _image_suite(session, "tests/deploy", "e2e")
+
+
+@nox.session(name="tests-orchestration", default=True, requires=[f"build-{image}" for image in IMAGES])
+def tests_orchestration(session: nox.Session) -> None:
+    """Swarm and Kubernetes manifests against this commit's images (tests/orchestration)."""
+    _image_suite(session, "tests/orchestration", "e2e", "orchestration")
