@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 
 from cloudtolocalllm.bridge.backend import (
@@ -24,37 +26,61 @@ from .conftest import FakeBackend, FakeCloud
 
 
 def test_response_headers_drop_hop_by_hop() -> None:
-    headers = httpx.Headers(
-        [
-            ("Content-Type", "application/x-ndjson"),
-            ("Transfer-Encoding", "chunked"),
-            ("Connection", "keep-alive, X-Private"),
-            ("Keep-Alive", "timeout=5"),
-            ("X-Private", "1"),
-            ("Proxy-Authenticate", "Basic"),
-            ("Upgrade", "h2c"),
-            ("Trailer", "x"),
-            ("Content-Length", "12"),
-            ("Content-Encoding", "gzip"),
-        ]
-    )
-    kept = {name.lower() for name, _ in response_headers(headers)}
+    raw = [
+        (b"Content-Type", b"application/x-ndjson"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"keep-alive, X-Private"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"X-Private", b"1"),
+        (b"Proxy-Authenticate", b"Basic"),
+        (b"Upgrade", b"h2c"),
+        (b"Trailer", b"x"),
+        (b"Content-Length", b"12"),
+        (b"Content-Encoding", b"gzip"),
+    ]
+    kept = {name.lower() for name, _ in response_headers(raw)}
     assert kept == {"content-type", "content-length", "content-encoding"}
 
 
-def _recording_backend(kind: BackendKind = BackendKind.OLLAMA) -> tuple[HttpBackend, list[httpx.Request]]:
-    seen: list[httpx.Request] = []
+@dataclass
+class SeenRequest:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"models": [{"name": "b"}, {"name": "a"}, {"x": 1}], "data": [{"id": "m"}]})
-
-    backend = HttpBackend("http://127.0.0.1:11434/prefix", kind=kind, transport=httpx.MockTransport(handler))
-    return backend, seen
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
 
 
-async def test_request_headers_and_url() -> None:
-    backend, seen = _recording_backend()
+@pytest.fixture
+async def recorder() -> AsyncIterator[tuple[str, list[SeenRequest]]]:
+    """A real HTTP/1.1 server on loopback that records what arrives on the wire and answers with JSON."""
+    seen: list[SeenRequest] = []
+    answer = json.dumps({"models": [{"name": "b"}, {"name": "a"}, {"x": 1}], "data": [{"id": "m"}]}).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method, target, _ = head[0].split(" ", 2)
+                headers = [tuple(x.strip() for x in line.split(":", 1)) for line in head[1:] if ":" in line]
+                length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
+                seen.append(SeenRequest(method, target, headers, await reader.readexactly(length)))  # type: ignore[arg-type]
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}", seen
+
+
+async def test_request_headers_and_url(recorder: tuple[str, list[SeenRequest]]) -> None:
+    url, seen = recorder
+    backend = HttpBackend(url + "/prefix")
     response = await backend.request(
         "POST",
         "/api/chat",
@@ -69,35 +95,54 @@ async def test_request_headers_and_url() -> None:
             ("TE", "trailers"),
             ("Proxy-Authorization", "Basic x"),
             ("X-Request-Id", "r1"),
+            ("Content-Length", "2"),
         ],
-        None,
+        _body(b"{}"),
     )
+    assert json.loads(b"".join([chunk async for chunk in response.body]))["data"] == [{"id": "m"}]
     await response.aclose()
+    await backend.aclose()
     request = seen[0]
-    assert str(request.url) == "http://127.0.0.1:11434/prefix/api/chat?a=1&b=%2F"
-    assert request.headers["host"] == "127.0.0.1:11434"
-    for dropped in ("authorization", "cookie", "x-hop", "te", "proxy-authorization"):
-        assert dropped not in request.headers
-    assert request.headers["x-request-id"] == "r1"
-    assert request.headers["accept-encoding"] == "identity"  # the body is relayed undecoded
+    assert (request.method, request.target) == ("POST", "/prefix/api/chat?a=1&b=%2F")  # query kept byte for byte
+    assert request.header("host") == url.removeprefix("http://")
+    for dropped in ("authorization", "cookie", "x-hop", "te", "proxy-authorization", "transfer-encoding", "accept"):
+        assert request.header(dropped) is None, dropped
+    assert request.header("x-request-id") == "r1"
+    assert request.header("content-type") == "application/json"
+    assert request.body == b"{}" and request.header("content-length") == "2"  # a known length stays unchunked
+    assert request.header("accept-encoding") == "identity"  # the body is relayed undecoded
+    assert str(request.header("user-agent")).startswith("cloudtolocalllm-bridge/")
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def test_url_never_leaves_the_base() -> None:
-    backend, _ = _recording_backend()
+    backend = HttpBackend("http://127.0.0.1:11434/prefix")
     for path in ("/api/chat", "/v1/models/x:y"):
         url = backend.url_for(path, "q=1")
         assert (url.scheme, url.host, url.port) == ("http", "127.0.0.1", 11434)
-    await backend.aclose()
+        assert url.raw_path_qs == f"/prefix{path}?q=1"
+    bare = HttpBackend("http://127.0.0.1:11434")
+    for path in ("//evil.example.com/x", "@evil.example.com/x", "http://evil.example.com/x"):
+        with pytest.raises(BackendError) as info:
+            bare.url_for(path)
+        assert info.value.code is ErrorCode.PATH_NOT_ALLOWED
+    assert backend.url_for("//evil.example.com/x").host == "127.0.0.1"  # under the prefix: just a path
 
 
-async def test_probe_lists_models_sorted() -> None:
-    backend, seen = _recording_backend()
+async def test_probe_lists_models_sorted(recorder: tuple[str, list[SeenRequest]]) -> None:
+    url, seen = recorder
+    backend = HttpBackend(url + "/prefix")
     state = await backend.probe()
+    await backend.aclose()
     assert state.reachable and state.models == ("a", "b")
-    assert seen[0].url.path == "/prefix/api/tags"
-    openai, seen = _recording_backend(BackendKind.OPENAI)
+    assert seen[0].target == "/prefix/api/tags"
+    openai = HttpBackend(url + "/prefix", kind=BackendKind.OPENAI)
     state = await openai.probe()
-    assert state.models == ("m",) and seen[0].url.path == "/prefix/v1/models"
+    await openai.aclose()
+    assert state.models == ("m",) and seen[1].target == "/prefix/v1/models"
 
 
 async def test_probe_of_a_dead_backend(dead_backend_url: str) -> None:
@@ -116,12 +161,12 @@ async def test_request_to_a_dead_backend(dead_backend_url: str) -> None:
     assert "is your LLM server running?" in info.value.message
 
 
-async def test_openai_backend_without_translator() -> None:
-    upstream, seen = _recording_backend(BackendKind.OPENAI)
-    backend = OpenAIBackend(upstream, translator=None)
+async def test_openai_backend_without_translator(recorder: tuple[str, list[SeenRequest]]) -> None:
+    url, seen = recorder
+    backend = OpenAIBackend(HttpBackend(url + "/prefix", kind=BackendKind.OPENAI), translator=None)
     response = await backend.request("GET", "/v1/models", "", [], None)
     await response.aclose()
-    assert seen[0].url.path == "/prefix/v1/models"
+    assert seen[0].target == "/prefix/v1/models"
     with pytest.raises(BackendError) as info:
         await backend.request("POST", "/api/chat", "", [], None)
     assert info.value.code is ErrorCode.BACKEND_ERROR and "translation not available yet" in info.value.message
@@ -129,7 +174,7 @@ async def test_openai_backend_without_translator() -> None:
 
 
 async def test_openai_backend_uses_the_translator() -> None:
-    upstream, _ = _recording_backend(BackendKind.OPENAI)
+    upstream = HttpBackend("http://127.0.0.1:9/prefix", kind=BackendKind.OPENAI)  # never called
     calls: list[tuple[str, str]] = []
 
     async def translate(
@@ -190,3 +235,45 @@ async def test_auto_kind_with_the_backend_down_assumes_ollama(
     await start_bridge(backend_kind="auto", backend_url=dead_backend_url)
     link = await cloud.next_link()
     assert link.hello.backend_kind == "ollama" and not link.hello.backend_reachable
+
+
+@pytest.fixture
+async def stalling() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """Sends a streaming response head and one line, then nothing; ``closed`` is set when the peer hangs up."""
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(b"3\r\n{}\n\r\n")
+        await writer.drain()
+        await reader.read()  # returns when the client closes the connection
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", closed
+
+
+async def test_idle_backend_times_out(stalling: tuple[str, asyncio.Event]) -> None:
+    url, _ = stalling
+    backend = HttpBackend(url, idle_timeout_s=0.3)
+    response = await backend.request("POST", "/api/chat", "", [], None)
+    assert await anext(response.body) == b"{}\n"
+    with pytest.raises(BackendError) as info:
+        await anext(response.body)
+    await response.aclose()
+    await backend.aclose()
+    assert info.value.code is ErrorCode.TIMEOUT and "sent nothing for 0.3 s" in info.value.message
+
+
+async def test_closing_early_aborts_the_backend_request(stalling: tuple[str, asyncio.Event]) -> None:
+    url, closed = stalling
+    backend = HttpBackend(url)
+    response = await backend.request("POST", "/api/chat", "", [], None)
+    assert await anext(response.body) == b"{}\n"
+    await response.aclose()  # what a Cancel from the cloud does
+    async with asyncio.timeout(2):
+        await closed.wait()  # the backend sees the connection go: Ollama stops generating
+    await backend.aclose()
