@@ -197,3 +197,33 @@ def test_bad_settings_are_refused_naming_the_variable() -> None:
     )
     assert result.returncode == 2
     assert "EDGE_ADMIN_PORT" in result.stderr
+
+
+def test_set_pool_asks_the_running_controller_on_its_admin_port(
+    edge_process: tuple[EdgeProcess, dict[str, Any]], ctl_upstreams: UpstreamServers
+) -> None:
+    edge, _ = edge_process
+    edge.wait_admin()
+    wait_for(edge.ready, "the edge to be ready", timeout=30)
+    env = {**os.environ, "EDGE_ADMIN_PORT": edge.admin_url.rsplit(":", 1)[1]}
+    second = pool_instances(ctl_upstreams)["api-backend"][1]
+    applied = subprocess.run(
+        [*_command(), "set-pool", "api-backend", second], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert [i["instance"] for i in json.loads(applied.stdout)["instances"]] == [second]
+    pools = [(u["pool"], u["instance"]) for u in edge.admin("/status").json()["upstreams"]]
+    assert [name for pool, name in pools if pool == "api-backend"] == [second]
+
+    refused = subprocess.run(
+        [*_command(), "set-pool", "api-backend", f"127.0.0.1:{free_port()}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "refused (409)" in refused.stderr
+    usage = subprocess.run([*_command(), "set-pool"], env=env, capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2
+    assert "usage:" in usage.stderr

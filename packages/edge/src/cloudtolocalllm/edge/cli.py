@@ -4,6 +4,9 @@ Reads ``EDGE_*`` settings and the TOML file named by ``EDGE_CONFIG``, then runs 
 or SIGINT: nginx is stopped gracefully (SIGQUIT) and the process exits 0. SIGHUP re-reads the certificate
 files and reloads nginx at once (a certbot deploy hook may send it; the file watcher would notice anyway).
 Exit status 2: invalid settings or configuration (every problem is named); 1: nginx accepts no configuration.
+
+``cloudtolocalllm-edge set-pool <pool> <host:port>...`` asks the running controller (its admin port, on
+loopback) to make those the pool's instances; see :mod:`cloudtolocalllm.edge.pools`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cloudtolocalllm.core import (
 )
 from cloudtolocalllm.edge.config import ConfigError, EdgeConfig, load_config
 from cloudtolocalllm.edge.controller import Controller, StartError
+from cloudtolocalllm.edge.pools import set_pool_command
 from cloudtolocalllm.edge.settings import ControllerSettings
 from cloudtolocalllm.edge.version import __version__
 
@@ -70,6 +74,8 @@ async def run(config: EdgeConfig, settings: ControllerSettings) -> int:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["set-pool"]:
+        raise SystemExit(set_pool_command(sys.argv[2:]))
     try:
         settings = load_settings(ControllerSettings, prefix="EDGE_")
     except SettingsError as exc:

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 from cryptography import x509
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -42,6 +43,7 @@ from cloudtolocalllm.edge.health import HealthChecker, Instance
 from cloudtolocalllm.edge.logs import forward_stderr, scrub
 from cloudtolocalllm.edge.metrics import EdgeMetrics
 from cloudtolocalllm.edge.nginx import ConfigRejected, Nginx
+from cloudtolocalllm.edge.pools import PoolChangeError, pool_route
 from cloudtolocalllm.edge.render import generation_of, render
 from cloudtolocalllm.edge.settings import ControllerSettings
 from cloudtolocalllm.edge.version import __version__
@@ -124,6 +126,7 @@ class Controller:
         self.config_problem: str | None = "not started"
         self.reload_failed = False
         self._lock = asyncio.Lock()
+        self._pool_lock = asyncio.Lock()  # one admin pool change at a time (each waits for its reload)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._known_workers: set[int] = set()
@@ -150,7 +153,7 @@ class Controller:
 
         return create_app(
             ServiceInfo(self.config.logging.service, __version__),
-            [Route("/status", status, methods=["GET"])],
+            [Route("/status", status, methods=["GET"]), pool_route(self)],
             readiness_checks=[
                 ReadinessCheck("nginx", nginx_running, timeout_s=1.0),
                 ReadinessCheck("config", config_valid, timeout_s=1.0),
@@ -292,6 +295,44 @@ class Controller:
                 return True
             await asyncio.sleep(0.01)
         return False
+
+    async def set_pool(self, pool: str, names: list[str]) -> dict[str, Any]:
+        """Make ``names`` the instances of ``pool`` if every one passes its health check, and reload.
+
+        Instances already in the pool keep their state (a down one refuses the change); new ones are checked
+        once, now. Returns the pool's instances and the generation nginx serves once the reload is applied:
+        from then on no new request reaches a removed instance (old workers finish the ones they hold).
+        """
+        if pool not in self.config.upstreams or not any(
+            route.upstream == pool for site in self.config.sites for route in site.routes
+        ):
+            raise PoolChangeError(404, f"no route uses a pool named {pool!r}")
+        async with self._pool_lock:
+            candidates = self.checker.candidates(pool, names)
+            await self.checker.run_round([i for i in candidates if not i.checked])
+            if not all(i.up and i.address is not None for i in candidates):
+                raise PoolChangeError(
+                    409,
+                    f"not every instance of {pool!r} passes its health check; the pool is unchanged",
+                    [i.as_dict() for i in candidates],
+                )
+            removed = self.checker.replace_pool(pool, candidates)
+            self.config.upstreams[pool] = msgspec.structs.replace(self.config.upstreams[pool], instances=names)
+            for instance in removed:
+                with contextlib.suppress(KeyError):
+                    self.metrics.upstream_up.remove(instance.pool, instance.name)
+            logger.info(
+                "pool changed through the admin endpoint",
+                extra={"pool": pool, "instances": names, "removed": [i.name for i in removed]},
+            )
+            if not await self.reconcile(reason=f"pool {pool} changed"):
+                raise PoolChangeError(503, "nginx did not apply the change; see the edge's log")
+            self._update_gauges()
+            return {
+                "pool": pool,
+                "generation": generation_of(self.live_text or ""),
+                "instances": [i.as_dict() for i in candidates],
+            }
 
     # -- nginx process ---------------------------------------------------------------------------------
 

@@ -145,6 +145,20 @@ class HealthChecker:
     def snapshot(self) -> tuple[tuple[str, str, bool, str | None], ...]:
         return tuple((i.pool, i.name, i.up, i.address if i.up else None) for i in self.instances)
 
+    def candidates(self, pool: str, names: list[str]) -> list[Instance]:
+        """``names`` as instances of ``pool``: the known ones with their state, new ones not checked yet."""
+        known = {i.name: i for i in self.instances if i.pool == pool}
+        health_path = self.config.upstreams[pool].health_path
+        return [known.get(name) or Instance(pool=pool, name=name, health_path=health_path) for name in names]
+
+    def replace_pool(self, pool: str, instances: list[Instance]) -> list[Instance]:
+        """Make ``instances`` the whole of ``pool`` (keeping the pools' order); return the ones removed."""
+        removed = [i for i in self.instances if i.pool == pool and i not in instances]
+        at = next((n for n, i in enumerate(self.instances) if i.pool == pool), len(self.instances))
+        others = [i for i in self.instances if i.pool != pool]
+        self.instances = others[:at] + instances + others[at:]
+        return removed
+
     # -- checking --------------------------------------------------------------------------------------
 
     async def resolve(self, instance: Instance) -> str:
