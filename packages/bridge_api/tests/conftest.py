@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +11,13 @@ import msgspec
 import pytest
 
 from cloudtolocalllm.bridge_api.app import build_app
+from cloudtolocalllm.bridge_api.directory import BridgeDirectory
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core import ServiceApp
 from cloudtolocalllm.core.auth import AuthSettings, DevIssuer, dev_issuer_from
 from cloudtolocalllm.core.testing import running_server
+
+from .redis_server import RedisServer
 
 ISSUER = "http://issuer.test/dev-issuer"
 AUDIENCE = "cloudtolocalllm-test"
@@ -44,13 +47,23 @@ def make_cloud(tmp_path: Path) -> CloudFactory:
     )
 
     @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[Cloud]:
+    async def factory(directory: BridgeDirectory | None = None, **overrides: Any) -> AsyncIterator[Cloud]:
         settings = msgspec.structs.replace(ApiSettings(), **overrides)
-        app = build_app(settings, auth)
+        app = build_app(settings, auth, directory=directory)
         async with running_server(app, websocket_max_message_size=settings.max_frame_bytes + 1024) as url:
+            app.state.registry.replica_url = url  # as cli.py does once the port is bound
             yield Cloud(app, url, dev_issuer_from(auth))
 
     return factory
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, without persistence; restartable on the same port."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

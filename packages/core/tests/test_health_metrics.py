@@ -87,6 +87,16 @@ async def test_readiness_names_the_failed_and_the_timed_out_check() -> None:
     assert body["checks"]["idp"]["error"] == "timed out after 0.05s"
 
 
+async def test_an_optional_check_that_fails_degrades_but_keeps_the_service_ready() -> None:
+    app = make_app(ReadinessCheck("db", ok), ReadinessCheck("shared-cache", broken, required=False))
+    async with client(app) as c:
+        response = await c.get("/ready")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["status"] == "degraded"
+    assert body["checks"]["shared-cache"]["error"] == "ConnectionError: redis refused"
+
+
 async def test_metrics_count_requests_by_route_template_not_path() -> None:
     app = make_app()
     async with client(app) as c:

@@ -91,8 +91,9 @@ def bridge_socket_endpoint(
         del message  # this frame lives as long as the bridge: keep nothing in it that is not needed
         user = principal.subject
         # No set of the user's bridge ids here: it would stay alive in this frame for the whole session.
-        if not registry.has_bridge(user, hello.bridge_id) and registry.count_for(user) >= settings.max_bridges_per_user:
-            limit = registry.count_for(user)
+        # Counted over every replica: the limit is per account, not per server.
+        if await registry.count_everywhere(user, other_than=hello.bridge_id) >= settings.max_bridges_per_user:
+            limit = settings.max_bridges_per_user
             await websocket.close(POLICY_VIOLATION, f"too many bridges for this account (limit {limit})")
             return
         session = BridgeSession(

@@ -9,7 +9,7 @@ import signal
 
 from cloudtolocalllm.bridge_api.app import SERVICE_NAME, build_app
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
-from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.bridge_api.settings import ApiSettings, replica_url_for
 from cloudtolocalllm.bridge_api.version import __version__
 from cloudtolocalllm.core import (
     ServiceApp,
@@ -27,12 +27,18 @@ log = logging.getLogger(__name__)
 
 async def run(app: ServiceApp, settings: ApiSettings) -> None:
     sock = bind_socket(settings.host, settings.port)
-    log.info("listening", extra={"host": settings.host, "port": sock.getsockname()[1]})
+    port = sock.getsockname()[1]
+    registry: BridgeRegistry = app.state.registry
+    registry.replica_url = replica_url_for(settings, port)  # where peers relay requests for our bridges
+    directory = "redis" if settings.redis_url else "in-memory"
+    log.info(
+        "listening",
+        extra={"host": settings.host, "port": port, "replica_url": registry.replica_url, "directory": directory},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    registry: BridgeRegistry = app.state.registry
 
     async def shutdown_trigger() -> None:
         await stop.wait()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
 from starlette.responses import JSONResponse
 
 from cloudtolocalllm.core.protocol import ErrorCode
 
-__all__ = ["RelayError", "error_response", "status_for_stream_error"]
+__all__ = ["RelayError", "directory_down", "error_response", "status_for_stream_error", "stream_error_tail"]
 
 
 class RelayError(Exception):
@@ -39,3 +40,19 @@ _STATUS_FOR_CODE: Final = {
 
 def status_for_stream_error(code: ErrorCode) -> int:
     return _STATUS_FOR_CODE.get(code, 502)
+
+
+def stream_error_tail(content_type: str, message: str) -> bytes | None:
+    """How to tell a streaming client that its stream broke, in its own framing (None: it has none)."""
+    encoded = msgspec.json.encode({"error": message})
+    if content_type.startswith("application/x-ndjson"):
+        return encoded + b"\n"
+    if content_type.startswith("text/event-stream"):
+        return b"event: error\ndata: " + encoded + b"\n\n"
+    return None
+
+
+def directory_down() -> RelayError:
+    return RelayError(
+        503, "the bridge directory is unavailable, so bridges on other servers cannot be reached", retry_after_s=2
+    )

@@ -31,6 +31,7 @@ _NOT_TO_BRIDGE: Final = HOP_BY_HOP | {
     "x-forwarded-proto",
     "x-real-ip",
     "x-cloudtolocalllm-bridge",
+    "x-cloudtolocalllm-forwarded",
 }
 # A local backend must not set cookies on, or redirect around, the cloud's origin.
 _NOT_TO_CLIENT: Final = HOP_BY_HOP | {"set-cookie", "server", "date", "alt-svc", "strict-transport-security"}

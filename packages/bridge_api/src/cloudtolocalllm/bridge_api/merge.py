@@ -1,4 +1,7 @@
-"""Listings that span all of a user's bridges: ``/api/tags``, ``/api/ps`` and ``/v1/models``."""
+"""Listings that span all of a user's bridges: ``/api/tags``, ``/api/ps`` and ``/v1/models``.
+
+This replica asks its own bridges through their tunnels, and every other replica holding one of the user's
+bridges for its part of the listing (one request per replica, merged there over its own bridges)."""
 
 from __future__ import annotations
 
@@ -6,10 +9,13 @@ import asyncio
 import logging
 from typing import Any, Final
 
+import aiohttp
 import msgspec
 from starlette.responses import JSONResponse, Response
 
-from cloudtolocalllm.bridge_api.errors import RelayError, error_response
+from cloudtolocalllm.bridge_api.directory import RemoteBridge
+from cloudtolocalllm.bridge_api.errors import RelayError, directory_down, error_response
+from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
@@ -52,29 +58,44 @@ async def fetch_from_bridge(session: BridgeSession, path: str, timeout_s: float)
             await session.cancel_stream(stream, "listing abandoned")
 
 
-async def merged_response(registry: BridgeRegistry, user: str, path: str, settings: ApiSettings) -> Response:
-    bridges = [b for b in registry.bridges_for(user) if b.accepting and b.backend_reachable]
-    if not bridges:
-        connected = bool(registry.bridges_for(user))
+async def merged_response(
+    registry: BridgeRegistry,
+    forwarder: ReplicaForwarder,
+    user: str,
+    path: str,
+    settings: ApiSettings,
+    authorization: str,
+    local_only: bool,
+) -> Response:
+    candidates, complete = await registry.candidates(user, local_only=local_only)
+    if not candidates and not complete:
+        return error_response(directory_down())
+    usable = [b for b in candidates if b.backend_reachable]
+    bridges = [b for b in usable if isinstance(b, BridgeSession)]
+    replicas = sorted({b.record.replica for b in usable if isinstance(b, RemoteBridge)})
+    if not usable:
         message = (
             "your bridge is connected but cannot reach its local LLM server: is Ollama (or your backend) running?"
-            if connected
+            if candidates
             else "no bridge is connected for your account: start the bridge on your computer"
         )
         return error_response(RelayError(503, message, retry_after_s=5))
+    sources = [f"bridge {b.bridge_id}" for b in bridges] + [f"replica {r}" for r in replicas]
     list_key, id_key = MERGED_PATHS[path]
     results = await asyncio.gather(
-        *(fetch_from_bridge(b, path, settings.first_byte_timeout_s) for b in bridges), return_exceptions=True
+        *(fetch_from_bridge(b, path, settings.first_byte_timeout_s) for b in bridges),
+        *(forwarder.listing(replica, path, authorization) for replica in replicas),
+        return_exceptions=True,
     )
     merged: list[Any] = []
     seen: set[str] = set()
     failures = 0
-    for bridge, result in zip(bridges, results, strict=True):
+    for source, result in zip(sources, results, strict=True):
         if isinstance(result, BaseException):
-            if not isinstance(result, (StreamFailed, RelayError, TimeoutError, ConnectionError)):
+            if not isinstance(result, (StreamFailed, RelayError, TimeoutError, ConnectionError, aiohttp.ClientError)):
                 raise result
             failures += 1
-            log.warning("listing failed on a bridge", extra={"bridge_id": bridge.bridge_id, "path": path})
+            log.warning("listing failed", extra={"source": source, "path": path})
             continue
         status, body = result
         try:
@@ -90,7 +111,7 @@ async def merged_response(registry: BridgeRegistry, user: str, path: str, settin
             if isinstance(identity, str) and identity not in seen:
                 seen.add(identity)
                 merged.append(entry)
-    if failures == len(bridges):
+    if failures == len(sources):
         return error_response(RelayError(502, "no bridge could list its models"))
     if list_key == "data":
         return JSONResponse({"object": "list", "data": merged})

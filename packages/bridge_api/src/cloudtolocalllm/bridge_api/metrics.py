@@ -24,3 +24,16 @@ class TunnelMetrics:
             registry=registry,
         )
         self.errors = Counter("relay_errors", "Relay and tunnel errors by kind.", ["kind"], registry=registry)
+        # Several replicas: requests relayed to the replica holding the bridge, and the shared directory.
+        self.forwarded = Counter(
+            "replica_forwarded_requests",
+            "Requests relayed to the replica that holds the bridge, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.directory_up = Gauge(
+            "bridge_directory_up", "1 while the bridge directory answers, else 0.", registry=registry
+        )
+        self.directory_errors = Counter(
+            "bridge_directory_errors", "Failed bridge directory operations.", ["operation"], registry=registry
+        )

@@ -4,6 +4,7 @@ A raw ASGI endpoint (it is the hot path): the request body streams to the bridge
 credit window, the response head is sent as soon as the bridge has it, and every body chunk is flushed
 to the client as it arrives. There is a first-byte and an idle timeout, never a total-time limit. When the
 client disconnects, a Cancel reaches the bridge, which aborts its local request (stopping generation).
+A bridge held by another replica is reached through that replica (forward.py).
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from typing import Any, Final
 import msgspec
 from starlette.types import Message, Receive, Scope, Send
 
-from cloudtolocalllm.bridge_api.errors import RelayError, error_response, status_for_stream_error
+from cloudtolocalllm.bridge_api.directory import RemoteBridge
+from cloudtolocalllm.bridge_api.errors import (
+    RelayError,
+    directory_down,
+    error_response,
+    status_for_stream_error,
+    stream_error_tail,
+)
+from cloudtolocalllm.bridge_api.forward import ClientGone, ReplicaForwarder, ReplicaUnreachable
 from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, response_headers_for_client
 from cloudtolocalllm.bridge_api.merge import MERGED_PATHS, merged_response
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
-from cloudtolocalllm.bridge_api.registry import BridgeRegistry
-from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, choose_bridge
+from cloudtolocalllm.bridge_api.registry import Bridge, BridgeRegistry
+from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER, choose_bridge
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.stream import RelayStream, StreamFailed
@@ -50,10 +59,6 @@ _MODEL_FIELD: Final = {
     "/v1/completions": "model",
     "/v1/embeddings": "model",
 }
-
-
-class _ClientGone(Exception):
-    pass
 
 
 class _ModelProbe(msgspec.Struct):
@@ -94,7 +99,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -104,21 +109,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _error_tail(content_type: str, message: str) -> bytes | None:
-    """How to tell a streaming client that its stream broke, in its own framing."""
-    encoded = msgspec.json.encode({"error": message})
-    if content_type.startswith("application/x-ndjson"):
-        return encoded + b"\n"
-    if content_type.startswith("text/event-stream"):
-        return b"event: error\ndata: " + encoded + b"\n\n"
-    return None
-
-
 class RelayEndpoint:
-    def __init__(self, registry: BridgeRegistry, settings: ApiSettings, metrics: TunnelMetrics) -> None:
+    def __init__(
+        self, registry: BridgeRegistry, settings: ApiSettings, metrics: TunnelMetrics, forwarder: ReplicaForwarder
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
+        self.forwarder = forwarder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user")
@@ -127,33 +125,44 @@ class RelayEndpoint:
             return
         path = "/" + scope["path_params"]["path"]
         method: str = scope["method"]
+        forwarded = _header(scope, _FORWARDED) is not None
         try:
             if method == "GET" and path in MERGED_PATHS:
-                response = await merged_response(self.registry, user.identity, path, self.settings)
+                authorization = _header(scope, b"authorization") or ""
+                response = await merged_response(
+                    self.registry, self.forwarder, user.identity, path, self.settings, authorization, forwarded
+                )
                 await response(scope, receive, send)
                 return
-            await self._relay(scope, receive, send, user.identity, method, path)
+            await self._relay(scope, receive, send, user.identity, method, path, forwarded)
         except RelayError as exc:
             self.metrics.errors.labels(f"http_{exc.status}").inc()
             await error_response(exc)(scope, receive, send)
-        except _ClientGone:
+        except ClientGone:
             self.metrics.errors.labels("client_gone").inc()
 
-    async def _relay(self, scope: Scope, receive: Receive, send: Send, user: str, method: str, path: str) -> None:
+    async def _relay(
+        self, scope: Scope, receive: Receive, send: Send, user: str, method: str, path: str, forwarded: bool
+    ) -> None:
         has_body = _has_body(scope)
         body: bytes | None = None
         model: str | None = None
         if has_body and path in _MODEL_FIELD:
             body = await _read_body(receive, self.settings.max_json_body_bytes)
             model = _model_in(body, _MODEL_FIELD[path])
-        session = choose_bridge(
-            self.registry,
-            self.settings,
-            user=user,
-            path=path,
-            model=model,
-            pinned=_header(scope, BRIDGE_HEADER.encode()),
-        )
+        pinned = _header(scope, _BRIDGE)
+        candidates, complete = await self.registry.candidates(user, local_only=forwarded)
+        while True:
+            target = self._choose(candidates, complete, forwarded, path, model, pinned)
+            if not isinstance(target, RemoteBridge):
+                break
+            try:
+                await self.forwarder.forward(scope, receive, send, target, path, body, has_body)
+                return
+            except ReplicaUnreachable as exc:  # nothing was sent: try a bridge on another replica
+                self.registry.suspect(exc.replica)
+                candidates = [c for c in candidates if not _on_replica(c, exc.replica)]
+        session = target
         query = scope.get("query_string", b"").decode("latin-1")
         headers = request_headers_for_bridge(scope["headers"])
         started = time.perf_counter()
@@ -163,6 +172,33 @@ class RelayEndpoint:
             raise RelayError(503, f"bridge not accepting requests: {exc}", retry_after_s=1) from None
         exchange = _Exchange(self, session, stream, scope, receive, send, started)
         await exchange.run(body or b"", buffered=body is not None or not has_body)
+
+    def _choose(
+        self,
+        candidates: list[Bridge],
+        complete: bool,
+        forwarded: bool,
+        path: str,
+        model: str | None,
+        pinned: str | None,
+    ) -> Bridge:
+        if forwarded and pinned is not None and not any(b.bridge_id == pinned for b in candidates):
+            # The replica that sent this saw the bridge here a moment ago: it has just moved.
+            raise RelayError(503, "your bridge is reconnecting to another server: try again", retry_after_s=1)
+        try:
+            return choose_bridge(candidates, self.settings, path=path, model=model, pinned=pinned)
+        except RelayError as exc:
+            if not complete and exc.status in (404, 503):
+                raise directory_down() from None  # the bridge or model may well be on another replica
+            raise
+
+
+def _on_replica(bridge: Bridge, replica: str) -> bool:
+    return isinstance(bridge, RemoteBridge) and bridge.record.replica == replica
+
+
+_BRIDGE: Final = BRIDGE_HEADER.encode()
+_FORWARDED: Final = FORWARDED_HEADER.encode()
 
 
 class _Exchange:
@@ -270,7 +306,7 @@ class _Exchange:
             raise RelayError(504, f"the bridge's backend sent nothing within {timeout:g} s") from None
         except StreamFailed as failure:
             if self.client_gone:
-                raise _ClientGone from None
+                raise ClientGone from None
             upload_error = None
             if uploader is not None and uploader.done() and not uploader.cancelled():
                 upload_error = uploader.exception()
@@ -307,7 +343,7 @@ class _Exchange:
             message = f"no data from the bridge for {idle:g} s" if isinstance(exc, TimeoutError) else exc.message
             kind = "idle_timeout" if isinstance(exc, TimeoutError) else exc.code.value
             self.metrics.errors.labels(f"mid_stream_{kind}").inc()
-            tail = _error_tail(content_type, f"stream interrupted: {message}")
+            tail = stream_error_tail(content_type, f"stream interrupted: {message}")
             if tail is None:
                 raise ConnectionAbortedError(message) from None  # the server aborts: the client sees truncation
             with contextlib.suppress(OSError):

@@ -1,18 +1,24 @@
-"""Pick the bridge for a request: the caller's bridges only, by model, then by fewest streams in flight."""
+"""Pick the bridge for a request: the caller's bridges only (on any replica), by model, then by fewest
+streams in flight, preferring this replica's own bridge on a tie (no extra hop)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
+from cloudtolocalllm.bridge_api.directory import RemoteBridge
 from cloudtolocalllm.bridge_api.errors import RelayError
-from cloudtolocalllm.bridge_api.registry import BridgeRegistry
-from cloudtolocalllm.bridge_api.session import BridgeSession
+from cloudtolocalllm.bridge_api.registry import Bridge
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 
-__all__ = ["BRIDGE_HEADER", "MODEL_MANAGEMENT_PATHS", "choose_bridge"]
+__all__ = ["BRIDGE_HEADER", "FORWARDED_HEADER", "MODEL_MANAGEMENT_PATHS", "choose_bridge"]
 
 BRIDGE_HEADER: Final = "x-cloudtolocalllm-bridge"
 """Pins a request to one of the caller's bridges by id (e.g. a blob upload and the create that uses it)."""
+
+FORWARDED_HEADER: Final = "x-cloudtolocalllm-forwarded"
+"""Set on a request one replica relays to another: it is served there with local bridges only, never
+relayed again (no loops). A client setting it only limits itself to the replica it reached."""
 
 # Model management: the backend itself knows best whether the model exists (a bridge's model list can
 # lag a local `ollama pull` by one status interval), so these are never refused for an unlisted model.
@@ -23,15 +29,14 @@ MODEL_MANAGEMENT_PATHS: Final = frozenset(
 
 
 def choose_bridge(
-    registry: BridgeRegistry,
+    candidates: Sequence[Bridge],
     settings: ApiSettings,
     *,
-    user: str,
     path: str,
     model: str | None,
     pinned: str | None,
-) -> BridgeSession:
-    bridges = [b for b in registry.bridges_for(user) if b.accepting]
+) -> Bridge:
+    bridges = [b for b in candidates if b.accepting]
     if not bridges:
         raise RelayError(
             503, "no bridge is connected for your account: start the bridge on your computer", retry_after_s=5
@@ -57,7 +62,7 @@ def choose_bridge(
     free = [b for b in reachable if b.in_flight < limit]
     if not free:
         raise RelayError(429, f"your bridge is busy ({limit} requests in flight)", retry_after_s=1)
-    return min(free, key=lambda b: b.in_flight)
+    return min(free, key=lambda b: (b.in_flight, isinstance(b, RemoteBridge)))
 
 
 _UNREACHABLE: Final = (

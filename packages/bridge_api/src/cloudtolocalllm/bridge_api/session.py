@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -98,6 +98,8 @@ class BridgeSession:
         self._reauth_timer: asyncio.TimerHandle | None = None
         self._timer_tasks: set[asyncio.Task[None]] = set()  # a Ping being sent, a close in progress
         self.close_code: int | None = None
+        # Set by the registry: told when what the directory publishes about this bridge changed.
+        self.on_change: Callable[[BridgeSession], None] | None = None
 
     # --- queries used by routing and status ---------------------------------------------------------
 
@@ -145,6 +147,7 @@ class BridgeSession:
             if self._idle is not None:
                 self._idle.clear()
             self.metrics.streams_active.inc()
+            self._changed()
             try:
                 await self._write(data)
             except ConnectionError:
@@ -168,7 +171,12 @@ class BridgeSession:
         self.metrics.streams_active.dec()
         if not self.streams and self._idle is not None:
             self._idle.set()
+        self._changed()
         return True
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     async def wait_idle(self) -> None:
         """Return once no stream is in flight (used when draining)."""
@@ -258,6 +266,7 @@ class BridgeSession:
             self.backend_reachable = frame.backend_reachable
             self.models = list(frame.models)
             self._model_set = {normalize_model(m) for m in frame.models}
+            self._changed()
         elif isinstance(frame, Reauth):
             await self._reauth(frame.token)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import socket
+from typing import Annotated, Final
+from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["ApiSettings"]
+__all__ = ["ApiSettings", "replica_url_for"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -37,3 +39,39 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: Positive = 300.0
     graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     drain_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    # Several replicas: the bridge directory lives in Redis (unset: in memory, one replica).
+    redis_url: str = ""
+    redis_timeout_s: Positive = 1.0
+    # How peers reach this replica; unset: derived from the bind address (see replica_url_for).
+    replica_url: str = ""
+    # A replica refreshes its bridges' records every refresh interval; a dead replica's expire after the TTL.
+    directory_ttl_s: Positive = 10.0
+    directory_refresh_s: Positive = 3.0
+
+    def __post_init__(self) -> None:
+        if self.redis_url and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:
+            # Never echo the URL: it may carry a password.
+            raise ValueError(f"API_REDIS_URL must start with one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}")
+        if self.replica_url and (
+            urlsplit(self.replica_url).scheme not in ("http", "https") or not urlsplit(self.replica_url).netloc
+        ):
+            raise ValueError(f"API_REPLICA_URL must be an http(s)://host:port URL (got {self.replica_url!r})")
+        if self.directory_refresh_s >= self.directory_ttl_s:
+            raise ValueError("API_DIRECTORY_REFRESH_S must be shorter than API_DIRECTORY_TTL_S")
+
+
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def replica_url_for(settings: ApiSettings, port: int) -> str:
+    """This replica's URL as its peers reach it.
+
+    API_REPLICA_URL wins. A specific bind address is reachable as is; behind a wildcard bind (containers,
+    Swarm, Kubernetes) the address the hostname resolves to is the one peers use (the task's or pod's IP).
+    """
+    if settings.replica_url:
+        return settings.replica_url.rstrip("/")
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (recognising a wildcard bind, not binding)
+        host = socket.gethostbyname(socket.gethostname())
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,4 +1,4 @@
-"""``GET /api/bridge/status``: the caller's bridges, and nobody else's."""
+"""``GET /api/bridge/status``: the caller's bridges on every replica, and nobody else's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cloudtolocalllm.bridge_api.directory import BridgeRecord, DirectoryUnavailable
+from cloudtolocalllm.bridge_api.errors import directory_down, error_response
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.core.auth import requires_auth
@@ -47,13 +49,33 @@ def _info(session: BridgeSession) -> BridgeInfo:
     )
 
 
+def _info_of_record(record: BridgeRecord) -> BridgeInfo:
+    return BridgeInfo(
+        id=record.bridge_id,
+        name=record.name,
+        version=record.version,
+        platform=record.platform,
+        backend_kind=record.backend_kind,
+        backend_reachable=record.backend_reachable,
+        models=record.models,
+        connected_since=record.connected_since,
+        last_heartbeat=record.last_heartbeat,
+        streams_in_flight=record.in_flight,
+    )
+
+
 def status_endpoint(registry: BridgeRegistry) -> Callable[[Request], Awaitable[Response]]:
     encoder = msgspec.json.Encoder()
 
     @requires_auth()
     async def bridge_status(request: Request) -> Response:
-        sessions = sorted(registry.bridges_for(request.user.identity), key=lambda s: s.connected_at)
-        body = encoder.encode(StatusReport([_info(s) for s in sessions]))
+        user = request.user.identity
+        try:
+            remote = await registry.records_for(user)
+        except DirectoryUnavailable:
+            return error_response(directory_down())  # a partial list would look like lost bridges
+        infos = [_info(s) for s in registry.bridges_for(user)] + [_info_of_record(r) for r in remote]
+        body = encoder.encode(StatusReport(sorted(infos, key=lambda i: i.connected_since)))
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     return bridge_status

@@ -30,11 +30,17 @@ DEFAULT_CHECK_TIMEOUT_S: Final = 2.0
 
 
 class ReadinessCheck(msgspec.Struct, frozen=True):
-    """A named async callable; it is healthy unless it raises, returns ``False`` or times out."""
+    """A named async callable; it is healthy unless it raises, returns ``False`` or times out.
+
+    A check with ``required=False`` is reported but never makes the service unready (status ``degraded``,
+    still 200): for a dependency shared by every replica, whose loss would otherwise take them all out of
+    the load balancer at once although they can still serve part of the traffic.
+    """
 
     name: str
     check: CheckFn
     timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
+    required: bool = True
 
 
 class CheckResult(msgspec.Struct, frozen=True):
@@ -69,7 +75,10 @@ async def _run(check: ReadinessCheck) -> CheckResult:
 async def run_checks(checks: Sequence[ReadinessCheck]) -> ReadinessReport:
     results = await asyncio.gather(*(_run(check) for check in checks))
     by_name = {check.name: result for check, result in zip(checks, results, strict=True)}
-    status = "ok" if all(result.ok for result in results) else "fail"
+    if not all(result.ok for check, result in zip(checks, results, strict=True) if check.required):
+        status = "fail"
+    else:
+        status = "ok" if all(result.ok for result in results) else "degraded"
     return ReadinessReport(status=status, checks=by_name)
 
 
@@ -83,7 +92,7 @@ async def readiness_endpoint(request: Request) -> Response:
     report = await run_checks(request.app.state.readiness_checks)
     return Response(
         _json.encode(report),
-        status_code=200 if report.status == "ok" else 503,
+        status_code=503 if report.status == "fail" else 200,
         media_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
