@@ -9,7 +9,16 @@ import pytest
 
 from cloudtolocalllm.core.auth import DevIssuer
 
-from .procs import Proc, start_api_backend, start_bridge, start_local_model, wait_for
+from .procs import (
+    Proc,
+    free_port,
+    start_api_backend,
+    start_bridge,
+    start_load_balancer,
+    start_local_model,
+    start_redis,
+    wait_for,
+)
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-e2e"
@@ -114,3 +123,122 @@ def stack(logs: Path, tmp_path: Path) -> Iterator[Stack]:
     for proc in running.procs:
         proc.stop()
     running.api.stop()
+
+
+@dataclass
+class Replicas:
+    """Three api-backend processes sharing one real Redis, behind a round-robin load balancer (nginx)."""
+
+    logs: Path
+    root: Path
+    issuer: DevIssuer
+    env: dict[str, str]
+    redis: Proc
+    redis_url: str
+    apis: list[Proc]
+    urls: list[str]
+    lb_url: str
+    procs: list[Proc] = field(default_factory=list)
+
+    def token(self, user: str = "alice") -> str:
+        return self.issuer.mint(user)
+
+    def headers(self, user: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+    def bridge(self, backend: str, *, user: str = "alice", name: str = "e2e", via: str | None = None) -> Proc:
+        """A real bridge, connected through the load balancer unless ``via`` names one replica."""
+        token_file = self.root / f"token-{user}-{name}"
+        token_file.write_text(self.issuer.mint(user, ttl_s=3600))
+        proc = start_bridge(
+            self.logs,
+            cloud=via or self.lb_url,
+            token_file=token_file,
+            backend=backend,
+            kind="ollama",
+            state_dir=self.root / f"state-{user}-{name}",
+            name=name,
+        )
+        self.procs.append(proc)
+        self.wait_bridges(user, lambda bridges: any(b["name"] == name for b in bridges))
+        return proc
+
+    def status(self, user: str = "alice", url: str | None = None) -> httpx.Response:
+        return httpx.get((url or self.urls[0]) + "/api/bridge/status", headers=self.headers(user), timeout=10)
+
+    def wait_bridges(
+        self,
+        user: str,
+        predicate: Callable[[list[dict[str, object]]], bool],
+        *,
+        url: str | None = None,
+        timeout: float = 30,
+    ) -> None:
+        def holds() -> bool:
+            response = self.status(user, url)
+            return response.status_code == 200 and predicate(response.json()["bridges"])
+
+        wait_for(holds, timeout, f"bridges of {user}", interval=0.1)
+
+    def metric(self, url: str, name: str) -> float:
+        text = httpx.get(url + "/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith((name + " ", name + "{")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def holder(self) -> int:
+        """Index of the one replica holding a bridge (tests that use this have exactly one connected)."""
+        held = [
+            i
+            for i, (api, url) in enumerate(zip(self.apis, self.urls, strict=True))
+            if api.alive() and self.metric(url, "bridges_connected") > 0
+        ]
+        assert len(held) == 1, f"expected one replica holding the bridge, found {held}"
+        return held[0]
+
+    def restart_redis(self, *, down: Callable[[], None]) -> None:
+        """Stop Redis, run ``down`` (checks while it is down), start it again, empty, on the same port."""
+        self.redis.stop()
+        down()
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        self.redis, self.redis_url = start_redis(self.logs, self.root / "redis", port=port)
+
+
+@pytest.fixture
+def replicas(logs: Path, tmp_path: Path) -> Iterator[Replicas]:
+    issuer = DevIssuer(tmp_path / "issuer", issuer=ISSUER, audience=AUDIENCE)  # keys exist before replicas start
+    redis, redis_url = start_redis(logs, tmp_path / "redis")
+    env = {
+        "DEV_AUTH": "true",
+        "DEV_ISSUER_DIR": str(tmp_path / "issuer"),
+        "DEV_ISSUER_URL": ISSUER,
+        "DEV_AUDIENCE": AUDIENCE,
+        "API_HEARTBEAT_INTERVAL_S": "2",
+        "API_HEARTBEAT_TIMEOUT_S": "6",
+        "API_GRACEFUL_TIMEOUT_S": "5",
+        "API_REDIS_URL": redis_url,
+        "API_DIRECTORY_TTL_S": "3",
+        "API_DIRECTORY_REFRESH_S": "1",
+    }
+    apis: list[Proc] = []
+    urls: list[str] = []
+    lb: Proc | None = None
+    running: Replicas | None = None
+    try:
+        for _ in range(3):
+            port = free_port()
+            api, url = start_api_backend(logs, {**env, "API_REPLICA_URL": f"http://127.0.0.1:{port}"}, port=port)
+            apis.append(api)
+            urls.append(url)
+        lb, lb_url = start_load_balancer(logs, tmp_path / "lb", urls)
+        running = Replicas(logs, tmp_path, issuer, env, redis, redis_url, apis, urls, lb_url)
+        yield running
+    finally:
+        for proc in running.procs if running else []:
+            proc.stop()
+        if lb is not None:
+            lb.stop()
+        for api in apis:
+            api.stop()
+        (running.redis if running else redis).stop()

@@ -155,3 +155,73 @@ def start_local_model(log_dir: Path) -> tuple[Proc, str]:
     url = f"http://127.0.0.1:{port}"
     wait_until_answers(proc, url + "/v1/models", 120)
     return proc, url
+
+
+def start_redis(log_dir: Path, work_dir: Path, port: int | None = None) -> tuple[Proc, str]:
+    """A real redis-server on loopback, without persistence (a restart starts empty, as in a crash)."""
+    port = port or free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = Proc(f"redis-{port}-{time.monotonic_ns()}", [*argv, "--dir", str(work_dir)], {}, log_dir)
+
+    def answers() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"redis-server exited: {proc.log_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_for(answers, 20, "redis-server")
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+_LB_CONF = """
+worker_processes 1;
+pid {root}/nginx.pid;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  upstream replicas {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://replicas;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 3600s;
+      proxy_connect_timeout 2s;
+      proxy_next_upstream error timeout;
+    }}
+  }}
+}}
+"""
+
+
+def start_load_balancer(log_dir: Path, work_dir: Path, backends: list[str]) -> tuple[Proc, str]:
+    """nginx round-robin over ``backends`` (http://127.0.0.1:PORT), no stickiness: what the edge or a
+    Kubernetes Service does in front of api-backend replicas. A refused backend is skipped (next upstream)."""
+    port = free_port()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    servers = "\n".join(f"    server {url.removeprefix('http://')} max_fails=1 fail_timeout=30s;" for url in backends)
+    conf = work_dir / "nginx.conf"
+    conf.write_text(_LB_CONF.format(root=work_dir, servers=servers, port=port))
+    argv = ["nginx", "-p", f"{work_dir}/", "-c", str(conf), "-e", "stderr"]
+    proc = Proc(f"load-balancer-{port}", argv, {}, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_answers(proc, url + "/health", 20)
+    return proc, url

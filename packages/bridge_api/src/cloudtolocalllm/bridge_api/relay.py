@@ -152,8 +152,14 @@ class RelayEndpoint:
             model = _model_in(body, _MODEL_FIELD[path])
         pinned = _header(scope, _BRIDGE)
         candidates, complete = await self.registry.candidates(user, local_only=forwarded)
+        unreachable = False
         while True:
-            target = self._choose(candidates, complete, forwarded, path, model, pinned)
+            try:
+                target = self._choose(candidates, complete, forwarded, path, model, pinned)
+            except RelayError as exc:
+                if unreachable and exc.status in (404, 503):
+                    raise _replica_gone() from None
+                raise
             if not isinstance(target, RemoteBridge):
                 break
             try:
@@ -162,6 +168,7 @@ class RelayEndpoint:
             except ReplicaUnreachable as exc:  # nothing was sent: try a bridge on another replica
                 self.registry.suspect(exc.replica)
                 candidates = [c for c in candidates if not _on_replica(c, exc.replica)]
+                unreachable = True
         session = target
         query = scope.get("query_string", b"").decode("latin-1")
         headers = request_headers_for_bridge(scope["headers"])
@@ -195,6 +202,13 @@ class RelayEndpoint:
 
 def _on_replica(bridge: Bridge, replica: str) -> bool:
     return isinstance(bridge, RemoteBridge) and bridge.record.replica == replica
+
+
+def _replica_gone() -> RelayError:
+    # Its bridges reconnect to the other replicas within seconds (their backoff); the client retries.
+    return RelayError(
+        503, "the server holding your bridge went away; your bridge is reconnecting to another one", retry_after_s=2
+    )
 
 
 _BRIDGE: Final = BRIDGE_HEADER.encode()
