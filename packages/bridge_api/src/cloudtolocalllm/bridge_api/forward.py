@@ -72,6 +72,7 @@ class ReplicaForwarder:
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True),
                 timeout=self._timeout,
                 auto_decompress=False,  # bytes pass through as the owner sent them
+                cookie_jar=aiohttp.DummyCookieJar(),  # a relay keeps no cookies (and skips their cost)
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             )
         return self._session
@@ -146,8 +147,13 @@ class ReplicaForwarder:
             out = [(k.lower(), v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in _NOT_FROM]
             await send({"type": "http.response.start", "status": response.status, "headers": out})
             try:
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                content = response.content
+                async for chunk in content.iter_any():
+                    # The end rides with the last chunk when it is already known: one write less.
+                    last = content.at_eof()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                    if last:
+                        return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.metrics.forwarded.labels("lost_mid_stream").inc()
                 log.warning("forwarded stream lost", extra={"replica": replica, "error": type(exc).__name__})

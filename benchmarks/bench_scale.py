@@ -1,0 +1,162 @@
+"""Several replicas (issue targets in brackets): two api-backend processes sharing a real redis-server, one
+real bridge (to the fast local test backend) connected to replica B.
+
+- scale.cross_replica_ttfb_overhead_ms.p50/.p99: added time to first byte when the request lands on replica A
+  (which relays it to B) vs on B itself [<= 1 ms p50]. Requests one at a time, A and B interleaved, in
+  rounds; each figure is the median over the rounds of (A's percentile - B's percentile).
+- scale.owner_ttfb_ms.p50 / scale.relayed_ttfb_ms.p50: the two absolute figures (median over rounds).
+- scale.cross_replica_cpu_ms_per_request: CPU (both replicas' processes, user + system) a relayed request
+  costs more than one served by the owner: what the hop adds on an idle machine, independent of how busy a
+  shared machine is (the latency figures above are not).
+
+Both replicas look the bridge up in Redis the same way, so the overhead is the relay hop itself: one more
+HTTP exchange on a pooled keep-alive connection and the token verified again by the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stats import percentile
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.procs import Proc, free_port, start_api_backend, start_bridge, start_redis, wait_for  # noqa: E402
+
+from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
+
+ISSUER = "http://127.0.0.1/dev-issuer"
+AUDIENCE = "cloudtolocalllm-bench"
+ROUNDS = 7
+PAIRS_PER_ROUND = 150
+PATH = "/api/ollama/api/chat?chunks=1"
+
+
+async def _ttfb(port: int, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"POST {PATH} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    first = time.perf_counter() - started
+    if not head.startswith(b"HTTP/1.1 200"):
+        status_line = head.split(b"\r\n", 1)[0]
+        raise RuntimeError(f"unexpected answer: {status_line!r}")
+    while await reader.read(1 << 16):
+        pass
+    writer.close()
+    return first * 1000
+
+
+async def run() -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        backend = Proc("fast-backend", [sys.executable, str(REPO / "benchmarks" / "fast_backend.py")], {}, tmp)
+        redis, redis_url = start_redis(tmp, tmp / "redis")
+        apis: list[Proc] = []
+        bridge: Proc | None = None
+        try:
+            port_text = wait_for(lambda: backend.log_text().strip(), 10, "the fast backend's port")
+            backend_port = int(port_text.splitlines()[0])
+            env = {
+                "DEV_AUTH": "true",
+                "DEV_ISSUER_DIR": str(tmp / "issuer"),
+                "DEV_ISSUER_URL": ISSUER,
+                "DEV_AUDIENCE": AUDIENCE,
+                "API_REDIS_URL": redis_url,
+            }
+            issuer = DevIssuer(tmp / "issuer", issuer=ISSUER, audience=AUDIENCE)
+            ports = [free_port(), free_port()]
+            for port in ports:
+                api, _ = start_api_backend(tmp, {**env, "API_REPLICA_URL": f"http://127.0.0.1:{port}"}, port=port)
+                apis.append(api)
+            entry_port, owner_port = ports
+            token = issuer.mint("bench", ttl_s=7200)
+            token_file = tmp / "token"
+            token_file.write_text(token)
+            bridge = start_bridge(
+                tmp,
+                cloud=f"http://127.0.0.1:{owner_port}",
+                token_file=token_file,
+                backend=f"http://127.0.0.1:{backend_port}",
+                kind="ollama",
+                state_dir=tmp / "bridge",
+                name="bench",
+            )
+            auth = {"authorization": f"Bearer {token}"}
+            await _wait_served(entry_port, auth)
+            results = await _measure(entry_port, owner_port, auth)
+            results.update(await _cpu(apis[0], apis[1], entry_port, owner_port, auth))
+            return results
+        finally:
+            if bridge is not None:
+                bridge.stop()
+            for api in apis:
+                api.stop()
+            redis.stop()
+            backend.stop()
+
+
+async def _wait_served(port: int, auth: dict[str, str]) -> None:
+    for _ in range(300):
+        try:
+            await _ttfb(port, auth)
+            return
+        except RuntimeError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the bridge never became reachable through the other replica")
+
+
+async def _measure(entry_port: int, owner_port: int, auth: dict[str, str]) -> dict[str, object]:
+    for _ in range(50):  # warm up both paths (connection pool, token caches)
+        await _ttfb(entry_port, auth)
+        await _ttfb(owner_port, auth)
+    p50s: list[tuple[float, float]] = []
+    p99s: list[tuple[float, float]] = []
+    for _ in range(ROUNDS):  # a shared machine drifts: interleave, and take the median over rounds
+        owner: list[float] = []
+        relayed: list[float] = []
+        for _ in range(PAIRS_PER_ROUND):
+            owner.append(await _ttfb(owner_port, auth))
+            relayed.append(await _ttfb(entry_port, auth))
+        p50s.append((percentile(owner, 50), percentile(relayed, 50)))
+        p99s.append((percentile(owner, 99), percentile(relayed, 99)))
+    return {
+        "scale.cross_replica_ttfb_overhead_ms.p50": round(statistics.median(r - o for o, r in p50s), 3),
+        "scale.cross_replica_ttfb_overhead_ms.p99": round(statistics.median(r - o for o, r in p99s), 3),
+        "scale.owner_ttfb_ms.p50": round(statistics.median(o for o, _ in p50s), 3),
+        "scale.relayed_ttfb_ms.p50": round(statistics.median(r for _, r in p50s), 3),
+        "scale.cross_replica_rounds": ROUNDS,
+        "scale.cross_replica_samples": ROUNDS * PAIRS_PER_ROUND,
+    }
+
+
+def _cpu_ms(proc: Proc) -> float:
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+async def _cpu(entry: Proc, owner: Proc, entry_port: int, owner_port: int, auth: dict[str, str]) -> dict[str, object]:
+    count = 1000
+    before = _cpu_ms(entry), _cpu_ms(owner)
+    for _ in range(count):
+        await _ttfb(entry_port, auth)
+    relayed = (_cpu_ms(entry) - before[0] + _cpu_ms(owner) - before[1]) / count
+    before_owner = _cpu_ms(owner)
+    for _ in range(count):
+        await _ttfb(owner_port, auth)
+    owned = (_cpu_ms(owner) - before_owner) / count
+    return {
+        "scale.relayed_cpu_ms_per_request": round(relayed, 3),
+        "scale.owner_cpu_ms_per_request": round(owned, 3),
+        "scale.cross_replica_cpu_ms_per_request": round(relayed - owned, 3),
+    }
