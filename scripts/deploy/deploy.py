@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +28,12 @@ from compose import NONROOT, ROOT, Compose, Container, DeployError, docker, imag
 
 SERVICES = ("nginx-proxy", "static-site", "flutter-app", "api-backend", "certbot")
 POOLED = ("static-site", "flutter-app", "api-backend")  # the edge's pools, named like the services
+# A request must reach the api-backend that holds the user's bridge, and a new instance holds none until the
+# old one's GoAway (at SIGTERM) makes the bridges reconnect: old and new side by side would send half the
+# requests to an instance without bridges. So the pool goes from old to new in one reload, and the old
+# instance is stopped right after it (its streams in flight finish; the bridges keep their old session for
+# them while they dial the new one).
+MOVE_AT_ONCE = ("api-backend",)
 SSL = ("ssl-setup",)
 CONFIG_FILES = {
     "auth0.env": "docker/compose/auth0.env.example",
@@ -146,7 +153,8 @@ def update_without_downtime(compose: Compose, service: str) -> None:
         for container in new:
             say(f"waiting for {container.name} ({container.address()}) to be healthy")
             wait_healthy(container, HEALTH_TIMEOUT_S)
-        set_pool(compose, service, old + new)
+        if service not in MOVE_AT_ONCE:
+            set_pool(compose, service, old + new)
         set_pool(compose, service, new)  # applied: no new request reaches the old instance from here on
     except DeployError:
         say(f"the new {service} did not take over: removing it, {' '.join(c.name for c in old)} keeps serving")
@@ -244,15 +252,17 @@ def export_logs(args: argparse.Namespace) -> None:
     for service in args.services or SERVICES:
         ids = compose.container_ids(service, SSL)
         target = folder / f"{service}.log"
+        since = ["--since", args.since] if args.since else []
         with target.open("w") as out:
-            for container in Container.inspect(ids):
-                since = ["--since", args.since] if args.since else []
-                text = run(
+            for container in Container.inspect(ids):  # oldest first: the file reads in time order
+                out.flush()
+                # Both streams: the services log JSON to stdout, nginx and certbot also write to stderr.
+                subprocess.run(
                     [os.environ.get("DOCKER", "") or "docker", "logs", *since, container.id],
-                    capture=True,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                     check=False,
                 )
-                out.write(text)
         say(f"{target}: {len(ids)} container(s)")
 
 

@@ -1,0 +1,357 @@
+"""A real deployment per test module: docker-compose.multi.yml with the host-network override, the images under
+test (``CTLLM_IMAGE_<NAME>``, set by ``nox -s tests-deploy``), deployed and updated by scripts/deploy/.
+
+Everything is bound to 127.0.0.1. Each deployment has its own compose project, its own image repository
+prefix (the images under test are tagged into it, never the shared ``cloudtolocalllm/*`` tags) and its own
+ports; the fixture removes its containers, volumes and tags whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloudtolocalllm.core.auth import DevIssuer
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+IMAGES = ("nginx-proxy", "static-site", "flutter-app", "api-backend", "certbot")
+POOLED = ("static-site", "flutter-app", "api-backend")
+ISSUER = "http://127.0.0.1/dev-issuer"
+AUDIENCE = "cloudtolocalllm-deploytest"
+SITE_HOST = "deploy.test"
+APP_HOST = "app.deploy.test"
+# The version module of each Python image's package: a "v2" image differs from v1 by that file only.
+# Debian's client (the engine's own version); a newer one without buildx may refuse `docker build`.
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+VERSION_MODULE = {
+    "static-site": "cloudtolocalllm.static_site.version",
+    "flutter-app": "cloudtolocalllm.static_site.version",
+    "api-backend": "cloudtolocalllm.bridge_api.version",
+}
+
+
+def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def image_under_test(image: str) -> str:
+    """``CTLLM_IMAGE_<NAME>`` from the nox session, else this working tree's build (``nox -s build-<image>``)."""
+    name = os.environ.get(f"CTLLM_IMAGE_{image.upper().replace('-', '_')}")
+    if not name:
+        spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        name = str(module.tags(image)[1])
+    if not docker("image", "inspect", name, check=False).strip().startswith("["):
+        pytest.fail(f"{name} is not built: run `nox -s tests-deploy` (or `nox -s build-{image}` first)")
+    return name
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _below_ephemeral_range() -> range:
+    """Ports the kernel never picks as the source port of an outgoing connection. The load sends thousands
+    of connections: a service restarted on an ephemeral port could find it taken by one of them."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return range(max(low - 12000, 1024), low - 2)
+
+
+_taken: set[int] = set()
+
+
+def free_port(pair: bool = False) -> int:
+    """A free port (an even one with its odd neighbour free too when ``pair``: a service's two instance ports
+    on the host network), never handed out twice by one test run."""
+    candidates = _below_ephemeral_range()
+    for _ in range(1000):
+        port = secrets.choice(candidates) & ~1
+        ports = (port, port + 1) if pair else (port,)
+        if not _taken.intersection(ports) and all(_free(p) for p in ports):
+            _taken.update(ports)
+            return port
+    raise AssertionError("no free port")
+
+
+def wait_for(predicate: object, what: str, timeout: float = 120, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except (httpx.HTTPError, OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _edge_toml(http_port: int, ports: dict[str, int]) -> str:
+    pools = "\n".join(
+        f'[upstreams.{service}]\ninstances = ["127.0.0.1:{port}", "127.0.0.1:{port + 1}"]\n'
+        for service, port in ports.items()
+    )
+    return f"""
+domain = "{SITE_HOST}"
+
+[listen]
+addresses = ["127.0.0.1"]
+http_port = {http_port}
+
+[tls]
+enabled = false
+
+[nginx]
+worker_processes = "2"
+
+[cache]
+enabled = false   # every request reaches the service: the edge's cache must not hide an outage
+
+[rate_limits.api]
+rate = 100000
+burst = 100000
+
+[rate_limits.general]
+rate = 100000
+burst = 100000
+
+[health_checks]
+interval = 1
+timeout = 2
+fall = 2
+rise = 2
+
+{pools}
+[[sites]]
+name = "home"
+hosts = ["{SITE_HOST}"]
+routes = [{{ path = "/", upstream = "static-site" }}]
+
+[[sites]]
+name = "app"
+hosts = ["{APP_HOST}", "127.0.0.1"]
+
+[[sites.routes]]
+path = "/"
+upstream = "flutter-app"
+
+[[sites.routes]]
+path = "/api/"
+upstream = "api-backend"
+streaming = true
+rate_limit = "api"
+json_errors = true
+cache_rules = false
+max_body_size = "0"
+timeouts = {{ read = 900, send = 900 }}
+
+[[sites.routes]]
+path = "/ws/"
+upstream = "api-backend"
+websocket = true
+streaming = true
+rate_limit = "api"
+json_errors = true
+cache_rules = false
+timeouts = {{ read = 3600, send = 3600 }}
+"""
+
+
+@dataclass
+class Deployment:
+    root: Path
+    project: str
+    prefix: str
+    env: dict[str, str]
+    http_port: int
+    issuer: DevIssuer
+    log: Path
+    v2: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def script(
+        self, name: str, *args: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """One of scripts/deploy/*.sh, as a user runs it from the repository root."""
+        result = subprocess.run(
+            [f"./scripts/deploy/{name}", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        with self.log.open("a") as log:
+            log.write(f"$ {name} {' '.join(args)} -> {result.returncode}\n{result.stdout}{result.stderr}\n")
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{name} {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def compose(self, *args: str, production_file_only: bool = False) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        argv = ["docker-compose", *args]
+        if production_file_only:  # the seed's commands: `docker-compose -f docker-compose.multi.yml ...`
+            env.pop("COMPOSE_FILE")
+            argv = ["docker-compose", "-f", "docker-compose.multi.yml", *args]
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    def image(self, service: str, tag: str = "latest") -> str:
+        return f"{self.prefix}/{service}:{tag}"
+
+    def running(self, service: str) -> list[dict[str, object]]:
+        ids = docker(
+            "ps", "-q",
+            "--filter", f"label=com.docker.compose.project={self.project}",
+            "--filter", f"label=com.docker.compose.service={service}",
+        ).split()  # fmt: skip
+        return json.loads(docker("inspect", *ids)) if ids else []
+
+    def service_health(self, service: str) -> dict[str, object]:
+        """/health of the one running container of ``service``, asked directly on its own port."""
+        (container,) = self.running(service)
+        env = dict(item.split("=", 1) for item in container["Config"]["Env"])  # type: ignore[index]
+        port = env[env["SERVICE_PORT_VARIABLE"]]
+        return dict(httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json())
+
+    def token(self, user: str = "alice") -> str:
+        return self.issuer.mint(user, ttl_s=3600)
+
+    def edge_status(self) -> dict[str, object]:
+        port = self.env["EDGE_ADMIN_PORT"]
+        return dict(httpx.get(f"http://127.0.0.1:{port}/status", timeout=10).json())
+
+    def pool(self, service: str) -> list[str]:
+        upstreams = self.edge_status()["upstreams"]
+        return [u["instance"] for u in upstreams if u["pool"] == service]  # type: ignore[attr-defined,index]
+
+
+def _write_config(root: Path, http_port: int, ports: dict[str, int]) -> Path:
+    config = root / "config"
+    config.mkdir()
+    (config / "auth0.env").write_text(
+        f"DEV_AUTH=true\nDEV_ISSUER_DIR=/issuer\nDEV_ISSUER_URL={ISSUER}\nDEV_AUDIENCE={AUDIENCE}\n"
+    )
+    (config / "domains.env").write_text(f"CERTBOT_DOMAINS={SITE_HOST}\n")
+    (config / "app-config.json").write_text(json.dumps({"issuer": ISSUER, "clientId": "deploytest", "apiBase": ""}))
+    (config / "edge.toml").write_text(_edge_toml(http_port, ports))
+    return config
+
+
+def _without_published_ports(root: Path) -> Path:
+    """docker-compose.multi.yml, the same but for nginx-proxy's published ports (see host-network.yml). Its
+    relative paths are all behind variables the tests set, so the copy may live in the test's folder."""
+    text = (ROOT / "docker-compose.multi.yml").read_text()
+    block = '    ports:\n      - "80:80"\n      - "443:443"\n'
+    assert text.count(block) == 1, "nginx-proxy's ports changed: update the deploy tests"
+    target = root / "docker-compose.multi.yml"
+    target.write_text(text.replace(block, ""))
+    return target
+
+
+def _build_v2(source: str, target: str, module: str, root: Path) -> None:
+    """``source`` with its package's version file replaced: /health reports ``2.0.0-deploytest``."""
+    path = docker(
+        "run", "--rm", "--network=none", "--entrypoint=python3", source,
+        "-c", f"import {module} as v; print(v.__file__)",
+    ).strip()  # fmt: skip
+    context = root / f"v2-{target.rsplit('/', 1)[1].replace(':', '-')}"
+    context.mkdir()
+    (context / "version.py").write_text('__version__ = "2.0.0-deploytest"\n')
+    (context / "Dockerfile").write_text(f"FROM {source}\nCOPY version.py {path}\n")
+    docker("build", "--quiet", "--tag", target, str(context))
+
+
+def _remove(project: str, prefix: str, env: dict[str, str]) -> None:
+    subprocess.run(
+        ["docker-compose", "--profile", "ssl-setup", "down", "--volumes", "--remove-orphans", "--timeout", "5"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    leftover = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}", check=False).split()
+    if leftover:
+        docker("rm", "-f", *leftover, check=False)
+    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={prefix}/*", check=False)
+    for tag in tags.split():
+        docker("rmi", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Deployed with ``deploy-multi-container.sh`` on the images under test; v2 images built next to them."""
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.fail("DOCKER_HOST is not set: run `nox -s tests-deploy`, or export the engine's DOCKER_HOST")
+    root = tmp_path_factory.mktemp("deployment")
+    suffix = secrets.token_hex(4)
+    project, prefix = f"ctllmdeploy{suffix}", f"ctllm-deploytest-{suffix}"
+    http_port = free_port()
+    ports = {service: free_port(pair=True) for service in POOLED}
+    config = _write_config(root, http_port, ports)
+    issuer_dir = root / "issuer"
+    issuer = DevIssuer(issuer_dir, issuer=ISSUER, audience=AUDIENCE)
+    for path in [issuer_dir, *issuer_dir.iterdir()]:
+        os.chown(path, 65532, 65532)  # the services' user reads the key (the tests run as root)
+    compose_file = _without_published_ports(root)
+    override = root / "test-override.yml"
+    override.write_text(f"services:\n  api-backend:\n    volumes:\n      - {issuer_dir}:/issuer:ro\n")
+    env = {
+        **os.environ,
+        "COMPOSE_FILE": os.pathsep.join([str(compose_file), str(HERE / "host-network.yml"), str(override)]),
+        "COMPOSE_PROJECT_NAME": project,
+        "CLOUDTOLOCALLLM_IMAGES": prefix,
+        "CLOUDTOLOCALLLM_CONFIG_DIR": str(config),
+        "CLOUDTOLOCALLLM_CERTBOT_DIR": str(root / "certbot"),
+        "EDGE_ADMIN_PORT": str(free_port()),
+        "DEPLOY_HEALTH_TIMEOUT_S": "300",  # two cores shared with other test runs
+        **{f"{service.upper().replace('-', '_')}_PORT": str(port) for service, port in ports.items()},
+    }
+    log = root / "deploy.log"
+    deployment = Deployment(root, project, prefix, env, http_port, issuer, log)
+    try:
+        for image in IMAGES:
+            docker("tag", image_under_test(image), deployment.image(image, "latest"))
+            docker("tag", image_under_test(image), deployment.image(image, "v1"))
+        for service, module in VERSION_MODULE.items():
+            deployment.v2[service] = deployment.image(service, "v2")
+            _build_v2(image_under_test(service), deployment.v2[service], module, root)
+        deployment.script("deploy-multi-container.sh")
+        yield deployment
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.write(log.read_text() if log.exists() else "")
+            # Kept in the test's folder for a post-mortem (the containers are removed below).
+            deployment.script("export-logs.sh", "--dir", str(root / "logs"), check=False)
+        _remove(project, prefix, env)
