@@ -12,13 +12,24 @@
 #   CERTBOT_SERVER          ACME directory URL (default: Let's Encrypt production)
 #   CERTBOT_RENEW_INTERVAL  seconds between renewal attempts (43200); 0: issue or renew once, then exit
 #
-# Extra arguments go to every certbot call (e.g. --staging, --work-dir, --force-renewal).
+# Extra arguments go to every certbot call (e.g. --staging, --work-dir, --force-renewal). A first argument
+# `renew` (`docker-compose -f docker-compose.multi.yml --profile ssl-setup run --rm certbot renew`) means one
+# attempt now: issue or renew, exit with certbot's status.
 set -eu
+
+once=false
+if [ "${1:-}" = renew ]; then
+  shift
+  once=true
+fi
 
 : "${CERTBOT_DOMAINS:?set CERTBOT_DOMAINS, e.g. example.com,app.example.com,docs.example.com}"
 webroot=${CERTBOT_WEBROOT:-/var/www/certbot}
 config_dir=${CERTBOT_CONFIG_DIR:-/etc/letsencrypt}
 interval=${CERTBOT_RENEW_INTERVAL:-43200}
+if [ "$once" = true ]; then
+  interval=0
+fi
 name=${CERTBOT_DOMAINS%%,*}
 
 set -- --non-interactive --config-dir "$config_dir" "$@"
@@ -40,7 +51,10 @@ if [ ! -e "$config_dir/live/$name/fullchain.pem" ]; then
 fi
 
 while :; do
-  certbot renew "$@" --webroot -w "$webroot" || echo "certbot-loop: renewal failed; next attempt in ${interval}s" >&2
+  if ! certbot renew "$@" --webroot -w "$webroot"; then
+    [ "$once" = false ] || exit 1
+    echo "certbot-loop: renewal failed; next attempt in ${interval}s" >&2
+  fi
   [ "$interval" -gt 0 ] || exit 0
   sleep "$interval" &
   wait $!

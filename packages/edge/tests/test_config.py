@@ -61,7 +61,8 @@ def test_default_limits_headers_and_timeouts_match_the_seed() -> None:
 def test_the_example_file_loads() -> None:
     config = load_config(EXAMPLE)
     assert config.domain == "cloudtolocalllm.online"
-    assert config.upstreams["api-backend"].instances == ["api-backend-1:8080", "api-backend-2:8080"]
+    assert config.upstreams["api-backend"].instances == ["api-backend:8080"]
+    assert config.upstreams["static-site"].instances == ["static-site:8080"]  # the images' port
     assert ("www.cloudtolocalllm.online", "/", "static-site") in _table(config)
 
 
@@ -169,7 +170,7 @@ def test_pool_and_rate_limit_tables_merge_over_the_defaults() -> None:
         {"upstreams": {"api-backend": {"instances": ["a:1", "b:2"]}}, "rate_limits": {"api": {"rate": 5}}}
     )
     assert config.upstreams["api-backend"].instances == ["a:1", "b:2"]
-    assert config.upstreams["static-site"].instances == ["static-site:80"]
+    assert config.upstreams["static-site"].instances == ["static-site:8080"]
     assert config.rate_limits["api"].rate == 5
     assert config.rate_limits["api"].burst == 0  # a table given is taken as written
     assert config.rate_limits["general"].rate == 30

@@ -106,7 +106,7 @@ def test_streaming_and_websocket_routes_are_unbuffered_with_long_timeouts(tmp_pa
 
 
 def test_a_pool_without_healthy_instances_answers_503_directly(tmp_path: Path) -> None:
-    text = render(_config(tmp_path), healthy={"static-site": ["static-site:80"], "flutter-app": ["flutter-app:80"]})
+    text = render(_config(tmp_path), healthy={"static-site": ["static-site:8080"], "flutter-app": ["flutter-app:8080"]})
     assert not re.search(r"^\s*upstream api-backend \{", text, re.MULTILINE)
     assert re.search(r"^\s*upstream static-site \{", text, re.MULTILINE)
     assert "proxy_pass http://api-backend" not in text
@@ -193,7 +193,7 @@ def test_the_cache_can_be_turned_off_or_moved(tmp_path: Path) -> None:
 
 
 def test_a_down_pool_behind_a_cached_route_keeps_its_stale_copies(tmp_path: Path) -> None:
-    text = render(_config(tmp_path), healthy={"flutter-app": ["flutter-app:80"], "api-backend": ["api-backend:8080"]})
+    text = render(_config(tmp_path), healthy={"flutter-app": ["flutter-app:8080"], "api-backend": ["api-backend:8080"]})
     # static-site has no healthy instance: its cached routes still proxy (to a never-contacted placeholder),
     # so nginx serves stale copies, or the 503 page for what it never stored.
     block = text[text.index("upstream static-site {") :]

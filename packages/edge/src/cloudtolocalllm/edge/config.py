@@ -353,8 +353,8 @@ class HealthChecks(_Base):
 
 def _default_upstreams() -> dict[str, Pool]:
     return {
-        "static-site": Pool(instances=["static-site:80"]),
-        "flutter-app": Pool(instances=["flutter-app:80"]),
+        "static-site": Pool(instances=["static-site:8080"]),
+        "flutter-app": Pool(instances=["flutter-app:8080"]),
         "api-backend": Pool(instances=["api-backend:8080"]),
     }
 
