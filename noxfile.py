@@ -233,7 +233,8 @@ for _image, _spec in IMAGES.items():
     )
     def _build_image(session: nox.Session, image: str = _image) -> None:
         env = _docker_env(session)
-        session.install("pip>=24")  # pip download: dependency wheels for the image's Python, whatever the host's
+        # pip download: dependency wheels for the image's Python, whatever the host's; packaging: their markers
+        session.install("pip>=24", "packaging>=24")
         session.run("python", "scripts/images.py", "build", image, "--pip", "python", env=env)
 
     _build_image.__doc__ = (
@@ -246,6 +247,18 @@ for _image, _spec in IMAGES.items():
 
     _test_image.__doc__ = (
         f"Run the {_image} image read-only as non-root on 127.0.0.1: healthy, /health, a real request."
+    )
+
+    @nox.session(name=f"publish-{_image}", default=False, venv_backend="none", requires=[f"test-{_image}"])
+    def _publish_image(session: nox.Session, image: str = _image) -> None:
+        # posargs: --force publishes from a dirty tree or over a version the registry already has.
+        session.run(
+            "python3", "scripts/images.py", "publish", image, *session.posargs, external=True, env=_docker_env(session)
+        )
+
+    _publish_image.__doc__ = (
+        f"Build, test and push {_image} to $REGISTRY as <version> and <commit>; refuses a dirty tree or a "
+        "published version unless -- --force."
     )
 
 
@@ -285,3 +298,15 @@ def tests_deploy(session: nox.Session) -> None:
 def tests_orchestration(session: nox.Session) -> None:
     """Swarm and Kubernetes manifests against this commit's images (tests/orchestration)."""
     _image_suite(session, "tests/orchestration", "e2e", "orchestration")
+
+
+@nox.session(name="tests-images", default=True, requires=[f"test-{image}" for image in IMAGES])
+def tests_images(session: nox.Session) -> None:
+    """Every image built and tested, published to a real registry on 127.0.0.1, pulled back by digest; release."""
+    _uv_sync(session, "--only-group", "e2e")  # pytest (and pytest-asyncio, which the shared pytest config names)
+    session.run(
+        "pytest",
+        "scripts/tests_images",
+        *session.posargs,
+        env={**_docker_env(session), "PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
+    )

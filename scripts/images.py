@@ -1,11 +1,12 @@
 """Container images: the offline base image, a private Docker engine, build contexts and image tests.
 
-Used by the ``build-<image>`` and ``test-<image>`` nox sessions; also a small CLI::
+Used by the ``build-<image>``, ``test-<image>`` and ``publish-<image>`` nox sessions; also a small CLI::
 
     python3 scripts/images.py dockerd start|stop|status   # a private dockerd (prints DOCKER_HOST)
     python3 scripts/images.py base                        # the local base image (mmdebstrap + docker import)
+    python3 scripts/images.py registry [--port 5000]      # Debian's docker-registry on 127.0.0.1, until Ctrl-C
 
-Nothing here needs an image registry. The base image is a Debian bookworm root built by mmdebstrap from
+Only publishing needs an image registry. The base image is a Debian bookworm root built by mmdebstrap from
 the Debian mirror (apt over plain HTTP) and imported once; the tarball is cached so a rebuilt engine
 imports it again in a second. The private engine keeps its state in the cache directory too, so images
 survive between sessions while no daemon is left running after one.
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -129,6 +132,7 @@ class Engine:
         ]
         with self.log.open("ab") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        _started[proc.pid] = proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -148,9 +152,15 @@ class Engine:
         for target in (pid, containerd):
             if target is not None:
                 _terminate(target, timeout)
+                if target in _started:  # reaped by _terminate; poll() lets the Popen object know
+                    _started.pop(target).poll()
         self.pidfile.unlink(missing_ok=True)
         self.socket.unlink(missing_ok=True)
         return True
+
+
+# The daemons this process started, so their Popen objects live (and are reaped) until stop().
+_started: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -161,7 +171,11 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(2)
-        sock.connect(self._path)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()  # not yet self.sock, so close() would not
+            raise
         self.sock = sock
 
 
@@ -466,6 +480,30 @@ def package_version(dist: str) -> str:
     raise SystemExit(f"images: no version found for {dist}")
 
 
+def requirements_for(exported: str, python: str) -> str:
+    """The lines of a ``uv export`` that any patch release of ``python`` on this machine may need, markers
+    dropped. pip download evaluates markers against the host's interpreter whatever --python-version says,
+    so a host 3.11.7 skipped ``async-timeout; python_full_version < '3.11.3'`` that bookworm's 3.11.2 needs."""
+    from packaging.markers import Marker, default_environment
+
+    kept: list[str] = []
+    for block in re.sub(r"\\\n\s*", " ", exported).splitlines():
+        requirement = block.split("#", 1)[0].strip()
+        if not requirement:
+            continue
+        spec, _, rest = requirement.partition(" --hash")
+        name, _, marker = spec.partition(";")
+        if marker.strip():
+            host = {key: str(value) for key, value in default_environment().items()}
+            environments = [
+                {**host, "python_version": python, "python_full_version": f"{python}.{patch}"} for patch in (0, 99)
+            ]
+            if not any(Marker(marker.strip()).evaluate(env) for env in environments):
+                continue
+        kept.append(f"{name.strip()} --hash{rest}" if rest else name.strip())
+    return "\n".join(kept) + "\n"
+
+
 def stage_context(image: str, pip: str) -> Path:
     """Fill build/images/<image>/ with what the Dockerfile copies: the lock file's export, the dependency
     wheels, the workspace wheels, content, files and, for a Python service, its entry point."""
@@ -486,15 +524,18 @@ def stage_context(image: str, pip: str) -> Path:
         machine = os.uname().machine
         platforms = [f"manylinux2014_{machine}", *(f"manylinux_2_{minor}_{machine}" for minor in range(17, 37))]
         for python in PYTHON_VERSIONS:
+            target = requirements.with_name(f"requirements-{python}.txt")
+            target.write_text(requirements_for(requirements.read_text(), python))
             subprocess.run(
                 [
                     pip, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
-                    "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
+                    "--no-deps", "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
                     *(f"--platform={platform}" for platform in platforms),
-                    "--dest", str(context / "wheels"), "--requirement", str(requirements),
+                    "--dest", str(context / "wheels"), "--requirement", str(target),
                 ],
                 check=True,
             )  # fmt: skip
+            target.unlink()
         # The package and the workspace packages it needs (core): everything uv export left out.
         workspace = [line.split()[-1] for line in _workspace_members(spec.package)]
         for dist in (spec.package, *workspace):
@@ -680,9 +721,9 @@ def test(image: str) -> None:
                 "-c", "id -u && certbot --version",
                 capture=True,
             )  # fmt: skip
-            uid = output.splitlines()[0]
-            _expect(uid != "0", "certbot runs as root")
-            print(f"images: {tag}: uid {uid}, {output.splitlines()[-1]}")
+            certbot_uid = output.splitlines()[0]
+            _expect(certbot_uid != "0", "certbot runs as root")
+            print(f"images: {tag}: uid {certbot_uid}, {output.splitlines()[-1]}")
             return
         port = free_port()
         run_args, check = TESTS[image](port)
@@ -693,6 +734,161 @@ def test(image: str) -> None:
             _expect(uid != 0, f"{container}'s main process runs as root")
             _expect(root_is_read_only(env, container), f"{container} could write to its root filesystem")
             print(f"images: {tag}: healthy, /health and a real request answered, uid {uid}, read-only root")
+
+
+# --- publishing to a registry -------------------------------------------------------------------------
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+
+def registry_address() -> str:
+    """REGISTRY as Docker names it (host[:port]); a clear error when it is missing or has a scheme or path."""
+    registry = os.environ.get("REGISTRY", "").strip()
+    if not registry:
+        raise SystemExit("images: set REGISTRY to the registry to push to, e.g. REGISTRY=127.0.0.1:5000")
+    if "://" in registry or "/" in registry or not urllib.parse.urlsplit(f"//{registry}").hostname:
+        raise SystemExit(f"images: REGISTRY={registry!r} is not host[:port] (as in docker push <host:port>/name)")
+    return registry
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def published_digest(registry: str, repository: str, tag: str) -> str | None:
+    """The manifest digest the registry serves for repository:tag (HTTP API manifest HEAD); None if absent.
+
+    Plain HTTP on loopback (Docker treats 127.0.0.0/8 as an insecure registry), HTTPS elsewhere. Only
+    registries that let anyone read manifests are supported: a 401 is an error, never "not published"."""
+    host = urllib.parse.urlsplit(f"//{registry}").hostname or registry
+    connection_class = http.client.HTTPConnection if _is_loopback(host) else http.client.HTTPSConnection
+    conn = connection_class(registry, timeout=30)
+    try:
+        conn.request("HEAD", f"/v2/{repository}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES})
+        response = conn.getresponse()
+        response.read()
+    except OSError as exc:
+        raise SystemExit(f"images: registry {registry} did not answer: {exc}") from exc
+    finally:
+        conn.close()
+    if response.status == 404:
+        return None
+    digest = response.getheader("Docker-Content-Digest")
+    if response.status != 200 or not digest:
+        raise SystemExit(
+            f"images: {registry} answered {response.status} to a manifest HEAD for {repository}:{tag}; "
+            "cannot tell whether it is published"
+        )
+    return digest
+
+
+def _git_status() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"images: {ROOT} is not a git checkout; publishing needs one ({result.stderr.strip()})")
+    return result.stdout.strip()
+
+
+def publish(image: str, force: bool = False) -> str:
+    """Push this commit's build as <REGISTRY>/<name>:<version> and :<commit>; return the manifest digest.
+
+    Refuses a tree with changes (tracked or untracked, .gitignore'd files aside) and a version the registry
+    already has, unless forced: a version tag must keep naming what was first published under it."""
+    registry = registry_address()
+    dirty = _git_status()
+    if dirty and not force:
+        raise SystemExit(
+            f"images: refusing to publish {image} from a tree with uncommitted changes (commit them, or --force):\n"
+            + dirty
+        )
+    local_tags = tags(image)
+    repository, version = local_tags[0].split(":", 1)
+    # The commit's tag names this build; the engine's <version> tag moves with any checkout's build of it.
+    build = local_tags[1]
+    with docker_env() as env:
+        if not image_exists(env, build):
+            raise SystemExit(f"images: {build} not built; run nox -s build-{image}")
+        existing = published_digest(registry, repository, version)
+        if existing and not force:
+            raise SystemExit(
+                f"images: {registry}/{repository}:{version} is already published ({existing}); release a new "
+                "version (docs/deploy/releases.md), or --force to point the tag at this build"
+            )
+        digests: set[str] = set()
+        for tag in local_tags:
+            remote = f"{registry}/{tag}"
+            docker(env, "tag", build, remote)
+            docker(env, "push", "--quiet", remote, capture=True)
+            digest = published_digest(registry, repository, remote.rsplit(":", 1)[1])
+            if digest is None:
+                raise SystemExit(f"images: {registry} has no {remote} right after the push")
+            repo_digests = json.loads(
+                docker(env, "image", "inspect", "--format", "{{json .RepoDigests}}", remote, capture=True)
+            )
+            _expect(
+                f"{registry}/{repository}@{digest}" in repo_digests,
+                f"the registry serves {digest} for {remote}, the engine recorded {repo_digests}",
+            )
+            print(f"images: pushed {remote} {digest}")
+            digests.add(digest)
+        _expect(len(digests) == 1, f"one image pushed under two digests: {digests}")
+    return digests.pop()
+
+
+@contextlib.contextmanager
+def local_registry(storage: Path, port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 (a free port unless given), storing under ``storage``; yields
+    its address (host:port) and stops it on exit."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise SystemExit("images: docker-registry not found (apt-get install docker-registry)")
+    port = port or free_port()
+    storage.mkdir(parents=True, exist_ok=True)
+    config = storage / "config.yml"
+    # JSON is YAML: no YAML writer needed. No auth, deletes allowed, nothing but loopback.
+    config.write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "log": {"level": "warn", "accesslog": {"disabled": True}},
+                "storage": {"filesystem": {"rootdirectory": str(storage / "data")}, "delete": {"enabled": True}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    address = f"127.0.0.1:{port}"
+    with (storage / "registry.log").open("ab") as log:
+        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"images: docker-registry exited with {proc.returncode}; see {storage}/registry.log")
+            with contextlib.suppress(OSError):
+                if http_get(f"http://{address}/v2/")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"images: docker-registry did not answer on {address} within {timeout:.0f}s")
+            time.sleep(0.1)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _cli(argv: list[str]) -> int:
@@ -706,6 +902,14 @@ def _cli(argv: list[str]) -> int:
     build_cmd.add_argument("--pip", default=sys.executable, help="a Python with pip, for pip download")
     test_cmd = commands.add_parser("test", help="run this commit's build of one image and check it")
     test_cmd.add_argument("image", choices=sorted(IMAGES))
+    publish_cmd = commands.add_parser("publish", help="push this commit's build of one image to $REGISTRY")
+    publish_cmd.add_argument("image", choices=sorted(IMAGES))
+    publish_cmd.add_argument(
+        "--force", action="store_true", help="publish from a dirty tree, or over a version already published"
+    )
+    registry_cmd = commands.add_parser("registry", help="Debian's docker-registry on 127.0.0.1 until Ctrl-C")
+    registry_cmd.add_argument("--port", type=int, default=5000)
+    registry_cmd.add_argument("--storage", type=Path, default=cache_dir() / "registry")
     args = parser.parse_args(argv)
 
     if args.command == "dockerd":
@@ -724,6 +928,13 @@ def _cli(argv: list[str]) -> int:
         build(args.image, args.pip)
     elif args.command == "test":
         test(args.image)
+    elif args.command == "registry":
+        with local_registry(args.storage, args.port) as address:
+            print(f"images: registry on {address} (storage {args.storage}); Ctrl-C stops it", flush=True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    elif args.command == "publish":
+        print(f"images: {args.image} published as {publish(args.image, args.force)}")
     else:
         with docker_env() as env:
             print(ensure_base(env))
