@@ -152,3 +152,22 @@ async def test_a_bridge_that_moves_replaces_its_stale_session_on_the_other_repli
 async def _metrics(cloud: Cloud) -> str:
     async with cloud.client() as client:
         return (await client.get("/metrics")).text
+
+
+async def test_a_forwarded_request_is_never_relayed_again(pair: tuple[Cloud, Cloud]) -> None:
+    a, b = pair
+    async with FakeBridge(b.url, b.token()) as bridge:
+        await wait_listed(a, "alice", 1)
+        async with a.client() as client:
+            response = await client.get("/api/ollama/api/version", headers={"X-CloudToLocalLLM-Forwarded": "1"})
+        assert response.status_code == 503  # served with A's own bridges only: it has none
+        assert bridge.opens == []
+
+
+async def test_a_draining_replica_withdraws_its_bridges_at_once(pair: tuple[Cloud, Cloud]) -> None:
+    a, b = pair
+    async with FakeBridge(b.url, b.token()):
+        await wait_listed(a, "alice", 1)
+        await b.app.state.registry.drain(retry_after_s=1.0, deadline_s=1.0)
+        async with a.client() as client:  # well before the records' TTL (2 s) could lapse
+            assert (await client.get("/api/bridge/status")).json()["bridges"] == []

@@ -1,0 +1,49 @@
+"""Settings for several replicas: validated at start-up with errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudtolocalllm.bridge_api.settings import ApiSettings, replica_url_for
+from cloudtolocalllm.core import SettingsError, load_settings
+
+
+def test_an_explicit_replica_url_wins() -> None:
+    settings = ApiSettings(host="0.0.0.0", replica_url="http://api-2.internal:8080/")
+    assert replica_url_for(settings, 8080) == "http://api-2.internal:8080"
+
+
+def test_a_specific_bind_address_is_the_replica_url() -> None:
+    assert replica_url_for(ApiSettings(host="127.0.0.1"), 41234) == "http://127.0.0.1:41234"
+    assert replica_url_for(ApiSettings(host="::1"), 8080) == "http://[::1]:8080"
+
+
+def test_behind_a_wildcard_bind_the_hostnames_address_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "api-backend-7c9f")
+    monkeypatch.setattr("socket.gethostbyname", lambda name: "10.0.3.17" if name == "api-backend-7c9f" else "")
+    assert replica_url_for(ApiSettings(host="0.0.0.0"), 8080) == "http://10.0.3.17:8080"
+
+
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"API_REDIS_URL": "http://:secret@redis:6379"}, "API_REDIS_URL"),
+        ({"API_REPLICA_URL": "api-2:8080"}, "API_REPLICA_URL"),
+        ({"API_DIRECTORY_TTL_S": "3", "API_DIRECTORY_REFRESH_S": "3"}, "API_DIRECTORY_REFRESH_S"),
+    ],
+)
+def test_bad_replica_settings_name_their_variable(environ: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(ApiSettings, prefix="API_", environ=environ)
+    assert variable in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_redis_settings_are_read_from_the_environment() -> None:
+    environ = {"API_REDIS_URL": "rediss://redis:6380/0", "API_DIRECTORY_TTL_S": "5", "API_DIRECTORY_REFRESH_S": "1"}
+    settings = load_settings(ApiSettings, prefix="API_", environ=environ)
+    assert (settings.redis_url, settings.directory_ttl_s, settings.directory_refresh_s) == (
+        "rediss://redis:6380/0",
+        5,
+        1,
+    )
