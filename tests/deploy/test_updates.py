@@ -171,3 +171,20 @@ def test_the_seed_commands_show_status_and_logs(deployment: Deployment, tmp_path
     lines = (tmp_path / "logs" / "api-backend.log").read_text().splitlines()
     assert lines
     assert all(json.loads(line)["service"] == "api-backend" for line in lines if line.startswith("{"))
+
+
+def test_the_containers_run_hardened_with_rotated_logs(deployment: Deployment) -> None:
+    for service in ("nginx-proxy", "static-site", "flutter-app", "api-backend"):
+        (container,) = deployment.running(service)
+        host = container["HostConfig"]
+        assert container["Config"]["User"] == "65532:65532", service  # type: ignore[index]
+        assert host["ReadonlyRootfs"] is True, service  # type: ignore[index]
+        assert host["CapDrop"] == ["ALL"], service  # type: ignore[index]
+        assert host["RestartPolicy"]["Name"] == "unless-stopped", service  # type: ignore[index]
+        assert host["Memory"] > 0, service  # type: ignore[index]
+        assert host["NanoCpus"] > 0, service  # type: ignore[index]
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "5", "max-size": "10m"}}, service  # type: ignore[index]
+        assert container["State"]["Health"]["Status"] == "healthy", service  # type: ignore[index]
+        rows = [line.split() for line in docker("top", str(container["Id"]), "-o", "pid,uid").splitlines()[1:]]
+        assert rows, service
+        assert {uid for _pid, uid in rows} == {"65532"}, service  # every process, nginx's workers included
