@@ -171,3 +171,37 @@ async def test_a_draining_replica_withdraws_its_bridges_at_once(pair: tuple[Clou
         await b.app.state.registry.drain(retry_after_s=1.0, deadline_s=1.0)
         async with a.client() as client:  # well before the records' TTL (2 s) could lapse
             assert (await client.get("/api/bridge/status")).json()["bridges"] == []
+
+
+async def test_the_bridge_limit_counts_every_replica(make_cloud: CloudFactory, redis_server: RedisServer) -> None:
+    limits = {**FAST, "max_bridges_per_user": 1}
+    async with (
+        make_cloud(directory=RedisDirectory(redis_server.url, timeout_s=1.0), **limits) as a,
+        make_cloud(directory=RedisDirectory(redis_server.url, timeout_s=1.0), **limits) as b,
+        FakeBridge(a.url, a.token(), bridge_id="one"),
+    ):
+        await wait_listed(b, "alice", 1)
+        second = FakeBridge(b.url, b.token(), bridge_id="two")
+        await second.connect()
+        await asyncio.wait_for(second.closed.wait(), 5)
+        assert second.close_code == 1008
+        assert "too many bridges for this account (limit 1)" in second.close_reason
+        # The same bridge reconnecting elsewhere is not an extra one.
+        async with FakeBridge(b.url, b.token(), bridge_id="one") as moved:
+            assert moved.welcome is not None
+
+
+async def test_a_model_only_another_replica_has_is_routed_there(pair: tuple[Cloud, Cloud]) -> None:
+    a, b = pair
+    async with (
+        FakeBridge(a.url, a.token(), bridge_id="small", models=["smollm2:135m"]) as here,
+        FakeBridge(b.url, b.token(), bridge_id="big", models=["llama3.2:1b"]) as there,
+    ):
+        await wait_listed(a, "alice", 2)
+        async with a.client() as client:
+            big = await client.post("/api/ollama/api/chat", json={"model": "llama3.2:1b"})
+            small = await client.post("/api/ollama/api/chat", json={"model": "smollm2:135m"})
+            missing = await client.post("/api/ollama/api/chat", json={"model": "mistral"})
+        assert big.status_code == small.status_code == 200
+        assert (len(here.opens), len(there.opens)) == (1, 1)
+        assert missing.status_code == 404 and "mistral" in missing.json()["error"]
