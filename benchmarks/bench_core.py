@@ -80,7 +80,7 @@ async def _python_rps(url: str, seconds: float = 5.0) -> float:
 
 
 async def _health_rps() -> tuple[float, str]:
-    """One hypercorn worker in its own process; the load generator in another."""
+    """One uvicorn worker in its own process; the load generator in another."""
     code = (
         "import asyncio, sys\n"
         "from cloudtolocalllm.core import ServiceInfo, create_app, bind_socket, serve\n"

@@ -95,8 +95,8 @@ def download_dependencies(pip_python: str, dest: Path, work: Path) -> list[Path]
         cwd=ROOT,
         check=True,
     )  # fmt: skip
-    if re.search(r"(?m)^(starlette|hypercorn)==", requirements.read_text()):
-        raise SystemExit("the bridge must not depend on the server stack (starlette/hypercorn): check core's extras")
+    if re.search(r"(?m)^(starlette|uvicorn)==", requirements.read_text()):
+        raise SystemExit("the bridge must not depend on the server stack (starlette/uvicorn): check core's extras")
     for python in PYTHONS:
         for arch in ARCHES:
             platforms = [arg for tag in MANYLINUX for arg in ("--platform", f"{tag}_{arch}")]

@@ -1,7 +1,7 @@
 """A contract double of Ollama's native API, built from real Ollama response shapes, for what a small
 llama.cpp model cannot show: pull progress, blobs, create/copy/delete, and observable cancellation.
 
-It runs on hypercorn in a background thread so the (synchronous) official clients can call it through
+It runs on uvicorn in a background thread so the (synchronous) official clients can call it through
 the tunnel; ``events`` records what the backend saw, with monotonic timestamps.
 """
 

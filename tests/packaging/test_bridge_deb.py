@@ -129,7 +129,7 @@ def test_package_metadata(deb: Path, version: str) -> None:
     assert any("/msgspec-" in w and "cp311" in w and "x86_64" in w for w in wheels)
     assert any("/msgspec-" in w and "cp313" in w and "aarch64" in w for w in wheels)
     # The bridge runs on core's base install: the server stack stays out.
-    assert not [w for w in wheels if re.search(r"/(starlette|hypercorn|cryptography|prometheus)", w)]
+    assert not [w for w in wheels if re.search(r"/(starlette|uvicorn|httptools|cryptography|prometheus)", w)]
 
 
 def test_installs_runs_and_removes_cleanly(chroot: Path, deb: Path, version: str) -> None:
@@ -146,7 +146,7 @@ def test_installs_runs_and_removes_cleanly(chroot: Path, deb: Path, version: str
     in_chroot(chroot, "/opt/cloudtolocalllm-bridge/bin/python3 -c 'import cloudtolocalllm.bridge.runner'")
     site = in_chroot(chroot, "ls /opt/cloudtolocalllm-bridge/lib/python3*/site-packages").stdout
     assert "msgspec" in site and "websockets" in site
-    assert "starlette" not in site and "hypercorn" not in site
+    assert "starlette" not in site and "uvicorn" not in site
     assert "pip" not in site.split()  # removed after the install: not needed at run time
 
     in_chroot(chroot, "dpkg -r cloudtolocalllm-bridge")

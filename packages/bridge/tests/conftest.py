@@ -1,5 +1,5 @@
 """Real peers for the tunnel tests: a fake cloud (websockets server + Connection(Role.CLOUD)) and a fake
-local backend (a raw ASGI app on hypercorn), both on 127.0.0.1 with ephemeral ports, plus a running Bridge.
+local backend (a raw ASGI app on uvicorn), both on 127.0.0.1 with ephemeral ports, plus a running Bridge.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def make_cloud(tmp_path: Path) -> CloudFactory:
     async def factory(directory: BridgeDirectory | None = None, **overrides: Any) -> AsyncIterator[Cloud]:
         settings = msgspec.structs.replace(ApiSettings(), **overrides)
         app = build_app(settings, auth, directory=directory)
-        async with running_server(app, websocket_max_message_size=settings.max_frame_bytes + 1024) as url:
+        async with running_server(app, max_websocket_message_bytes=settings.max_frame_bytes + 1024) as url:
             app.state.registry.replica_url = url  # as cli.py does once the port is bound
             yield Cloud(app, url, dev_issuer_from(auth))
 

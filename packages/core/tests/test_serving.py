@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,23 @@ async def test_websocket_compression_is_declined() -> None:
             assert "Sec-WebSocket-Extensions" not in ws.response.headers
             await ws.send(b"x" * 10_000)
             assert await ws.recv() == b"x" * 10_000
+
+
+async def test_accepted_connections_have_nagle_off() -> None:
+    """A body written after its head must not wait for the client's delayed ACK (~40 ms per request)."""
+    from cloudtolocalllm.core.serving import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            conn = transport.get_extra_info("socket")
+            accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        assert await asyncio.wait_for(accepted, 10) != 0
+        writer.close()

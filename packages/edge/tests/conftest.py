@@ -1,4 +1,4 @@
-"""Fixtures: real nginx on ephemeral loopback ports in front of real upstream servers (hypercorn)."""
+"""Fixtures: real nginx on ephemeral loopback ports in front of real upstream servers (uvicorn)."""
 
 from __future__ import annotations
 

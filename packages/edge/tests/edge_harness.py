@@ -29,7 +29,7 @@ POOLS = {"static-site": 1, "flutter-app": 1, "api-backend": 2}
 
 
 class UpstreamServers:
-    """Hypercorn servers in one background thread with its own event loop."""
+    """Upstream servers (core.serving) in one background thread with its own event loop."""
 
     def __init__(self, names: list[str]) -> None:
         self.shared = Shared()

@@ -1,4 +1,4 @@
-"""A stand-in for the edge's upstreams (static-site, flutter-app, api-backend), served by hypercorn.
+"""A stand-in for the edge's upstreams (static-site, flutter-app, api-backend), served by uvicorn.
 
 Every response says which instance answered and the raw path it received. Streaming endpoints hold the rest
 of their answer until the test releases a gate, so a test can prove the client saw the first chunk while the

@@ -1,4 +1,4 @@
-"""Static server figures: requests/s for a 2 KB file on one hypercorn worker, next to the same server's
+"""Static server figures: requests/s for a 2 KB file on one uvicorn worker, next to the same server's
 /health and nginx serving the same file from disk. Ratios are measured in one run, rounds interleaved.
 
 Run it alone with ``python packages/static_site/benchmarks/bench_static_site.py`` (needs ``wrk``; nginx is

@@ -1,4 +1,4 @@
-"""On a real socket (hypercorn on loopback): traversal attempts sent byte for byte, streaming, HEAD framing."""
+"""On a real socket (uvicorn on loopback): traversal attempts sent byte for byte, streaming, HEAD framing."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ async def test_traversal_never_leaks_the_secret(base_url: str, tree: Path) -> No
         results[target] = status
         assert SECRET.encode() not in data, target
         assert INDEX_HTML.encode() not in data, target  # no SPA fallback on refused paths either
-    # Every one reaches the app (none is stopped earlier by hypercorn) and is refused as not found.
+    # Every one reaches the app (none is stopped earlier by the server) and is refused as not found.
     assert set(results.values()) == {404}, results
 
 

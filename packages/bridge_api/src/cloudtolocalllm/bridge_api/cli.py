@@ -51,7 +51,7 @@ async def run(app: ServiceApp, settings: ApiSettings) -> None:
         sock=sock,
         graceful_timeout_s=settings.graceful_timeout_s,
         shutdown_trigger=shutdown_trigger,
-        config_overrides={"websocket_max_message_size": settings.max_frame_bytes + 1024},
+        max_websocket_message_bytes=settings.max_frame_bytes + 1024,
     )
 
 

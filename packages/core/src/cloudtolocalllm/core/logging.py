@@ -95,7 +95,7 @@ def _timestamp(created: float) -> str:
 def configure_logging(
     service: str, version: str, *, level: str | int = "INFO", stream: IO[str] | None = None
 ) -> logging.Handler:
-    """Route the root logger (and hypercorn's) to one JSON-lines handler; returns that handler."""
+    """Route the root logger (and uvicorn's) to one JSON-lines handler; returns that handler."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter(service, version))
     root = logging.getLogger()
@@ -103,12 +103,15 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # hypercorn's own access log would print raw paths with query strings (tokens): ours replaces it.
-    for name in ("hypercorn.error", "hypercorn.access"):
+    # uvicorn's own access log would print raw paths with query strings (tokens): ours replaces it.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lib_logger = logging.getLogger(name)
         lib_logger.handlers.clear()
         lib_logger.propagate = True
-    logging.getLogger("hypercorn.access").disabled = True
+    logging.getLogger("uvicorn.access").disabled = True
+    # Its lifecycle chatter ("Started server process", "Waiting for application startup", ...) repeats
+    # what each service logs itself; its warnings and errors (a failing app, a bad request) stay.
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root.level))
     # httpx logs every request URL at INFO, query string (and any token in it) included.
     for name in ("httpx", "httpcore", "websockets"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -1,22 +1,25 @@
-"""Helpers for tests of services built on core: a real hypercorn server on a loopback port."""
+"""Helpers for tests of services built on core: a real uvicorn server on a loopback port."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.types import ASGIApp
 
-from cloudtolocalllm.core.serving import bind_socket, serve
+from cloudtolocalllm.core.serving import DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES, bind_socket, serve
 
 __all__ = ["running_server"]
 
 
 @asynccontextmanager
 async def running_server(
-    app: ASGIApp, *, host: str = "127.0.0.1", graceful_timeout_s: float = 5.0, **config: Any
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    graceful_timeout_s: float = 5.0,
+    max_websocket_message_bytes: int = DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES,
 ) -> AsyncIterator[str]:
     """Serve ``app`` on an ephemeral loopback port; yields its base URL and shuts it down gracefully."""
     sock = bind_socket(host, 0)
@@ -28,7 +31,7 @@ async def running_server(
             sock=sock,
             graceful_timeout_s=graceful_timeout_s,
             shutdown_trigger=stop.wait,
-            config_overrides=config,
+            max_websocket_message_bytes=max_websocket_message_bytes,
         )
     )
     try:

@@ -49,8 +49,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             app,
             sock=sock,
             graceful_timeout_s=settings.graceful_timeout_s,
-            # The Server header only tells a scanner which software to try.
-            config_overrides={"include_server_header": False},
         )
     )
 
