@@ -1,7 +1,13 @@
 """Tunnel figures (issue targets in brackets), one run on loopback with a fast local test backend:
 
-- tunnel.ttfb_overhead_ms.p50/.p99: added time to first byte vs calling the backend directly, 100
-  concurrent streams [<= 2 ms p50, <= 10 ms p99]; tunnel.seq_ttfb_overhead_ms.p50: the same, one at a time
+- tunnel.ttfb_overhead_ms.p50/.p99: added time to first byte vs calling the backend directly, with 100
+  concurrent streams [<= 2 ms p50, <= 10 ms p99]. Each of 100 clients runs generations back to back (25
+  NDJSON chunks 40 ms apart: a 1 s answer at 25 tokens/s), starts spread over the first second, so 100
+  streams are always open and a new one starts every ~10 ms; every start is a sample. The same load is run
+  directly against the backend, in interleaved rounds.
+  tunnel.burst_ttfb_overhead_ms.p50/.p99: 100 requests sent in the same instant to an idle tunnel (queueing
+  behind ~1 ms of CPU each on 2 cores: a capacity figure, not the added latency of a stream);
+  tunnel.seq_ttfb_overhead_ms.p50: one request at a time
 - tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
 - tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct (median of 3 each), throughput
   ratio [>= 0.3]
@@ -69,6 +75,20 @@ async def _ttfb(port: int, path: str, headers: dict[str, str]) -> float:
         pass
     writer.close()
     return first * 1000
+
+
+async def _steady_ttfb(port: int, path: str, headers: dict[str, str], streams: int, seconds: float) -> list[float]:
+    """Time to first byte of every stream started while ``streams`` clients keep one stream open each."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        await asyncio.sleep(index / streams)  # spread the starts, as independent users would
+        while time.perf_counter() < deadline:
+            samples.append(await _ttfb(port, path, headers))
+
+    await asyncio.gather(*(client(i) for i in range(streams)))
+    return samples
 
 
 async def _count_chunks(port: int, path: str, headers: dict[str, str]) -> int:
@@ -207,12 +227,18 @@ async def _wait_bridge(api_port: int, auth: dict[str, str]) -> None:
 async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
     direct: list[float] = []
     tunnel: list[float] = []
+    burst_direct: list[float] = []
+    burst_tunnel: list[float] = []
     one_chunk = "/api/chat?chunks=1"
+    answer = "/api/chat?chunks=25&delay_ms=40"
     seq_direct = [await _ttfb(backend_port, one_chunk, {}) for _ in range(200)]
     seq_tunnel = [await _ttfb(api_port, "/api/ollama" + one_chunk, auth) for _ in range(200)]
-    for _ in range(5):  # interleaved rounds of 100 concurrent streams each
-        direct += await asyncio.gather(*(_ttfb(backend_port, one_chunk, {}) for _ in range(100)))
-        tunnel += await asyncio.gather(*(_ttfb(api_port, "/api/ollama" + one_chunk, auth) for _ in range(100)))
+    for _ in range(3):  # interleaved rounds: a shared machine drifts
+        direct += await _steady_ttfb(backend_port, answer, {}, streams=100, seconds=6)
+        tunnel += await _steady_ttfb(api_port, "/api/ollama" + answer, auth, streams=100, seconds=6)
+    for _ in range(5):
+        burst_direct += await asyncio.gather(*(_ttfb(backend_port, one_chunk, {}) for _ in range(100)))
+        burst_tunnel += await asyncio.gather(*(_ttfb(api_port, "/api/ollama" + one_chunk, auth) for _ in range(100)))
     started = time.perf_counter()
     counts = await asyncio.gather(
         *(_count_chunks(api_port, "/api/ollama/api/chat?chunks=2000", auth) for _ in range(100))
@@ -223,6 +249,9 @@ async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str
         "tunnel.tunnel_ttfb_ms.p50": round(percentile(tunnel, 50), 3),
         "tunnel.ttfb_overhead_ms.p50": round(percentile(tunnel, 50) - percentile(direct, 50), 3),
         "tunnel.ttfb_overhead_ms.p99": round(percentile(tunnel, 99) - percentile(direct, 99), 3),
+        "tunnel.ttfb_samples": len(tunnel),
+        "tunnel.burst_ttfb_overhead_ms.p50": round(percentile(burst_tunnel, 50) - percentile(burst_direct, 50), 3),
+        "tunnel.burst_ttfb_overhead_ms.p99": round(percentile(burst_tunnel, 99) - percentile(burst_direct, 99), 3),
         "tunnel.seq_ttfb_overhead_ms.p50": round(percentile(seq_tunnel, 50) - percentile(seq_direct, 50), 3),
         "tunnel.chunks_per_s": round(sum(counts) / elapsed),
         "tunnel.chunks_relayed": sum(counts),
