@@ -111,7 +111,7 @@ def wait_for(predicate: object, what: str, timeout: float = 120, interval: float
         time.sleep(interval)
 
 
-def _edge_toml(http_port: int, ports: dict[str, int]) -> str:
+def _edge_toml(http_port: int, ports: dict[str, int], https_port: int | None) -> str:
     pools = "\n".join(
         f'[upstreams.{service}]\ninstances = ["127.0.0.1:{port}", "127.0.0.1:{port + 1}"]\n'
         for service, port in ports.items()
@@ -122,9 +122,11 @@ domain = "{SITE_HOST}"
 [listen]
 addresses = ["127.0.0.1"]
 http_port = {http_port}
+{f"https_port = {https_port}" if https_port else ""}
+{f"public_https_port = {https_port}" if https_port else ""}
 
 [tls]
-enabled = false
+enabled = {"true" if https_port else "false"}
 
 [nginx]
 worker_processes = "2"
@@ -256,15 +258,15 @@ class Deployment:
         return [u["instance"] for u in upstreams if u["pool"] == service]  # type: ignore[attr-defined,index]
 
 
-def _write_config(root: Path, http_port: int, ports: dict[str, int]) -> Path:
+def _write_config(root: Path, http_port: int, ports: dict[str, int], https_port: int | None, domains_env: str) -> Path:
     config = root / "config"
     config.mkdir()
     (config / "auth0.env").write_text(
         f"DEV_AUTH=true\nDEV_ISSUER_DIR=/issuer\nDEV_ISSUER_URL={ISSUER}\nDEV_AUDIENCE={AUDIENCE}\n"
     )
-    (config / "domains.env").write_text(f"CERTBOT_DOMAINS={SITE_HOST}\n")
+    (config / "domains.env").write_text(f"CERTBOT_DOMAINS={SITE_HOST}\n{domains_env}")
     (config / "app-config.json").write_text(json.dumps({"issuer": ISSUER, "clientId": "deploytest", "apiBase": ""}))
-    (config / "edge.toml").write_text(_edge_toml(http_port, ports))
+    (config / "edge.toml").write_text(_edge_toml(http_port, ports, https_port))
     return config
 
 
@@ -309,27 +311,36 @@ def _remove(project: str, prefix: str, env: dict[str, str]) -> None:
         docker("rmi", tag, check=False)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """Deployed with ``deploy-multi-container.sh`` on the images under test; v2 images built next to them."""
+@contextlib.contextmanager
+def deployed(
+    root: Path,
+    *,
+    http_port: int | None = None,
+    https_port: int | None = None,
+    domains_env: str = "",
+    override: str = "",
+    deploy_args: tuple[str, ...] = (),
+    v2: bool = True,
+) -> Iterator[Deployment]:
+    """Deployed with ``deploy-multi-container.sh`` on the images under test (and ``v2`` images next to them);
+    ``override`` is more compose YAML for the services (indented under ``services:``)."""
     if not os.environ.get("DOCKER_HOST"):
         pytest.fail("DOCKER_HOST is not set: run `nox -s tests-deploy`, or export the engine's DOCKER_HOST")
-    root = tmp_path_factory.mktemp("deployment")
     suffix = secrets.token_hex(4)
     project, prefix = f"ctllmdeploy{suffix}", f"ctllm-deploytest-{suffix}"
-    http_port = free_port()
+    http_port = http_port or free_port()
     ports = {service: free_port(pair=True) for service in POOLED}
-    config = _write_config(root, http_port, ports)
+    config = _write_config(root, http_port, ports, https_port, domains_env)
     issuer_dir = root / "issuer"
     issuer = DevIssuer(issuer_dir, issuer=ISSUER, audience=AUDIENCE)
     for path in [issuer_dir, *issuer_dir.iterdir()]:
         os.chown(path, 65532, 65532)  # the services' user reads the key (the tests run as root)
     compose_file = _without_published_ports(root)
-    override = root / "test-override.yml"
-    override.write_text(f"services:\n  api-backend:\n    volumes:\n      - {issuer_dir}:/issuer:ro\n")
+    override_file = root / "test-override.yml"
+    override_file.write_text(f"services:\n  api-backend:\n    volumes:\n      - {issuer_dir}:/issuer:ro\n{override}")
     env = {
         **os.environ,
-        "COMPOSE_FILE": os.pathsep.join([str(compose_file), str(HERE / "host-network.yml"), str(override)]),
+        "COMPOSE_FILE": os.pathsep.join([str(compose_file), str(HERE / "host-network.yml"), str(override_file)]),
         "COMPOSE_PROJECT_NAME": project,
         "CLOUDTOLOCALLLM_IMAGES": prefix,
         "CLOUDTOLOCALLLM_CONFIG_DIR": str(config),
@@ -344,10 +355,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         for image in IMAGES:
             docker("tag", image_under_test(image), deployment.image(image, "latest"))
             docker("tag", image_under_test(image), deployment.image(image, "v1"))
-        for service, module in VERSION_MODULE.items():
-            deployment.v2[service] = deployment.image(service, "v2")
-            _build_v2(image_under_test(service), deployment.v2[service], module, root)
-        deployment.script("deploy-multi-container.sh")
+        if v2:
+            for service, module in VERSION_MODULE.items():
+                deployment.v2[service] = deployment.image(service, "v2")
+                _build_v2(image_under_test(service), deployment.v2[service], module, root)
+        deployment.script("deploy-multi-container.sh", *deploy_args)
         yield deployment
     finally:
         with contextlib.suppress(Exception):
@@ -355,3 +367,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             # Kept in the test's folder for a post-mortem (the containers are removed below).
             deployment.script("export-logs.sh", "--dir", str(root / "logs"), check=False)
         _remove(project, prefix, env)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One deployment shared by a test module (the tests run in file order and say what they expect)."""
+    with deployed(tmp_path_factory.mktemp("deployment")) as running:
+        yield running

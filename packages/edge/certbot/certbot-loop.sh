@@ -12,16 +12,20 @@
 #   CERTBOT_SERVER          ACME directory URL (default: Let's Encrypt production)
 #   CERTBOT_RENEW_INTERVAL  seconds between renewal attempts (43200); 0: issue or renew once, then exit
 #
-# Extra arguments go to every certbot call (e.g. --staging, --work-dir, --force-renewal). A first argument
-# `renew` (`docker-compose -f docker-compose.multi.yml --profile ssl-setup run --rm certbot renew`) means one
-# attempt now: issue or renew, exit with certbot's status.
+# Extra arguments go to every certbot call (e.g. --staging, --work-dir, --force-renewal). An argument `renew`
+# (`docker-compose -f docker-compose.multi.yml --profile ssl-setup run --rm certbot renew`, which comes after
+# the image's own arguments) means one attempt now: issue or renew, exit with certbot's status.
 set -eu
 
 once=false
-if [ "${1:-}" = renew ]; then
+for arg in "$@"; do
   shift
-  once=true
-fi
+  if [ "$arg" = renew ]; then
+    once=true
+  else
+    set -- "$@" "$arg"
+  fi
+done
 
 : "${CERTBOT_DOMAINS:?set CERTBOT_DOMAINS, e.g. example.com,app.example.com,docs.example.com}"
 webroot=${CERTBOT_WEBROOT:-/var/www/certbot}
