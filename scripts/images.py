@@ -156,6 +156,10 @@ class Engine:
                     _started.pop(target).poll()
         self.pidfile.unlink(missing_ok=True)
         self.socket.unlink(missing_ok=True)
+        # dockerd leaves its bind mount of the host's network namespace behind (--network=host containers).
+        netns = self.exec_root / "netns" / "default"
+        if any(line.split()[1] == str(netns) for line in Path("/proc/self/mounts").read_text().splitlines()):
+            subprocess.run(["umount", str(netns)], check=False)
         return True
 
 

@@ -103,6 +103,7 @@ def test_every_image_published_and_pulled_back(
     state = Path(tempfile.mkdtemp(prefix="ctllm-pull-"))
     engine = images.Engine(state)
     assert engine.start()
+    daemon = engine.pid()
     try:
         for ref, digest in pushed.items():
             images.docker(engine.env(), "pull", "--quiet", ref, capture=True)
@@ -110,6 +111,14 @@ def test_every_image_published_and_pulled_back(
             repository = ref.rsplit(":", 1)[0]
             assert f"{repository}@{digest}" in info["RepoDigests"], (ref, info["RepoDigests"])
             assert info["Id"] == local_ids[repository.rsplit("/", 1)[1]], f"{ref} pulled back as another image"
+        # What came back runs: certbot's image, read-only, as its non-root user (host network, as tests run).
+        certbot = next(ref for ref in pushed if "/cloudtolocalllm/certbot:" in ref)
+        uid = images.docker(engine.env(), "run", "--rm", "--read-only", "--network=host", "--entrypoint=id", certbot,
+                            "-u", capture=True)  # fmt: skip
+        assert uid == "65532"
     finally:
         engine.stop()
-        shutil.rmtree(state, ignore_errors=True)
+    # Stopped means gone: no daemon, and no mount left under its state (dockerd's host netns bind mount).
+    assert not Path(f"/proc/{daemon}").exists()
+    assert str(state) not in Path("/proc/self/mounts").read_text()
+    shutil.rmtree(state)
