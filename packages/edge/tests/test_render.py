@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtolocalllm.edge.config import EdgeConfig, parse_config
+from cloudtolocalllm.edge.config import ConfigError, EdgeConfig, parse_config
 from cloudtolocalllm.edge.nginx import ConfigRejected, Nginx
 from cloudtolocalllm.edge.render import generation_of, render
 from edge_harness import Edge
@@ -117,6 +117,15 @@ def test_a_pool_without_healthy_instances_answers_503_directly(tmp_path: Path) -
 def test_quoting_cannot_break_out_of_a_value(tmp_path: Path) -> None:
     config = _config(tmp_path, headers={"content_security_policy": 'default-src "self"; x'})
     assert 'add_header Content-Security-Policy "default-src \\"self\\"; x" always;' in render(config)
+
+
+def test_client_connections_serve_many_requests(tmp_path: Path) -> None:
+    # nginx closes a keep-alive connection after 1000 requests by default; busy clients reconnect less.
+    assert re.search(r"^\s*keepalive_requests 10000;$", render(_config(tmp_path)), re.M)
+    tuned = render(_config(tmp_path, nginx={"runtime_dir": str(tmp_path), "keepalive_requests": 500}))
+    assert re.search(r"^\s*keepalive_requests 500;$", tuned, re.M)
+    with pytest.raises(ConfigError, match="keepalive_requests"):
+        _config(tmp_path, nginx={"runtime_dir": str(tmp_path), "keepalive_requests": 0})
 
 
 def test_nginx_accepts_the_default_render(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:

@@ -167,6 +167,7 @@ class _Renderer:
         w("sendfile", "on")
         w("tcp_nodelay", "on")
         w("keepalive_timeout", _seconds(c.nginx.keepalive_timeout))
+        w("keepalive_requests", str(c.nginx.keepalive_requests))
         for name in TEMP_DIRS:
             w(f"{name}_temp_path", quote(posixpath.join(self.runtime, "tmp", name)))
         w.blank()
