@@ -7,6 +7,7 @@ api-backend, Services and the Ingress pointing at ports that exist, NetworkPolic
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,12 @@ def test_network_policies_deny_by_default_and_open_only_the_paths_used(manifests
     assert allowed_from("static-site") == {"nginx-proxy"}
     assert allowed_from("flutter-app") == {"nginx-proxy"}
     assert allowed_from("nginx-proxy") == {"outside"}  # the ingress controller's namespace
+
+
+def test_chat_app_gets_its_sign_in_settings(manifests: list[Manifest]) -> None:
+    deployment = of_kind(manifests, "Deployment")["flutter-app"]
+    container = next(containers(deployment))
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/srv/www/config.json")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    config = of_kind(manifests, "ConfigMap")[volume["configMap"]["name"]]
+    assert {"issuer", "clientId", "audience"} <= set(json.loads(config["data"][mount["subPath"]]))

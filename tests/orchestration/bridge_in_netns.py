@@ -1,0 +1,40 @@
+"""A real bridge and its local backend inside the Swarm test's namespace (``nsenter --net=... python ...``).
+
+Starts the Ollama contract double from tests/e2e on the namespace's loopback, then ``cloudtolocalllm-bridge
+run`` against ``CLOUD`` with the token in ``CLOUDTOLOCALLLM_TOKEN``; prints ``ready <model>`` and runs until
+SIGTERM, which it passes on to the bridge.
+
+    python bridge_in_netns.py http://127.0.0.1:8080 STATE_DIR
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from fake_ollama import MODEL, FakeOllama  # a sibling test folder, not a package
+
+
+def main() -> int:
+    cloud, state_dir = sys.argv[1], sys.argv[2]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeOllama() as backend:
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "cloudtolocalllm.bridge", "run", "--cloud", cloud, "--backend", backend.url,
+             "--state-dir", state_dir, "--name", "swarm-test", "--status-interval", "1"],
+        )  # fmt: skip
+        print(f"ready {MODEL}", flush=True)
+        while not stop.wait(0.5):
+            if bridge.poll() is not None:  # the bridge gave up: say so instead of pretending to run
+                return bridge.returncode
+        bridge.terminate()
+        return bridge.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
