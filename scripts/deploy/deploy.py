@@ -144,6 +144,7 @@ def update_without_downtime(compose: Compose, service: str) -> None:
             raise DeployError(f"{len(old)} {service} containers share the host network: expected one")
         # The other port of the pair; the host-network override reads <SERVICE>_PORT.
         env[f"{service.upper().replace('-', '_')}_PORT"] = str(_pair_port(old[0].port))
+    compose("rm", "--force", service)  # stopped containers only: scaling would start one of them again
     before = set(compose.container_ids(service))
     compose("up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(old) + 1}", service, env=env)
     new = [c for c in compose.running(service) if c.id not in before]

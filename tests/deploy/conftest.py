@@ -9,6 +9,7 @@ ports; the fixture removes its containers, volumes and tags whatever the outcome
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,19 +53,33 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
     return result.stdout
 
 
+def _images_module() -> Any:
+    spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _exists(image: str) -> bool:
+    return docker("image", "inspect", image, check=False).strip().startswith("[")
+
+
+@functools.cache
 def image_under_test(image: str) -> str:
-    """``CTLLM_IMAGE_<NAME>`` from the nox session, else this working tree's build (``nox -s build-<image>``)."""
-    name = os.environ.get(f"CTLLM_IMAGE_{image.upper().replace('-', '_')}")
-    if not name:
-        spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        name = str(module.tags(image)[1])
-    if not docker("image", "inspect", name, check=False).strip().startswith("["):
-        pytest.fail(f"{name} is not built: run `nox -s tests-deploy` (or `nox -s build-{image}` first)")
-    return name
+    """``CTLLM_IMAGE_<NAME>`` from the nox session, else this working tree's build (``nox -s build-<image>``).
+
+    In a working tree where commits land while the images build, the commit tag the session names may not
+    be the one the build used; the package-version tag the same build set is used then (and said so)."""
+    name = os.environ.get(f"CTLLM_IMAGE_{image.upper().replace('-', '_')}") or str(_images_module().tags(image)[1])
+    if _exists(name):
+        return name
+    version_tag = str(_images_module().tags(image)[0])
+    if _exists(version_tag):
+        print(f"\n{name} does not exist (HEAD moved since the build?): testing {version_tag}")
+        return version_tag
+    pytest.fail(f"{name} is not built: run `nox -s tests-deploy` (or `nox -s build-{image}` first)")
 
 
 def _free(port: int) -> bool:

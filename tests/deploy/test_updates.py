@@ -165,6 +165,16 @@ def test_the_seed_commands_show_status_and_logs(deployment: Deployment, tmp_path
     assert logs.returncode == 0, logs.stderr
     assert '"service": "flutter-app"' in logs.stdout or '"service":"flutter-app"' in logs.stdout
 
+    # The guide's look at the edge's pools (-T: no terminal here; its admin port is the test's).
+    port = deployment.env["EDGE_ADMIN_PORT"]
+    status = deployment.compose(
+        "exec", "-T", "nginx-proxy", "python3", "-c",
+        f"import urllib.request as r; print(r.urlopen('http://127.0.0.1:{port}/status').read().decode())",
+        production_file_only=True,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert {u["pool"] for u in json.loads(status.stdout)["upstreams"]} == {"static-site", "flutter-app", "api-backend"}
+
     deployment.script("export-logs.sh", "--dir", str(tmp_path / "logs"))
     for service in ("nginx-proxy", "static-site", "flutter-app", "api-backend", "certbot"):
         assert (tmp_path / "logs" / f"{service}.log").exists()
