@@ -127,16 +127,18 @@ def wait_for(predicate: object, what: str, timeout: float = 120, interval: float
         time.sleep(interval)
 
 
-def _edge_toml(http_port: int, ports: dict[str, int], https_port: int | None) -> str:
+def edge_toml(
+    http_port: int, instances: dict[str, list[str]], https_port: int | None = None, address: str = "127.0.0.1"
+) -> str:
+    """The edge's configuration for a test deployment (the seed's sites on deploy.test, no cache)."""
     pools = "\n".join(
-        f'[upstreams.{service}]\ninstances = ["127.0.0.1:{port}", "127.0.0.1:{port + 1}"]\n'
-        for service, port in ports.items()
+        f"[upstreams.{service}]\ninstances = {json.dumps(names)}\n" for service, names in instances.items()
     )
     return f"""
 domain = "{SITE_HOST}"
 
 [listen]
-addresses = ["127.0.0.1"]
+addresses = ["{address}"]
 http_port = {http_port}
 {f"https_port = {https_port}" if https_port else ""}
 {f"public_https_port = {https_port}" if https_port else ""}
@@ -274,7 +276,8 @@ class Deployment:
         return [u["instance"] for u in upstreams if u["pool"] == service]  # type: ignore[attr-defined,index]
 
 
-def _write_config(root: Path, http_port: int, ports: dict[str, int], https_port: int | None, domains_env: str) -> Path:
+def write_config(root: Path, edge: str, domains_env: str = "") -> Path:
+    """The deployment's settings folder (dev auth for api-backend, certbot's domains, the app's config.json)."""
     config = root / "config"
     config.mkdir()
     (config / "auth0.env").write_text(
@@ -282,11 +285,11 @@ def _write_config(root: Path, http_port: int, ports: dict[str, int], https_port:
     )
     (config / "domains.env").write_text(f"CERTBOT_DOMAINS={SITE_HOST}\n{domains_env}")
     (config / "app-config.json").write_text(json.dumps({"issuer": ISSUER, "clientId": "deploytest", "apiBase": ""}))
-    (config / "edge.toml").write_text(_edge_toml(http_port, ports, https_port))
+    (config / "edge.toml").write_text(edge)
     return config
 
 
-def _without_published_ports(root: Path) -> Path:
+def without_published_ports(root: Path) -> Path:
     """docker-compose.multi.yml, the same but for nginx-proxy's published ports (see host-network.yml). Its
     relative paths are all behind variables the tests set, so the copy may live in the test's folder."""
     text = (ROOT / "docker-compose.multi.yml").read_text()
@@ -297,7 +300,7 @@ def _without_published_ports(root: Path) -> Path:
     return target
 
 
-def _build_v2(source: str, target: str, module: str, root: Path) -> None:
+def build_v2(source: str, target: str, module: str, root: Path) -> None:
     """``source`` with its package's version file replaced: /health reports ``2.0.0-deploytest``."""
     path = docker(
         "run", "--rm", "--network=none", "--entrypoint=python3", source,
@@ -310,7 +313,7 @@ def _build_v2(source: str, target: str, module: str, root: Path) -> None:
     docker("build", "--quiet", "--tag", target, str(context))
 
 
-def _remove(project: str, prefix: str, env: dict[str, str]) -> None:
+def remove_project(project: str, prefix: str, env: dict[str, str]) -> None:
     subprocess.run(
         ["docker-compose", "--profile", "ssl-setup", "down", "--volumes", "--remove-orphans", "--timeout", "5"],
         cwd=ROOT,
@@ -346,12 +349,13 @@ def deployed(
     project, prefix = f"ctllmdeploy{suffix}", f"ctllm-deploytest-{suffix}"
     http_port = http_port or free_port()
     ports = {service: free_port(pair=True) for service in POOLED}
-    config = _write_config(root, http_port, ports, https_port, domains_env)
+    loopback_pairs = {service: [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"] for service, port in ports.items()}
+    config = write_config(root, edge_toml(http_port, loopback_pairs, https_port), domains_env)
     issuer_dir = root / "issuer"
     issuer = DevIssuer(issuer_dir, issuer=ISSUER, audience=AUDIENCE)
     for path in [issuer_dir, *issuer_dir.iterdir()]:
         os.chown(path, 65532, 65532)  # the services' user reads the key (the tests run as root)
-    compose_file = _without_published_ports(root)
+    compose_file = without_published_ports(root)
     override_file = root / "test-override.yml"
     override_file.write_text(f"services:\n  api-backend:\n    volumes:\n      - {issuer_dir}:/issuer:ro\n{override}")
     env = {
@@ -374,7 +378,7 @@ def deployed(
         if v2:
             for service, module in VERSION_MODULE.items():
                 deployment.v2[service] = deployment.image(service, "v2")
-                _build_v2(image_under_test(service), deployment.v2[service], module, root)
+                build_v2(image_under_test(service), deployment.v2[service], module, root)
         deployment.script("deploy-multi-container.sh", *deploy_args)
         yield deployment
     finally:
@@ -382,7 +386,7 @@ def deployed(
             sys.stdout.write(log.read_text() if log.exists() else "")
             # Kept in the test's folder for a post-mortem (the containers are removed below).
             deployment.script("export-logs.sh", "--dir", str(root / "logs"), check=False)
-        _remove(project, prefix, env)
+        remove_project(project, prefix, env)
 
 
 @pytest.fixture(scope="module")
