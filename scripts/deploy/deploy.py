@@ -124,7 +124,9 @@ def update_in_place(compose: Compose, service: str) -> None:
     compose("up", "-d", "--no-deps", "--force-recreate", service, profiles=profiles)
     for container in compose.running(service, profiles):
         wait_healthy(container, HEALTH_TIMEOUT_S)
-    sync_pool(compose, service)
+    # A new edge starts from edge.toml: give it the containers that run now, as after a full deploy.
+    for pool in POOLED if service == "nginx-proxy" else (service,):
+        sync_pool(compose, pool)
 
 
 def update_without_downtime(compose: Compose, service: str) -> None:

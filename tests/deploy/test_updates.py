@@ -146,6 +146,20 @@ def test_rollback_restores_the_previous_image(deployment: Deployment) -> None:
     assert response.status_code == 200
 
 
+def test_nginx_proxy_backup_update_and_rollback_keep_the_pools(deployment: Deployment) -> None:
+    running = {service: deployment.pool(service) for service in ("static-site", "flutter-app", "api-backend")}
+    (before,) = deployment.running("nginx-proxy")
+    deployment.script("update-service.sh", "nginx-proxy", "--backup")
+    deployment.script("update-service.sh", "nginx-proxy", "--rollback")
+    (after,) = deployment.running("nginx-proxy")
+    assert after["Id"] != before["Id"]
+    assert after["Image"] == before["Image"]  # the backup of the image it ran
+    # The new edge was given the instances that run (not edge.toml's pairs), and serves them.
+    assert {service: deployment.pool(service) for service in running} == running
+    response = httpx.get(f"{deployment.edge_url}/", headers={"Host": SITE_HOST}, timeout=10)
+    assert response.status_code == 200
+
+
 def test_rollback_without_a_backup_is_refused_clearly(deployment: Deployment) -> None:
     result = deployment.script("update-service.sh", "certbot", "--rollback", check=False)
     assert result.returncode == 1
