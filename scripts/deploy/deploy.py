@@ -6,9 +6,10 @@
 
 A zero-downtime update (static-site, flutter-app, api-backend): a second container of the service starts
 next to the first on the new image, becomes healthy, joins the edge's pool, the old one leaves the pool
-(both changes are validated graceful reloads of the edge: ``cloudtolocalllm-edge set-pool``), and only then
-gets SIGTERM and drains. On the host network (docker/compose/host-network.yml) the two instances cannot
-share a port: the new one takes the other port of the pair {2k, 2k+1} that holds the old one's.
+(both changes are validated graceful reloads of the edge: ``cloudtolocalllm-edge set-pool``; api-backend's
+pool changes in one step, see MOVE_AT_ONCE), and only then gets SIGTERM and drains. On the host network (the
+tests' tests/deploy/host-network.yml) the two instances cannot share a port: the new one takes the other
+port of the pair {2k, 2k+1} that holds the old one's, through the ``<SERVICE>_PORT`` variable.
 
 ``--backup`` tags the image the service runs now ``<image>:backup``; ``--rollback`` points the service's tag
 back at that image (keeping the replaced one as ``:rolled-back``) and updates to it.
