@@ -82,10 +82,16 @@ def build(compose: Compose, service: str) -> None:
     if spec is None or spec.loader is None:
         raise DeployError("scripts/images.py is missing: --build needs the repository")
     images = importlib.util.module_from_spec(spec)
+    sys.modules["images"] = images  # its dataclasses look their module up there
     spec.loader.exec_module(images)
     nox = shutil.which("nox")
+    if nox is None and shutil.which("uvx") is None:
+        raise DeployError("--build needs nox (python3 -m pip install --user uv nox; ~/.local/bin on PATH)")
     run([*([nox] if nox else ["uvx", "nox"]), "-s", f"build-{service}"])
-    built = images.tags(service)[1]
+    # The build tags <version> and <commit>; the commit tag is exact, the version tag the fallback should a
+    # commit land while it ran.
+    revision, version = images.tags(service)[1], images.tags(service)[0]
+    built = revision if image_id(revision) else version
     docker("tag", built, compose.image(service))
     say(f"{compose.image(service)} is {built}")
 

@@ -58,12 +58,13 @@ def _images_module() -> Any:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["images"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 def _exists(image: str) -> bool:
-    return docker("image", "inspect", image, check=False).strip().startswith("[")
+    return bool(docker("image", "inspect", "--format", "{{.Id}}", image, check=False).strip())
 
 
 @functools.cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -156,6 +157,19 @@ def test_nginx_proxy_backup_update_and_rollback_keep_the_pools(deployment: Deplo
     assert after["Image"] == before["Image"]  # the backup of the image it ran
     # The new edge was given the instances that run (not edge.toml's pairs), and serves them.
     assert {service: deployment.pool(service) for service in running} == running
+    response = httpx.get(f"{deployment.edge_url}/", headers={"Host": SITE_HOST}, timeout=10)
+    assert response.status_code == 200
+
+
+def test_update_with_build_deploys_the_image_it_built(deployment: Deployment) -> None:
+    (before,) = deployment.running("nginx-proxy")
+    deployment.script("update-service.sh", "nginx-proxy", "--build")  # nox -s build-nginx-proxy
+    (after,) = deployment.running("nginx-proxy")
+    built = docker("image", "inspect", "-f", "{{.Id}}", deployment.image("nginx-proxy")).strip()
+    assert after["Image"] == built
+    assert after["Id"] != before["Id"]
+    log = deployment.log.read_text()
+    assert re.search(r"deploy: \S+/nginx-proxy:latest is cloudtolocalllm/nginx-proxy:\S+", log), log[-2000:]
     response = httpx.get(f"{deployment.edge_url}/", headers={"Host": SITE_HOST}, timeout=10)
     assert response.status_code == 200
 
