@@ -28,12 +28,14 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts nginx on install; our tests run their own instances.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then $SUDO systemctl stop nginx; fi
+  # Debian starts nginx, redis and the registry on install; our tests run their own instances on free ports.
+  for service in nginx redis-server docker-registry; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then $SUDO systemctl stop "$service"; fi
+  done
   # Stop only the distro service instance, by the pid file it wrote (never by process name: other
   # nginx instances on this machine, e.g. running test suites, are not ours to kill).
   if [ -s /run/nginx.pid ]; then $SUDO kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi
-  # Likewise redis and the registry: tests start their own on free loopback ports.
+  # Without systemd (containers), by their pid files.
   if [ -s /run/redis/redis-server.pid ]; then $SUDO kill "$(cat /run/redis/redis-server.pid)" 2>/dev/null || true; fi
 fi
 
