@@ -157,11 +157,16 @@ def test_every_service_runs_healthy_read_only_and_not_as_root(swarm: PrivateSwar
 
 def test_auth0_settings_come_from_secrets_not_the_service_spec(swarm: PrivateSwarm) -> None:
     spec = swarm.docker("service", "inspect", API)
-    assert "AUTH0" not in spec.split('"Secrets"')[0], "the Auth0 settings leak into the service's environment"
+    assert "tenant.invalid" not in spec and "api.invalid" not in spec, "the Auth0 settings leak into the spec"
     task = swarm.running_tasks(API)[0]
     environ = swarm.docker("exec", task["Id"], "cat", "/proc/1/environ").split("\0")
-    assert "AUTH0_DOMAIN=tenant.invalid" in environ
-    assert "AUTH0_AUDIENCE=https://api.invalid" in environ
+    # Read from the secret files (NAME_FILE), never in the process environment either.
+    assert "AUTH0_DOMAIN_FILE=/run/secrets/AUTH0_DOMAIN" in environ
+    assert not [line for line in environ if line.startswith(("AUTH0_DOMAIN=", "AUTH0_AUDIENCE="))]
+    assert swarm.docker("exec", task["Id"], "cat", "/run/secrets/AUTH0_DOMAIN") == "tenant.invalid"
+    assert swarm.docker("exec", task["Id"], "cat", "/run/secrets/AUTH0_AUDIENCE") == "https://api.invalid"
+    # The service started with them: without an issuer api-backend refuses to start (exit 2, never healthy).
+    assert task["State"]["Health"]["Status"] == "healthy"
     assert f"API_REPLICA_URL=http://{task['Name'].lstrip('/')}:8080" in environ
 
 
@@ -250,6 +255,7 @@ def test_a_bridge_on_one_replica_answers_through_every_replica(swarm: PrivateSwa
     swarm.docker(
         "service", "update", "--detach=false", "--replicas", "3",
         "--secret-rm", "cloudtolocalllm_auth0_domain", "--secret-rm", "cloudtolocalllm_auth0_audience",
+        "--env-rm", "AUTH0_DOMAIN_FILE", "--env-rm", "AUTH0_AUDIENCE_FILE",
         "--secret-add", f"source=ctllm_dev_signing_key,target={KEY_FILE},uid=65532,gid=65532,mode=0400",
         "--env-add", "DEV_AUTH=true", "--env-add", "DEV_ISSUER_DIR=/run/secrets", API,
         timeout=600,

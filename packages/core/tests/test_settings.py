@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -87,3 +88,33 @@ def test_auth0_settings_derive_issuer() -> None:
     settings = load_settings(AuthSettings, environ={"AUTH0_DOMAIN": "tenant.eu.auth0.com", "AUTH0_AUDIENCE": "api"})
     assert settings.issuer == "https://tenant.eu.auth0.com/"
     assert settings.audience == "api"
+
+
+def test_a_variable_can_come_from_a_file(tmp_path: Path) -> None:
+    # Docker and Kubernetes secrets are files: NAME_FILE names one, its single trailing newline is dropped.
+    (tmp_path / "secret").write_text("s3cr3t value\n")
+    environ = {"S_PORT": "80", "S_PUBLIC_URL": "https://x", "S_API_SECRET_FILE": str(tmp_path / "secret")}
+    assert load_settings(Sample, prefix="S_", environ=environ).api_secret == "s3cr3t value"
+
+
+def test_value_files_fail_clearly_and_never_echo_their_content(tmp_path: Path) -> None:
+    (tmp_path / "port").write_text("not-a-port\n")
+    (tmp_path / "huge").write_text("x" * 70_000)
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            Sample,
+            prefix="S_",
+            environ={
+                "S_PUBLIC_URL": "https://x",
+                "S_LOG_LEVEL": "info",
+                "S_LOG_LEVEL_FILE": str(tmp_path / "port"),  # both: ambiguous
+                "S_API_SECRET_FILE": str(tmp_path / "missing"),
+                "S_PORT_FILE": str(tmp_path / "port"),
+                "S_TIMEOUT_S_FILE": str(tmp_path / "huge"),
+            },
+        )
+    problems = info.value.problems
+    assert problems["S_LOG_LEVEL"] == "set either S_LOG_LEVEL or S_LOG_LEVEL_FILE, not both"
+    assert "cannot read" in problems["S_API_SECRET_FILE"] and "No such file" in problems["S_API_SECRET_FILE"]
+    assert "larger than 65536 bytes" in problems["S_TIMEOUT_S_FILE"]
+    assert "S_PORT" in problems and "not-a-port" not in str(info.value)

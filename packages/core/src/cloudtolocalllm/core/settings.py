@@ -4,6 +4,10 @@ A service declares a ``msgspec.Struct`` whose fields are its settings; :func:`lo
 variable per field (``PREFIX`` + upper-cased field name), converts it to the field's type and, when
 anything is missing or malformed, raises one :class:`SettingsError` naming *every* bad variable, so an
 operator fixes a deployment in one round instead of one variable per restart.
+
+Any variable may instead be given as a file: ``NAME_FILE=/run/secrets/name`` reads the value from that file
+(one trailing newline dropped), the convention Docker and Kubernetes secrets are mounted for, so a secret
+never has to sit in the process environment or the service definition.
 """
 
 from __future__ import annotations
@@ -50,6 +54,18 @@ def _describe(tp: Any) -> str:
     return text or str(tp).replace("typing.", "")
 
 
+FILE_SUFFIX = "_FILE"
+_MAX_VALUE_FILE_BYTES = 64 * 1024  # a setting, not a document: refuse to slurp a wrong path's contents
+
+
+def _read_value_file(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        text = file.read(_MAX_VALUE_FILE_BYTES + 1)
+    if len(text) > _MAX_VALUE_FILE_BYTES:
+        raise OSError(f"larger than {_MAX_VALUE_FILE_BYTES} bytes")
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def _convert(raw: str, tp: Any) -> Any:
     # Comma-separated lists are the least surprising shape for list settings in an env file.
     value: Any = [item.strip() for item in raw.split(",") if item.strip()] if _is_sequence(tp) else raw
@@ -66,6 +82,16 @@ def load_settings(cls: type[S], *, prefix: str = "", environ: Mapping[str, str] 
         name = env_name(prefix, field.name)
         tp = hints[field.name]
         raw = env.get(name)
+        path = env.get(name + FILE_SUFFIX)
+        if path is not None:
+            if raw is not None:
+                problems[name] = f"set either {name} or {name}{FILE_SUFFIX}, not both"
+                continue
+            try:
+                raw = _read_value_file(path)
+            except OSError as exc:
+                problems[name + FILE_SUFFIX] = f"cannot read {path!r}: {exc.strerror or exc}"
+                continue
         if raw is None or (raw == "" and field.required):
             if field.required:
                 problems[name] = f"required, expected {_describe(tp)}"
@@ -74,7 +100,8 @@ def load_settings(cls: type[S], *, prefix: str = "", environ: Mapping[str, str] 
             values[field.name] = _convert(raw, tp)
         except msgspec.ValidationError as exc:
             # Echo the bad value to help the operator, unless it may be a credential.
-            shown = "" if any(word in field.name for word in _SENSITIVE) else f" (got {raw!r})"
+            secret = path is not None or any(word in field.name for word in _SENSITIVE)
+            shown = "" if secret else f" (got {raw!r})"
             problems[name] = f"{exc}{shown}"
     if problems:
         raise SettingsError(problems)
