@@ -104,7 +104,7 @@ def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = Non
     proc = Proc(
         f"api-backend-{port}-{time.monotonic_ns()}",
         [str(BIN / "cloudtolocalllm-api-backend")],
-        {"API_PORT": str(port), **env},
+        {"API_PORT": str(port), "API_RECONNECT_GRACE_S": "0", **env},
         log_dir,
     )
     url = f"http://127.0.0.1:{port}"

@@ -68,6 +68,9 @@ async def merged_response(
     local_only: bool,
 ) -> Response:
     candidates, complete = await registry.candidates(user, local_only=local_only)
+    grace = registry.startup_grace_left(settings.reconnect_grace_s)
+    if not candidates and complete and grace > 0 and await registry.wait_for_bridge(user, grace):
+        candidates, complete = await registry.candidates(user, local_only=local_only)  # it reconnected
     if not candidates and not complete:
         return error_response(directory_down())
     usable = [b for b in candidates if b.backend_reachable]

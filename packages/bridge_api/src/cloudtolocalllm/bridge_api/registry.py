@@ -46,6 +46,32 @@ class BridgeRegistry:
         self._closing: set[asyncio.Task[None]] = set()
         self._suspects: dict[str, float] = {}  # replica URL -> until when (monotonic) it is skipped
         self._ttl_s = ttl_s
+        self._started = time.monotonic()
+        # user -> (set when one of their bridges connects here, how many requests wait for it)
+        self._arrivals: dict[str, tuple[asyncio.Event, int]] = {}
+
+    def startup_grace_left(self, grace_s: float) -> float:
+        """Seconds left of the window after start-up in which bridges are still reconnecting here."""
+        return max(0.0, grace_s - (time.monotonic() - self._started))
+
+    async def wait_for_bridge(self, user: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for one of ``user``'s bridges to connect to this replica."""
+        if self.bridges_for(user):
+            return True
+        event, waiters = self._arrivals.get(user) or (asyncio.Event(), 0)
+        self._arrivals[user] = (event, waiters + 1)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        except TimeoutError:
+            return False
+        finally:
+            entry = self._arrivals.get(user)
+            if entry is not None and entry[0] is event:  # not yet popped by a connecting bridge
+                self._arrivals[user] = (event, entry[1] - 1)
+                if entry[1] == 1:
+                    del self._arrivals[user]  # the last waiter leaves: nothing kept per unknown account
+        return True
 
     @property
     def replica_url(self) -> str:
@@ -115,6 +141,9 @@ class BridgeRegistry:
         bridges[session.bridge_id] = session
         session.on_change = self.sync.changed
         self.sync.changed(session)
+        arrived = self._arrivals.pop(session.user, None)
+        if arrived is not None:
+            arrived[0].set()
         if previous is None:
             self.metrics.bridges_connected.inc()
         else:

@@ -39,6 +39,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout_s: Positive = 300.0
     graceful_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     drain_retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    # After start-up (a restart, an update) bridges take about a second to reconnect: for this long, a
+    # request for an account with no bridge yet waits for one instead of failing at once. 0 disables.
+    reconnect_grace_s: Annotated[float, msgspec.Meta(ge=0, le=120)] = 10.0
     # Several replicas: the bridge directory lives in Redis (unset: in memory, one replica).
     redis_url: str = ""
     redis_timeout_s: Positive = 1.0
