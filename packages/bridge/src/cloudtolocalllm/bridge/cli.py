@@ -48,6 +48,7 @@ from cloudtolocalllm.bridge.credentials import (
 from cloudtolocalllm.bridge.state import BridgeStatusFile, StatusSnapshot, pid_alive
 from cloudtolocalllm.bridge.token import TOKEN_ENV, TokenError, TokenSource, fingerprint, unverified_expiry
 from cloudtolocalllm.bridge.version import __version__
+from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.logging import configure_logging
 from cloudtolocalllm.core.settings import SettingsError, load_settings
 
@@ -226,6 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(PROG, __version__, level=settings.log_level.upper(), stream=sys.stderr)
     if source.world_readable:
         print(f"{PROG}: warning: {source.describe()} is readable by other users (chmod 600 it)", file=sys.stderr)
+    tune_gc_for_latency()  # fewer collector stalls in the middle of relayed streams
     code, message = asyncio.run(_run_bridge(settings, source))
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)
