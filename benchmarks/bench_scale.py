@@ -23,17 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from local_cloud import dev_auth, start_fast_backend
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, free_port, start_api_backend, start_bridge, start_redis, wait_for  # noqa: E402
+from tests.e2e.procs import Proc, free_port, start_api_backend, start_bridge, start_redis  # noqa: E402
 
-from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
-
-ISSUER = "http://127.0.0.1/dev-issuer"
-AUDIENCE = "cloudtolocalllm-bench"
 ROUNDS = 7
 PAIRS_PER_ROUND = 150
 PATH = "/api/ollama/api/chat?chunks=1"
@@ -59,21 +56,13 @@ async def _ttfb(port: int, headers: dict[str, str]) -> float:
 async def run() -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        backend = Proc("fast-backend", [sys.executable, str(REPO / "benchmarks" / "fast_backend.py")], {}, tmp)
+        backend, backend_port = start_fast_backend(tmp)
         redis, redis_url = start_redis(tmp, tmp / "redis")
         apis: list[Proc] = []
         bridge: Proc | None = None
         try:
-            port_text = wait_for(lambda: backend.log_text().strip(), 10, "the fast backend's port")
-            backend_port = int(port_text.splitlines()[0])
-            env = {
-                "DEV_AUTH": "true",
-                "DEV_ISSUER_DIR": str(tmp / "issuer"),
-                "DEV_ISSUER_URL": ISSUER,
-                "DEV_AUDIENCE": AUDIENCE,
-                "API_REDIS_URL": redis_url,
-            }
-            issuer = DevIssuer(tmp / "issuer", issuer=ISSUER, audience=AUDIENCE)
+            auth_env, issuer = dev_auth(tmp)
+            env = {**auth_env, "API_REDIS_URL": redis_url}
             ports = [free_port(), free_port()]
             for port in ports:
                 api, _ = start_api_backend(tmp, {**env, "API_REPLICA_URL": f"http://127.0.0.1:{port}"}, port=port)

@@ -30,19 +30,16 @@ import time
 from pathlib import Path
 
 import websockets
+from local_cloud import dev_auth, start_fast_backend
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, start_api_backend, start_bridge, wait_for  # noqa: E402
+from tests.e2e.procs import Proc, start_api_backend, start_bridge  # noqa: E402
 
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
-
-ISSUER = "http://127.0.0.1/dev-issuer"
-AUDIENCE = "cloudtolocalllm-bench"
-
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -166,20 +163,15 @@ async def run() -> dict[str, object]:
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        backend = Proc("fast-backend", [sys.executable, str(REPO / "benchmarks" / "fast_backend.py")], {}, tmp)
-        port_text = wait_for(lambda: backend.log_text().strip(), 10, "the fast backend's port")
-        backend_port = int(port_text.splitlines()[0])
+        backend, backend_port = start_fast_backend(tmp)
+        auth_env, issuer = dev_auth(tmp)
         env = {
-            "DEV_AUTH": "true",
-            "DEV_ISSUER_DIR": str(tmp / "issuer"),
-            "DEV_ISSUER_URL": ISSUER,
-            "DEV_AUDIENCE": AUDIENCE,
+            **auth_env,
             "API_MAX_STREAMS_PER_BRIDGE": "200",
             "API_MAX_STREAMS_PER_USER": "400",
             "API_MAX_BRIDGES_PER_USER": "2000",
             "API_HEARTBEAT_INTERVAL_S": "20",
         }
-        issuer = DevIssuer(tmp / "issuer", issuer=ISSUER, audience=AUDIENCE)
         api, url = start_api_backend(tmp, env)
         api_port = int(url.rsplit(":", 1)[1])
         token = issuer.mint("bench", ttl_s=7200)

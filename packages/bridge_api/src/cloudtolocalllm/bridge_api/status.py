@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloudtolocalllm.bridge_api.directory import BridgeRecord, DirectoryUnavailable
+from cloudtolocalllm.bridge_api.directory_sync import record_of
 from cloudtolocalllm.bridge_api.errors import directory_down, error_response
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
-from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.core.auth import requires_auth
 
 __all__ = ["BridgeInfo", "status_endpoint"]
@@ -32,21 +32,6 @@ class BridgeInfo(msgspec.Struct):
 
 class StatusReport(msgspec.Struct):
     bridges: list[BridgeInfo]
-
-
-def _info(session: BridgeSession) -> BridgeInfo:
-    return BridgeInfo(
-        id=session.bridge_id,
-        name=session.name,
-        version=session.software_version,
-        platform=session.platform,
-        backend_kind=str(session.backend_kind),
-        backend_reachable=session.backend_reachable,
-        models=session.models,
-        connected_since=session.connected_at,
-        last_heartbeat=session.last_heartbeat,
-        streams_in_flight=session.in_flight,
-    )
 
 
 def _info_of_record(record: BridgeRecord) -> BridgeInfo:
@@ -74,7 +59,9 @@ def status_endpoint(registry: BridgeRegistry) -> Callable[[Request], Awaitable[R
             remote = await registry.records_for(user)
         except DirectoryUnavailable:
             return error_response(directory_down())  # a partial list would look like lost bridges
-        infos = [_info(s) for s in registry.bridges_for(user)] + [_info_of_record(r) for r in remote]
+        # This replica's bridges as the record it publishes for them: one mapping from a session to its fields.
+        local = [record_of(s, registry.replica_url) for s in registry.bridges_for(user)]
+        infos = [_info_of_record(r) for r in local + remote]
         body = encoder.encode(StatusReport(sorted(infos, key=lambda i: i.connected_since)))
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
