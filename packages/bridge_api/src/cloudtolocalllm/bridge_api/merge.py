@@ -67,10 +67,9 @@ async def merged_response(
     authorization: str,
     local_only: bool,
 ) -> Response:
-    candidates, complete = await registry.candidates(user, local_only=local_only)
-    grace = registry.startup_grace_left(settings.reconnect_grace_s)
-    if not candidates and complete and grace > 0 and await registry.wait_for_bridge(user, grace):
-        candidates, complete = await registry.candidates(user, local_only=local_only)  # it reconnected
+    candidates, complete = await registry.candidates(
+        user, local_only=local_only, reconnect_grace_s=settings.reconnect_grace_s
+    )
     if not candidates and not complete:
         return error_response(directory_down())
     usable = [b for b in candidates if b.backend_reachable]

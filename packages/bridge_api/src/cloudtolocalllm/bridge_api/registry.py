@@ -81,9 +81,21 @@ class BridgeRegistry:
     def replica_url(self, url: str) -> None:
         self.sync.replica_url = url
 
-    async def candidates(self, user: str, *, local_only: bool = False) -> tuple[list[Bridge], bool]:
+    async def candidates(
+        self, user: str, *, local_only: bool = False, reconnect_grace_s: float = 0.0
+    ) -> tuple[list[Bridge], bool]:
         """The user's bridges that accept requests, here and on other replicas, and whether that list is
-        complete (False: the directory is down and only this replica's bridges are known)."""
+        complete (False: the directory is down and only this replica's bridges are known).
+
+        Within ``reconnect_grace_s`` of start-up the user's bridge is probably reconnecting: when none is
+        known, wait (for what is left of that window) for one to connect here rather than answer "none"."""
+        found = await self._candidates(user, local_only)
+        grace = self.startup_grace_left(reconnect_grace_s)
+        if not found[0] and found[1] and grace > 0 and await self.wait_for_bridge(user, grace):
+            found = await self._candidates(user, local_only)
+        return found
+
+    async def _candidates(self, user: str, local_only: bool) -> tuple[list[Bridge], bool]:
         local: list[Bridge] = [b for b in self.bridges_for(user) if b.accepting]
         if local_only:
             return local, True

@@ -151,9 +151,9 @@ class RelayEndpoint:
             body = await _read_body(receive, self.settings.max_json_body_bytes)
             model = _model_in(body, _MODEL_FIELD[path])
         pinned = _header(scope, _BRIDGE)
-        candidates, complete = await self.registry.candidates(user, local_only=forwarded)
-        if not candidates and complete and await self._waited_for_bridge(user):
-            candidates, complete = await self.registry.candidates(user, local_only=forwarded)
+        candidates, complete = await self.registry.candidates(
+            user, local_only=forwarded, reconnect_grace_s=self.settings.reconnect_grace_s
+        )
         unreachable = False
         while True:
             try:
@@ -181,11 +181,6 @@ class RelayEndpoint:
             raise RelayError(503, f"bridge not accepting requests: {exc}", retry_after_s=1) from None
         exchange = _Exchange(self, session, stream, scope, receive, send, started)
         await exchange.run(body or b"", buffered=body is not None or not has_body)
-
-    async def _waited_for_bridge(self, user: str) -> bool:
-        """Just after start-up the user's bridge is probably reconnecting: wait for it rather than fail."""
-        grace = self.registry.startup_grace_left(self.settings.reconnect_grace_s)
-        return grace > 0 and await self.registry.wait_for_bridge(user, grace)
 
     def _choose(
         self,
