@@ -36,6 +36,8 @@ from cloudtolocalllm.core.protocol import (
     Hello,
     Limits,
     Open,
+    Ping,
+    Pong,
     ProtocolError,
     ResponseHead,
     Role,
@@ -278,6 +280,7 @@ class CloudLink:
         self.control: asyncio.Queue[Frame] = asyncio.Queue()
         self.streams: dict[int, CloudStream] = {}
         self.auto_credit = True
+        self.answer_pings = True
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self._lock = asyncio.Lock()
@@ -296,6 +299,8 @@ class CloudLink:
                     continue
                 sid = getattr(frame, "stream_id", None)
                 if sid is None:
+                    if isinstance(frame, Ping) and self.answer_pings:
+                        await self.send(Pong(frame.nonce))  # as the real cloud does
                     self.control.put_nowait(frame)
                     continue
                 stream = self.streams.get(sid)

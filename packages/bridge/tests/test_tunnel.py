@@ -93,10 +93,7 @@ async def test_query_string_and_get_without_body(cloud: FakeCloud, backend: Fake
     ]
 
 
-async def test_upload_streams_with_bounded_credit(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
-    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
-    running = await start_bridge()
-    link = await cloud.next_link()
+async def _upload_5mib(link: Any, backend: FakeBackend) -> None:
     blob = bytes(range(256)) * (5 * 1024 * 1024 // 256)
     digest = hashlib.sha256(blob).hexdigest()
     stream = await link.open(
@@ -109,8 +106,44 @@ async def test_upload_streams_with_bounded_credit(cloud: FakeCloud, backend: Fak
     assert isinstance(head, ResponseHead) and head.status == 201, head
     await stream.body()
     assert backend.upload == {"size": len(blob), "sha256": digest}
+
+
+async def test_upload_streams_with_bounded_credit(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
+    running = await start_bridge(max_receive_window_bytes=0)  # the cloud's window, never grown
+    await _upload_5mib(await cloud.next_link(), backend)
     session = running.bridge.sessions[-1]
     assert 0 < session.stats.max_buffered_bytes <= 64 * 1024
+    assert session.stats.max_receive_window == 64 * 1024
+
+
+async def test_the_bridge_measures_the_round_trip_to_the_cloud(cloud: FakeCloud, start_bridge: Any) -> None:
+    running = await start_bridge()
+    link = await cloud.next_link()
+    ping = await link.control_frame(Ping)  # sent right after the Welcome; the fake cloud answers it
+    session = running.bridge.sessions[-1]
+    await wait_until(lambda: session.conn.rtt_s > 0)
+    assert session.conn.rtt_s < 5
+    # Each Ping from the cloud (a heartbeat) is answered, and a new probe follows it.
+    await link.send(Ping(7))
+    assert (await link.control_frame(Pong)).nonce == 7
+    assert (await link.control_frame(Ping)).nonce != ping.nonce
+
+
+async def test_a_window_bound_upload_gets_a_bigger_window_within_the_maximum(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
+    running = await start_bridge(max_receive_window_bytes=512 * 1024)
+    link = await cloud.next_link()
+    session = running.bridge.sessions[-1]
+    await wait_until(lambda: session.conn.rtt_s > 0)
+    # A long round trip, as over a slow WAN link: every half window then arrives "fast", so the window
+    # doubles at each grant until the bridge's maximum, which also bounds what it buffers.
+    session.conn.rtt_s = 5.0
+    await _upload_5mib(link, backend)
+    assert session.stats.max_receive_window == 512 * 1024
+    assert 0 < session.stats.max_buffered_bytes <= 512 * 1024
 
 
 async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:

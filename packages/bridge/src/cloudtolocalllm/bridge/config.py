@@ -78,6 +78,9 @@ class BridgeSettings(msgspec.Struct, kw_only=True, frozen=True):
     """A connection must stay up this long before the reconnect backoff starts again from scratch."""
     reauth_margin_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 30.0
     """Renew the token (send the cloud a fresh one) at least this long before it expires."""
+    max_receive_window_bytes: Annotated[int, msgspec.Meta(ge=0, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    """Largest window an upload (a request body from the cloud) may grow to; 0 keeps the cloud's initial
+    window. Memory: at most this per fast upload and four times it for all uploads together."""
     issuer_url: str = ""
     """``login``: the OAuth issuer (``https://<AUTH0_DOMAIN>/``, or the dev issuer's URL)."""
     client_id: str = "cloudtolocalllm-bridge"

@@ -236,6 +236,7 @@ class Bridge:
                 handshake_timeout_s=self.settings.handshake_timeout_s,
                 idle_timeout_s=self.settings.backend_idle_timeout_s,
                 reauth_margin_s=self.settings.reauth_margin_s,
+                max_receive_window=self.settings.max_receive_window_bytes,
             ),
             backend_state=self.backend_state,
             on_go_away=lambda _frame: go_away.set(),

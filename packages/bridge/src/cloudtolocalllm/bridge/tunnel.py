@@ -16,7 +16,10 @@ Inside a session:
   stays bounded however slow the cloud reads;
 - one task per stream forwards the request to the Backend and streams the response back, spending send
   credit (``wait_for_credit``) and granting receive credit (``consumed``) as bytes move, so neither a
-  slow browser nor a multi-GB upload makes the bridge buffer more than one window per stream;
+  slow browser nor a multi-GB upload makes the bridge buffer more than one window per stream. An upload
+  that the window holds back gets a bigger one (up to ``max_receive_window``; core's ``window``), which
+  needs a round-trip estimate: the bridge Pings the cloud after the Welcome and whenever the cloud Pings
+  it, and keeps the smallest round trip seen;
 - a watchdog ends the session when nothing at all arrived for 3 heartbeat intervals (half-open TCP);
 - a reauth task sends a fresh token before the current one expires.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import platform
 import sys
 import time
@@ -197,6 +201,8 @@ class SessionOptions:
     """How often an unchanged, expiring token is looked at again."""
     reauth_margin_s: float = REAUTH_MARGIN_S
     """Renew the token at least this long before it expires."""
+    max_receive_window: int = 16 * 1024 * 1024
+    """Largest window an upload may grow to (0: the cloud's initial window, fixed)."""
 
 
 @dataclass
@@ -219,6 +225,8 @@ class SessionStats:
     """Counters a test (or the status file) can read."""
 
     max_buffered_bytes: int = 0
+    max_receive_window: int = 0
+    """The largest window an upload reached."""
     streams_started: int = 0
     streams_done: int = 0
 
@@ -230,6 +238,8 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    receive_window: int = 0
+    """The request body's window when it last granted credit (it grows for fast uploads)."""
 
 
 class _BodyStalled(Exception):
@@ -316,8 +326,9 @@ class Session:
     ) -> None:
         self.ws = ws
         self.backend = backend
-        self.conn = Connection(Role.BRIDGE)
+        self.conn = Connection(Role.BRIDGE, max_recv_window=options.max_receive_window)
         self.options = options
+        self._rtt_probe: tuple[int, float] | None = None  # (nonce, sent at) of our Ping in flight
         self.token_source = token_source
         self._token = token
         self._token_expires_at: float | None = None
@@ -463,6 +474,7 @@ class Session:
                 "max_concurrent_streams": frame.limits.max_concurrent_streams,
             },
         )
+        self._probe_rtt()
         # The backend may have changed between the Hello and the Welcome.
         self.report(self._backend_state)
         if self._on_welcome is not None:
@@ -517,13 +529,32 @@ class Session:
             self._cancel_stream(frame.stream_id)
         elif isinstance(frame, Ping):
             self._outbox.put_control(self.conn.send(Pong(frame.nonce)))
+            self._probe_rtt()
+        elif isinstance(frame, Pong):
+            self._rtt_measured(frame.nonce)
         elif isinstance(frame, ReauthOk):
             self._token_expires_at = frame.expires_at
             self._reauth_ok.set()
             logger.info("token renewed", extra={"expires_at": frame.expires_at})
         elif isinstance(frame, GoAway):
             self._handle_go_away(frame)
-        # Credit: the Connection already added it to the window. Pong: nothing to do.
+        # Credit: the Connection already added it to the window.
+
+    def _probe_rtt(self) -> None:
+        """Ping the cloud to measure a round trip (one probe at a time)."""
+        if self._rtt_probe is not None:
+            return
+        nonce = int.from_bytes(os.urandom(4), "big")
+        self._rtt_probe = (nonce, time.monotonic())
+        self._outbox.put_control(self.conn.send(Ping(nonce)))
+
+    def _rtt_measured(self, nonce: int) -> None:
+        if self._rtt_probe is None or self._rtt_probe[0] != nonce:
+            return
+        sample = time.monotonic() - self._rtt_probe[1]
+        self._rtt_probe = None
+        # The smallest round trip seen: queueing only ever adds to a sample.
+        self.conn.rtt_s = sample if self.conn.rtt_s == 0 else min(self.conn.rtt_s, sample)
 
     def _handle_go_away(self, frame: GoAway) -> None:
         self.go_away = frame
@@ -669,6 +700,8 @@ class Session:
             stream.bytes_in += len(chunk)
             credit = self.conn.consumed(sid, len(chunk))
             if credit is not None:
+                stream.receive_window = self.conn.recv_window(sid)
+                self.stats.max_receive_window = max(self.stats.max_receive_window, stream.receive_window)
                 self._outbox.put_control(encode(credit))
 
     async def _run_stream(self, stream: _Stream) -> None:
@@ -729,6 +762,7 @@ class Session:
                     "outcome": outcome,
                     "bytes_in": stream.bytes_in,
                     "bytes_out": stream.bytes_out,
+                    "receive_window": stream.receive_window,
                     "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )

@@ -21,11 +21,13 @@ Cancel the cloud sent before an Open always reaches the bridge first; both ends 
 concurrent streams exactly.
 
 Credit: see :meth:`Connection.consumed` (receiving side) and :meth:`Connection.send_window` /
-:meth:`Connection.wait_for_credit` (sending side).
+:meth:`Connection.wait_for_credit` (sending side). A receiver given ``max_recv_window`` grows the window of
+a stream the window holds back (see ``window``); set :attr:`Connection.rtt_s` once a round trip is known.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
@@ -74,6 +76,7 @@ from cloudtolocalllm.core.protocol.version import (
     is_compatible,
     mismatch_error,
 )
+from cloudtolocalllm.core.protocol.window import WindowTuner
 
 __all__ = ["Connection", "Role"]
 
@@ -114,7 +117,17 @@ def _limits_problem(limits: Limits) -> str | None:
 class Connection:
     """Protocol state of one tunnel WebSocket, from the point of view of ``role``."""
 
-    def __init__(self, role: Role) -> None:
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_recv_window: int = 0,
+        recv_window_budget: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``max_recv_window``: the largest window this side grants one stream (0 or at most the initial
+        window: windows never grow); ``recv_window_budget``: the most extra bytes all streams together may
+        be granted beyond their initial windows (default: four times ``max_recv_window``)."""
         self.role = role
         self._peer = Role.BRIDGE if role is Role.CLOUD else Role.CLOUD
         self._greeted = False  # Hello received (cloud) / sent (bridge)
@@ -125,7 +138,6 @@ class Connection:
         self._max_frame_bytes = HANDSHAKE_MAX_FRAME_BYTES
         self._limits: Limits | None = None
         self._window = 0
-        self._credit_threshold = 1
         self._streams: dict[int, Stream] = {}
         self._last_stream_id = 0
         # Streams this side reset (Cancel/StreamError sent): frames the peer sent before it saw the
@@ -133,6 +145,9 @@ class Connection:
         self._reset: dict[int, None] = {}
         self._reset_cap = 256
         self._buffered = 0
+        self._tuner = WindowTuner(
+            max_window=max_recv_window, budget=recv_window_budget or 4 * max_recv_window, clock=clock
+        )
         self.peer_hello: Hello | None = None
         """The bridge's Hello (cloud side), once received."""
         self.welcome: Welcome | None = None
@@ -185,9 +200,24 @@ class Connection:
     def buffered_bytes(self) -> int:
         """Data bytes received on open streams that the application has not reported consumed.
 
-        Never exceeds ``max_concurrent_streams * initial_window``: that is the memory bound credit buys.
+        Never exceeds the windows granted: ``max_concurrent_streams * initial_window`` plus what auto-tuning
+        added (at most ``recv_window_budget``). That is the memory bound credit buys.
         """
         return self._buffered
+
+    @property
+    def rtt_s(self) -> float:
+        """The round-trip estimate receive-window growth uses (seconds; 0 until the application sets it)."""
+        return self._tuner.rtt_s
+
+    @rtt_s.setter
+    def rtt_s(self, value: float) -> None:
+        self._tuner.rtt_s = max(0.0, value)
+
+    def recv_window(self, stream_id: int) -> int:
+        """This side's current receive window for ``stream_id`` (0 when the stream is not open)."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.recv_window
 
     @property
     def next_stream_id(self) -> int:
@@ -346,7 +376,7 @@ class Connection:
         if len(self._streams) >= self._limits.max_concurrent_streams:
             reason = f"too many concurrent streams (limit {self._limits.max_concurrent_streams})"
             raise self._stream_violation(sid, ErrorCode.REFUSED, reason)
-        self._streams[sid] = Stream(sid, window=self._window, send_open=True, recv_open=frame.has_body)
+        self._open_stream(Stream(sid, window=self._window, send_open=True, recv_open=frame.has_body))
         return True
 
     def _recv_response_head(self, frame: ResponseHead) -> bool:
@@ -480,9 +510,10 @@ class Connection:
     def consumed(self, stream_id: int, n: int) -> Credit | None:
         """Report that the application has processed ``n`` received body bytes of ``stream_id``.
 
-        Returns a Credit frame to send (with ``encode()``) once at least half of the window has been
-        consumed since the last grant, so the peer never stalls while memory per stream stays within
-        one window. The grant is recorded here already. Returns None when there is nothing to grant.
+        Returns a Credit frame to send (with ``encode()``) once at least half of the stream's window has
+        been consumed since the last grant, so the peer never stalls while memory per stream stays within
+        one window (which may have grown: the Credit then also carries the growth). The grant is recorded
+        here already. Returns None when there is nothing to grant.
         """
         if n < 0:
             raise LocalProtocolError(f"consumed a negative number of bytes ({n})", stream_id=stream_id)
@@ -499,9 +530,9 @@ class Connection:
         if not stream.recv_open:
             return None  # the peer's body is complete: no more credit needed
         stream.recv_unreturned += n
-        if stream.recv_unreturned < self._credit_threshold:
+        if stream.recv_unreturned < max(1, stream.recv_window // 2):
             return None
-        increment = stream.recv_unreturned
+        increment = stream.recv_unreturned + self._tuner.extra_credit(stream, stream.recv_unreturned)
         stream.recv_unreturned = 0
         stream.recv_credit += increment
         return Credit(stream_id, increment)
@@ -596,7 +627,7 @@ class Connection:
                 stream_id=sid,
             )
         self._last_stream_id = sid
-        self._streams[sid] = Stream(sid, window=self._window, send_open=frame.has_body, recv_open=True)
+        self._open_stream(Stream(sid, window=self._window, send_open=frame.has_body, recv_open=True))
         return True
 
     def _send_response_head(self, frame: ResponseHead) -> bool:
@@ -659,7 +690,6 @@ class Connection:
         self._limits = limits
         self._max_frame_bytes = limits.max_frame_bytes
         self._window = limits.initial_window
-        self._credit_threshold = max(1, limits.initial_window // 2)
         self._reset_cap = max(256, 4 * limits.max_concurrent_streams)
         self._ready = True
 
@@ -667,10 +697,15 @@ class Connection:
         if not stream.send_open and not stream.recv_open:
             self._drop_stream(stream.stream_id, ErrorCode.CANCELLED, "stream finished")
 
+    def _open_stream(self, stream: Stream) -> None:
+        self._streams[stream.stream_id] = stream
+        self._tuner.start(stream)
+
     def _drop_stream(self, stream_id: int, code: ErrorCode, reason: str) -> None:
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
             self._buffered -= stream.recv_buffered
+            self._tuner.release(stream, self._window)
             stream.close(code, reason)
 
     def _remember_reset(self, stream_id: int) -> None:

@@ -3,7 +3,7 @@
 A stream carries one HTTP exchange. The *request* half flows cloud -> bridge (Open, then Data*/End when
 ``has_body``), the *response* half flows bridge -> cloud (ResponseHead, Data*, End). Each side sees one
 half as "send" and the other as "recv". Credit is per half: the receiver of a half grants it, the sender
-spends it, both start at ``Limits.initial_window``.
+spends it, both start at ``Limits.initial_window``; a receiver may grow its window later (``window``).
 
 This module is sans-IO; the only asyncio object is an optional Event, created lazily when somebody waits
 for credit, so code that never awaits never touches an event loop.
@@ -26,11 +26,13 @@ class Stream:
         "close_code",
         "close_reason",
         "closed",
+        "epoch_start",
         "head_pending",
         "recv_buffered",
         "recv_credit",
         "recv_open",
         "recv_unreturned",
+        "recv_window",
         "send_credit",
         "send_open",
         "stream_id",
@@ -52,6 +54,10 @@ class Stream:
         """Bytes received and handed to the application but not yet reported consumed."""
         self.recv_unreturned = 0
         """Bytes the application consumed that have not been granted back to the peer yet."""
+        self.recv_window = window
+        """This side's receive window for the stream: starts at the initial window, may grow (``window``)."""
+        self.epoch_start = 0.0
+        """When the window's current measuring epoch began (``window.WindowTuner``)."""
         self.closed = False
         self.close_code = ErrorCode.INTERNAL
         self.close_reason = ""

@@ -1,0 +1,108 @@
+"""Receive-window auto-tuning: windows grow only when the window, not the consumer, holds a stream back."""
+
+from __future__ import annotations
+
+from cloudtolocalllm.core.protocol import Cancel, Connection, Credit, Data, Open, Role, encode
+
+from .conftest import SMALL_LIMITS, make_hello, make_welcome
+
+WINDOW = SMALL_LIMITS.initial_window  # 1000
+RTT = 0.010
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tuned_pair(max_window: int = 8 * WINDOW, budget: int = 0) -> tuple[Connection, Connection, Clock]:
+    clock = Clock()
+    cloud = Connection(Role.CLOUD)
+    bridge = Connection(Role.BRIDGE, max_recv_window=max_window, recv_window_budget=budget, clock=clock)
+    cloud.receive(bridge.send(make_hello()))
+    bridge.receive(cloud.send(make_welcome()))
+    bridge.rtt_s = RTT
+    return cloud, bridge, clock
+
+
+def open_upload(cloud: Connection, bridge: Connection) -> int:
+    sid = cloud.next_stream_id
+    bridge.receive(cloud.send(Open(sid, "POST", "/api/blobs/sha256:00", "", [], True)))
+    return sid
+
+
+def move(cloud: Connection, bridge: Connection, sid: int, n: int) -> Credit | None:
+    """The cloud sends ``n`` bytes, the bridge consumes them; the Credit (if any) goes back to the cloud."""
+    bridge.receive(cloud.send(Data(sid, b"x" * n)))
+    credit = bridge.consumed(sid, n)
+    if credit is not None:
+        cloud.receive(encode(credit))
+    return credit
+
+
+def test_a_window_consumed_within_two_round_trips_doubles_until_the_maximum() -> None:
+    cloud, bridge, clock = tuned_pair()
+    sid = open_upload(cloud, bridge)
+    windows = []
+    for _ in range(6):
+        clock.now += RTT / 2  # half a window in half a round trip: the sender waits for credit
+        window = bridge.recv_window(sid)
+        credit = move(cloud, bridge, sid, window // 2)
+        assert credit is not None
+        windows.append(bridge.recv_window(sid))
+        # The Credit returns what was consumed and carries the growth; the sender sees all of it.
+        assert cloud.send_window(sid) == bridge.recv_window(sid)
+    assert windows == [2000, 4000, 8000, 8000, 8000, 8000]
+
+
+def test_a_slow_stream_keeps_its_window() -> None:
+    cloud, bridge, clock = tuned_pair()
+    sid = open_upload(cloud, bridge)
+    for _ in range(4):
+        clock.now += 3 * RTT  # half a window per three round trips: data, not credit, is what it waits for
+        assert move(cloud, bridge, sid, WINDOW // 2) == Credit(sid, WINDOW // 2)
+    assert bridge.recv_window(sid) == WINDOW
+
+
+def test_no_growth_without_a_round_trip_estimate_or_a_larger_maximum() -> None:
+    cloud, bridge, clock = tuned_pair()
+    bridge.rtt_s = 0
+    sid = open_upload(cloud, bridge)
+    clock.now += 0.0001
+    assert move(cloud, bridge, sid, WINDOW // 2) == Credit(sid, WINDOW // 2)
+    assert bridge.recv_window(sid) == WINDOW
+
+    default = Connection(Role.BRIDGE)  # what api-backend uses: fixed windows
+    assert default.rtt_s == 0
+
+
+def test_growth_is_bounded_by_the_connection_budget_and_returned_when_a_stream_ends() -> None:
+    cloud, bridge, clock = tuned_pair(max_window=8 * WINDOW, budget=3 * WINDOW)
+    first, second = open_upload(cloud, bridge), open_upload(cloud, bridge)
+    for sid in (first, second, first, second):
+        clock.now += RTT / 10
+        move(cloud, bridge, sid, bridge.recv_window(sid) // 2)
+    # first 1000 -> 2000, second 1000 -> 2000, first 2000 -> 3000 (only 1000 of the budget left), second stays.
+    assert (bridge.recv_window(first), bridge.recv_window(second)) == (3000, 2000)
+    bridge.receive(cloud.send(Cancel(first, "done")))
+    assert bridge.recv_window(first) == 0
+    clock.now += RTT / 10
+    move(cloud, bridge, second, bridge.recv_window(second) // 2)
+    assert bridge.recv_window(second) == 4000  # the 2000 the first stream held are available again
+
+
+def test_the_peer_may_never_send_beyond_the_grown_window() -> None:
+    cloud, bridge, clock = tuned_pair()
+    sid = open_upload(cloud, bridge)
+    clock.now += RTT / 4
+    move(cloud, bridge, sid, WINDOW // 2)
+    window = bridge.recv_window(sid)
+    assert window == 2 * WINDOW
+    # Unconsumed data is bounded by the grown window: the cloud can send exactly that much, no more.
+    assert cloud.send_window(sid) == window
+    bridge.receive(cloud.send(Data(sid, b"y" * window)))
+    assert bridge.buffered_bytes == window
+    assert cloud.send_window(sid) == 0
