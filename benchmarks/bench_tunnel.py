@@ -11,6 +11,10 @@
 - tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
 - tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct (median of 3 each), throughput
   ratio [>= 0.3]
+- tunnel.bulk_wan_mb_s / tunnel.bulk_wan_fixed_window_mb_s: a 64 MB upload when the bridge's WebSocket
+  crosses a 20 ms round trip (benchmarks/delay_proxy.py, no bandwidth limit), with receive-window
+  auto-tuning (the default) and with the window fixed at the cloud's initial 1 MiB (at most 1 MiB per
+  round trip: ~50 MB/s); tunnel.bulk_wan_window_bytes: the window the upload reached
 - tunnel.idle_bridge_kb: RSS growth of a fresh api-backend per idle connected bridge, 1,000 bridges [<= 50]
 - tunnel.slow_reader_rss_mb: peak api-backend RSS growth, 100 streams read at 1 KB/s for 20 s, fast backend
   [<= 100]
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 
 import websockets
-from local_cloud import dev_auth, start_fast_backend
+from local_cloud import dev_auth, start_delay_proxy, start_fast_backend
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,6 +195,7 @@ async def run() -> dict[str, object]:
             await _wait_bridge(api_port, auth)
             results.update(await _ttfb_and_chunks(backend_port, api_port, auth))
             results.update(await _bulk(backend_port, api_port, auth))
+            results.update(await _bulk_wan(tmp, api_port, issuer, backend_port))
             results.update(await _slow_readers(api, api_port, auth))
             bridge.stop()
             api.stop()
@@ -265,6 +270,47 @@ async def _bulk(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[
         "tunnel.bulk_tunnel_mb_s": round(size / tunnel / 1e6, 1),
         "tunnel.bulk_ratio_vs_direct": round(direct / tunnel, 3),
     }
+
+
+WAN_RTT_MS = 20
+WAN_UPLOAD_BYTES = 64 * 1024 * 1024
+
+
+async def _bulk_wan(tmp: Path, api_port: int, issuer: DevIssuer, backend_port: int) -> dict[str, object]:
+    proxy, proxy_port = start_delay_proxy(tmp, api_port, WAN_RTT_MS / 2)
+    path = "/api/ollama/api/blobs/sha256:" + "0" * 64
+    results: dict[str, object] = {}
+    try:
+        for key, max_window in (("tunnel.bulk_wan_fixed_window_mb_s", "0"), ("tunnel.bulk_wan_mb_s", None)):
+            user = f"bench-wan-{max_window or 'auto'}"
+            token_file = tmp / f"{user}.token"
+            token_file.write_text(issuer.mint(user, ttl_s=7200))
+            env = {} if max_window is None else {"CLOUDTOLOCALLLM_BRIDGE_MAX_RECEIVE_WINDOW_BYTES": max_window}
+            bridge = start_bridge(
+                tmp,
+                cloud=f"http://127.0.0.1:{proxy_port}",
+                token_file=token_file,
+                backend=f"http://127.0.0.1:{backend_port}",
+                kind="ollama",
+                state_dir=tmp / user,
+                name=user,
+                env=env,
+            )
+            try:
+                auth = {"authorization": f"Bearer {token_file.read_text()}"}
+                await _wait_bridge(api_port, auth)
+                await asyncio.sleep(1)  # the bridge's round-trip probe has come back
+                seconds = await _upload(api_port, path, auth, WAN_UPLOAD_BYTES)
+                results[key] = round(WAN_UPLOAD_BYTES / seconds / 1e6, 1)
+            finally:
+                bridge.stop()
+            if max_window is None:
+                windows = [r.get("receive_window", 0) for r in bridge.records() if r.get("bytes_in")]
+                results["tunnel.bulk_wan_window_bytes"] = max(windows, default=0)
+    finally:
+        proxy.stop()
+    results["tunnel.bulk_wan_rtt_ms"] = WAN_RTT_MS
+    return results
 
 
 async def _slow_readers(api: Proc, api_port: int, auth: dict[str, str]) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""What the tunnel benchmarks share: the fast local backend as a process, and dev-issuer auth for api-backend."""
+"""What the tunnel benchmarks share: the fast local backend and the delay proxy as processes, and dev-issuer auth
+for api-backend."""
 
 from __future__ import annotations
 
@@ -18,13 +19,23 @@ AUDIENCE = "cloudtolocalllm-bench"
 
 def start_fast_backend(log_dir: Path) -> tuple[Proc, int]:
     """benchmarks/fast_backend.py in its own process; returns it and the port it printed."""
-    backend = Proc("fast-backend", [sys.executable, str(REPO / "benchmarks" / "fast_backend.py")], {}, log_dir)
+    return _start_port_printer("fast-backend", "fast_backend.py", [], log_dir)
+
+
+def start_delay_proxy(log_dir: Path, target_port: int, one_way_ms: float) -> tuple[Proc, int]:
+    """benchmarks/delay_proxy.py in front of ``target_port``: a ``2 * one_way_ms`` round trip."""
+    return _start_port_printer("delay-proxy", "delay_proxy.py", [str(target_port), str(one_way_ms)], log_dir)
+
+
+def _start_port_printer(name: str, script: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
+    """Run a benchmarks/ script that prints the port it listens on; return it and that port."""
+    proc = Proc(name, [sys.executable, str(REPO / "benchmarks" / script), *args], {}, log_dir)
     try:
-        port_text = wait_for(lambda: backend.log_text().strip(), 10, "the fast backend's port")
+        port_text = wait_for(lambda: proc.log_text().strip(), 10, f"the {name}'s port")
     except BaseException:
-        backend.stop()
+        proc.stop()
         raise
-    return backend, int(port_text.splitlines()[0])
+    return proc, int(port_text.splitlines()[0])
 
 
 def dev_auth(tmp: Path) -> tuple[dict[str, str], DevIssuer]:
