@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, wait_for  # noqa: E402
+from tests.e2e.procs import Proc, dev_auth_env, wait_for  # noqa: E402
 
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 
@@ -40,10 +40,4 @@ def _start_port_printer(name: str, script: str, args: list[str], log_dir: Path) 
 
 def dev_auth(tmp: Path) -> tuple[dict[str, str], DevIssuer]:
     """api-backend's environment for the embedded dev issuer under ``tmp``, and that issuer (to mint tokens)."""
-    env = {
-        "DEV_AUTH": "true",
-        "DEV_ISSUER_DIR": str(tmp / "issuer"),
-        "DEV_ISSUER_URL": ISSUER,
-        "DEV_AUDIENCE": AUDIENCE,
-    }
-    return env, DevIssuer(tmp / "issuer", issuer=ISSUER, audience=AUDIENCE)
+    return dev_auth_env(tmp / "issuer", ISSUER, AUDIENCE)

@@ -11,6 +11,7 @@ from cloudtolocalllm.core.auth import DevIssuer
 
 from .procs import (
     Proc,
+    dev_auth_env,
     free_port,
     start_api_backend,
     start_bridge,
@@ -22,6 +23,8 @@ from .procs import (
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-e2e"
+# Short heartbeats and drain so tests see a dead bridge or a stopping api-backend within seconds.
+FAST_TIMINGS = {"API_HEARTBEAT_INTERVAL_S": "2", "API_HEARTBEAT_TIMEOUT_S": "6", "API_GRACEFUL_TIMEOUT_S": "5"}
 
 
 @pytest.fixture(scope="session")
@@ -107,16 +110,8 @@ class Stack:
 
 @pytest.fixture
 def stack(logs: Path, tmp_path: Path) -> Iterator[Stack]:
-    env = {
-        "DEV_AUTH": "true",
-        "DEV_ISSUER_DIR": str(tmp_path / "issuer"),
-        "DEV_ISSUER_URL": ISSUER,
-        "DEV_AUDIENCE": AUDIENCE,
-        "API_HEARTBEAT_INTERVAL_S": "2",
-        "API_HEARTBEAT_TIMEOUT_S": "6",
-        "API_GRACEFUL_TIMEOUT_S": "5",
-    }
-    issuer = DevIssuer(tmp_path / "issuer", issuer=ISSUER, audience=AUDIENCE)
+    auth_env, issuer = dev_auth_env(tmp_path / "issuer", ISSUER, AUDIENCE)
+    env = {**auth_env, **FAST_TIMINGS}
     api, url = start_api_backend(logs, env)
     running = Stack(logs=logs, root=tmp_path, env=env, issuer=issuer, api=api, url=url)
     yield running
@@ -207,16 +202,11 @@ class Replicas:
 
 @pytest.fixture
 def replicas(logs: Path, tmp_path: Path) -> Iterator[Replicas]:
-    issuer = DevIssuer(tmp_path / "issuer", issuer=ISSUER, audience=AUDIENCE)  # keys exist before replicas start
+    auth_env, issuer = dev_auth_env(tmp_path / "issuer", ISSUER, AUDIENCE)
     redis, redis_url = start_redis(logs, tmp_path / "redis")
     env = {
-        "DEV_AUTH": "true",
-        "DEV_ISSUER_DIR": str(tmp_path / "issuer"),
-        "DEV_ISSUER_URL": ISSUER,
-        "DEV_AUDIENCE": AUDIENCE,
-        "API_HEARTBEAT_INTERVAL_S": "2",
-        "API_HEARTBEAT_TIMEOUT_S": "6",
-        "API_GRACEFUL_TIMEOUT_S": "5",
+        **auth_env,
+        **FAST_TIMINGS,
         "API_REDIS_URL": redis_url,
         "API_DIRECTORY_TTL_S": "3",
         "API_DIRECTORY_REFRESH_S": "1",

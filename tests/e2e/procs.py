@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from cloudtolocalllm.core.auth import DevIssuer
+
 BIN = Path(sys.executable).parent
 REPO = Path(os.environ.get("CTLLM_REPO_ROOT", Path(__file__).resolve().parents[2]))
 
@@ -97,6 +99,22 @@ def wait_until_answers(proc: Proc, url: str, timeout: float) -> None:
             return False
 
     wait_for(answers, timeout, f"{proc.name} at {url}")
+
+
+def dev_auth_env(issuer_dir: Path, issuer_url: str, audience: str) -> tuple[dict[str, str], DevIssuer]:
+    """api-backend's environment for its embedded dev issuer, and the same issuer here to mint tokens it accepts.
+
+    The issuer's key is created in ``issuer_dir`` now, so it exists before any api-backend (or replica) starts
+    and every process signs and verifies with that one key.
+    """
+    issuer = DevIssuer(issuer_dir, issuer=issuer_url, audience=audience)
+    env = {
+        "DEV_AUTH": "true",
+        "DEV_ISSUER_DIR": str(issuer_dir),
+        "DEV_ISSUER_URL": issuer_url,
+        "DEV_AUDIENCE": audience,
+    }
+    return env, issuer
 
 
 def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = None) -> tuple[Proc, str]:

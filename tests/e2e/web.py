@@ -22,12 +22,10 @@ import httpx
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Playwright, expect
 
 from cloudtolocalllm.core import DEFAULT_CSP
-from cloudtolocalllm.core.auth import DevIssuer
 
-from .conftest import Stack
-from .procs import BIN, REPO, Proc, free_port, start_api_backend, wait_for
+from .conftest import AUDIENCE, FAST_TIMINGS, Stack
+from .procs import BIN, REPO, Proc, dev_auth_env, free_port, start_api_backend, wait_for
 
-AUDIENCE = "cloudtolocalllm-e2e"
 CLIENT_ID = "cloudtolocalllm-web"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -120,17 +118,8 @@ def web_app(
     api_port, app_port = free_port(), free_port()
     api_url, app_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{app_port}"
     issuer_url = api_url + "/dev-issuer"
-    full_env = {
-        "DEV_AUTH": "true",
-        "DEV_ISSUER_DIR": str(tmp / "issuer"),
-        "DEV_ISSUER_URL": issuer_url,
-        "DEV_AUDIENCE": AUDIENCE,
-        "DEV_REDIRECT_URIS": app_url + "/",
-        "API_HEARTBEAT_INTERVAL_S": "2",
-        "API_HEARTBEAT_TIMEOUT_S": "6",
-        "API_GRACEFUL_TIMEOUT_S": "5",
-        **env,
-    }
+    auth_env, issuer = dev_auth_env(tmp / "issuer", issuer_url, AUDIENCE)
+    full_env = {**auth_env, "DEV_REDIRECT_URIS": app_url + "/", **FAST_TIMINGS, **env}
     root = tmp / "app"
     shutil.copytree(build, root)
     config = {
@@ -142,7 +131,6 @@ def web_app(
     }
     (root / "config.json").write_text(json.dumps(config))
     (root / "config.json.gz").unlink()
-    issuer = DevIssuer(tmp / "issuer", issuer=issuer_url, audience=AUDIENCE)
     api, url = start_api_backend(logs, full_env, port=api_port)
     stack = Stack(logs=logs, root=tmp, env=full_env, issuer=issuer, api=api, url=url)
     static: Proc | None = None
