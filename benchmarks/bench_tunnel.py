@@ -10,9 +10,11 @@
   tunnel.seq_ttfb_overhead_ms.p50: one request at a time
 - tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
 - tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct (median of 3 each), throughput
-  ratio [>= 0.3]
+  ratio [>= 0.3]; tunnel.bulk_two_hop_relay_ratio: the same upload through two plain asyncio TCP relays in a
+  row (benchmarks/tcp_relay.py: no HTTP, no framing) vs direct, the least any two-process Python relay costs
+  here, measured in the same interleaved rounds
 - tunnel.bulk_wan_mb_s / tunnel.bulk_wan_fixed_window_mb_s: a 64 MB upload when the bridge's WebSocket
-  crosses a 20 ms round trip (benchmarks/delay_proxy.py, no bandwidth limit), with receive-window
+  crosses a 20 ms round trip (benchmarks/tcp_relay.py with a delay, no bandwidth limit), with receive-window
   auto-tuning (the default) and with the window fixed at the cloud's initial 1 MiB (at most 1 MiB per
   round trip: ~50 MB/s); tunnel.bulk_wan_window_bytes: the window the upload reached
 - tunnel.idle_bridge_kb: RSS growth of a fresh api-backend per idle connected bridge, 1,000 bridges [<= 50]
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 
 import websockets
-from local_cloud import dev_auth, start_delay_proxy, start_fast_backend
+from local_cloud import dev_auth, start_fast_backend, start_tcp_relay
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +196,7 @@ async def run() -> dict[str, object]:
         try:
             await _wait_bridge(api_port, auth)
             results.update(await _ttfb_and_chunks(backend_port, api_port, auth))
-            results.update(await _bulk(backend_port, api_port, auth))
+            results.update(await _bulk(tmp, backend_port, api_port, auth))
             results.update(await _bulk_wan(tmp, api_port, issuer, backend_port))
             results.update(await _slow_readers(api, api_port, auth))
             bridge.stop()
@@ -255,20 +257,30 @@ async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str
     }
 
 
-async def _bulk(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
+async def _bulk(tmp: Path, backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
     size = 256 * 1024 * 1024
     path = "/api/blobs/sha256:" + "0" * 64
+    second_hop, second_port = start_tcp_relay(tmp, backend_port)
+    first_hop, relay_port = start_tcp_relay(tmp, second_port)
     # Interleaved, median of three each: one upload of either kind varies by 2x on a shared machine.
     directs: list[float] = []
     tunnels: list[float] = []
-    for _ in range(3):
-        directs.append(await _upload(backend_port, path, {}, size))
-        tunnels.append(await _upload(api_port, "/api/ollama" + path, auth, size))
-    direct, tunnel = sorted(directs)[1], sorted(tunnels)[1]
+    relays: list[float] = []
+    try:
+        for _ in range(3):
+            directs.append(await _upload(backend_port, path, {}, size))
+            tunnels.append(await _upload(api_port, "/api/ollama" + path, auth, size))
+            relays.append(await _upload(relay_port, path, {}, size))
+    finally:
+        first_hop.stop()
+        second_hop.stop()
+    direct, tunnel, relay = sorted(directs)[1], sorted(tunnels)[1], sorted(relays)[1]
     return {
         "tunnel.bulk_direct_mb_s": round(size / direct / 1e6, 1),
         "tunnel.bulk_tunnel_mb_s": round(size / tunnel / 1e6, 1),
         "tunnel.bulk_ratio_vs_direct": round(direct / tunnel, 3),
+        "tunnel.bulk_two_hop_relay_mb_s": round(size / relay / 1e6, 1),
+        "tunnel.bulk_two_hop_relay_ratio": round(direct / relay, 3),
     }
 
 
@@ -277,7 +289,7 @@ WAN_UPLOAD_BYTES = 64 * 1024 * 1024
 
 
 async def _bulk_wan(tmp: Path, api_port: int, issuer: DevIssuer, backend_port: int) -> dict[str, object]:
-    proxy, proxy_port = start_delay_proxy(tmp, api_port, WAN_RTT_MS / 2)
+    proxy, proxy_port = start_tcp_relay(tmp, api_port, WAN_RTT_MS / 2)
     path = "/api/ollama/api/blobs/sha256:" + "0" * 64
     results: dict[str, object] = {}
     try:

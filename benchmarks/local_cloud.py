@@ -1,9 +1,10 @@
-"""What the tunnel benchmarks share: the fast local backend and the delay proxy as processes, and dev-issuer auth
+"""What the tunnel benchmarks share: the fast local backend and TCP relays as processes, and dev-issuer auth
 for api-backend."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,9 +23,10 @@ def start_fast_backend(log_dir: Path) -> tuple[Proc, int]:
     return _start_port_printer("fast-backend", "fast_backend.py", [], log_dir)
 
 
-def start_delay_proxy(log_dir: Path, target_port: int, one_way_ms: float) -> tuple[Proc, int]:
-    """benchmarks/delay_proxy.py in front of ``target_port``: a ``2 * one_way_ms`` round trip."""
-    return _start_port_printer("delay-proxy", "delay_proxy.py", [str(target_port), str(one_way_ms)], log_dir)
+def start_tcp_relay(log_dir: Path, target_port: int, one_way_ms: float = 0) -> tuple[Proc, int]:
+    """benchmarks/tcp_relay.py in front of ``target_port`` (with ``one_way_ms``: a ``2 * one_way_ms`` round trip)."""
+    name = f"tcp-relay-{target_port}-{time.monotonic_ns()}"  # a fresh log file: the port is read from it
+    return _start_port_printer(name, "tcp_relay.py", [str(target_port), str(one_way_ms)], log_dir)
 
 
 def _start_port_printer(name: str, script: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
