@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import random
 import re
 import stat
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 import pytest
 from starlette.routing import Mount
@@ -30,6 +31,7 @@ from cloudtolocalllm.bridge.credentials import (
     load_credentials,
     save_credentials,
 )
+from cloudtolocalllm.bridge.oauth import discover, issuer_session, poll_for_token, start_device_flow
 from cloudtolocalllm.bridge.runner import Bridge
 from cloudtolocalllm.bridge.token import TOKEN_ENV, TokenError, TokenSource
 from cloudtolocalllm.bridge_api.app import build_app
@@ -72,6 +74,19 @@ def make_issuer(tmp_path: Path) -> IssuerFactory:
     return factory
 
 
+async def _bridge_status(cloud_url: str, token: str) -> tuple[int, Any]:
+    """GET /api/bridge/status with ``token``: the status code and the JSON document (the text if not JSON)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(cloud_url + "/api/bridge/status", headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        text = await response.text()
+    try:
+        return response.status, json.loads(text)
+    except ValueError:
+        return response.status, text
+
+
 def _settings(tmp_path: Path, issuer_url: str, **overrides: Any) -> BridgeSettings:
     options: dict[str, Any] = {
         "issuer_url": issuer_url,
@@ -91,12 +106,12 @@ async def _login_approving(settings: BridgeSettings, subject: str = "alice") -> 
     code = re.search(r"enter the code ([A-Z]{4}-[A-Z]{4})", printed)
     verify = re.search(r"To sign in, open (\S+)", printed)
     assert code and verify, printed
-    async with httpx.AsyncClient(timeout=10) as http:
-        page = await http.get(verify.group(1))
-        assert page.status_code == 200 and "Approve" in page.text
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(verify.group(1), allow_redirects=False) as page:
+            assert page.status == 200 and "Approve" in await page.text()
         form = {"user_code": code.group(1), "subject": subject, "action": "approve"}
-        approved = await http.post(verify.group(1), data=form)
-        assert approved.status_code == 200, approved.text
+        async with http.post(verify.group(1), data=form, allow_redirects=False) as approved:
+            assert approved.status == 200, await approved.text()
     credentials = await asyncio.wait_for(task, 10)
     return credentials, out.getvalue()
 
@@ -132,11 +147,8 @@ async def test_login_through_api_backend_with_the_code_flow_behind_it(tmp_path: 
     )
     async with running_server(build_app(ApiSettings(), auth)) as url:
         credentials, _ = await _login_approving(_settings(tmp_path, url + "/dev-issuer"), subject="bob")
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            status = await http.get(
-                "/api/bridge/status", headers={"Authorization": f"Bearer {credentials.access_token}"}
-            )
-            assert status.status_code == 200, status.text
+        code, document = await _bridge_status(url, credentials.access_token)
+        assert code == 200, document
         source = StoredCredentialsSource(tmp_path / "state" / CREDENTIALS_FILE)
         renewed = await source.fresh(rejected=credentials.access_token)  # forced: a refresh through api-backend
     stored = load_credentials(tmp_path / "state" / CREDENTIALS_FILE)
@@ -161,6 +173,33 @@ async def test_login_denied_or_misconfigured(make_issuer: IssuerFactory, tmp_pat
     with pytest.raises(cli.ConfigError, match="no issuer"):
         await cli.login(_settings(tmp_path, ""))
     assert not (tmp_path / "state" / CREDENTIALS_FILE).exists()
+
+
+async def test_slow_down_polls_five_seconds_less_often_from_then_on(make_issuer: IssuerFactory) -> None:
+    """RFC 8628 §3.5 against the real dev issuer, which answers slow_down when polled too soon."""
+    async with make_issuer(interval_s=0.2) as issuer, issuer_session(10) as http:
+        endpoints = await discover(http, issuer.url)
+        authorization = await start_device_flow(
+            http, endpoints, client_id="cloudtolocalllm-bridge", audience=AUDIENCE, scope="openid offline_access"
+        )
+        assert authorization.interval == 0.2
+        asked: list[float] = []
+        slowed: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            asked.append(seconds)
+            if seconds < 1:
+                await asyncio.sleep(0.01)  # too soon for the issuer's 0.2 s from the second poll on
+            else:
+                assert issuer.flow.approve(authorization.user_code.replace("-", ""), "carol")
+                await asyncio.sleep(0.3)
+
+        answer = await poll_for_token(
+            http, endpoints, authorization, client_id="cloudtolocalllm-bridge", sleep=sleep, on_slow_down=slowed.append
+        )
+    assert asked == [0.2, 0.2, pytest.approx(5.2)]  # pending, slow_down, then the longer interval
+    assert slowed == [pytest.approx(5.2)]
+    assert answer.access_token and answer.refresh_token
 
 
 def test_login_and_logout_commands(
@@ -226,10 +265,8 @@ async def test_run_renews_the_login_and_the_tunnel_stays_up(make_issuer: IssuerF
                 assert time.time() > first_expiry
                 assert bridge.active is session and len(bridge.sessions) == 1
                 assert session.token == load_credentials(path).access_token  # type: ignore[union-attr]
-                async with httpx.AsyncClient(base_url=cloud_url, timeout=5) as http:
-                    headers = {"Authorization": f"Bearer {session.token}"}
-                    status = (await http.get("/api/bridge/status", headers=headers)).json()
-                assert [b["id"] for b in status["bridges"]] == [bridge.bridge_id]
+                code, status = await _bridge_status(cloud_url, session.token)
+                assert code == 200 and [b["id"] for b in status["bridges"]] == [bridge.bridge_id]
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600
             finally:
                 bridge.request_stop()

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from cloudtolocalllm.bridge.config import (
@@ -298,7 +297,7 @@ async def login(
     settings: BridgeSettings, *, scope: str = DEFAULT_SCOPE, out: Any = None, timeout_s: float = 15.0
 ) -> Credentials:
     """The device flow: print where to approve, poll until approved, store the credentials (0600)."""
-    from cloudtolocalllm.bridge.oauth import discover, poll_for_token, start_device_flow
+    from cloudtolocalllm.bridge.oauth import discover, issuer_session, poll_for_token, start_device_flow
 
     out = out or sys.stdout
     if not settings.issuer_url:
@@ -311,7 +310,7 @@ async def login(
             "no audience: pass --audience with the API identifier the cloud verifies tokens for "
             f"(AUTH0_AUDIENCE on the server; cloudtolocalllm-dev for the dev issuer) or set {ENV_PREFIX}AUDIENCE"
         )
-    async with httpx.AsyncClient(timeout=timeout_s) as http:
+    async with issuer_session(timeout_s) as http:
         endpoints = await discover(http, settings.issuer_url)
         authorization = await start_device_flow(
             http, endpoints, client_id=settings.client_id, audience=settings.audience, scope=scope

@@ -23,10 +23,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import msgspec
 
-from cloudtolocalllm.bridge.oauth import IssuerUnreachable, OAuthError, refresh_tokens
+from cloudtolocalllm.bridge.oauth import IssuerUnreachable, OAuthError, issuer_session, refresh_tokens
 from cloudtolocalllm.bridge.token import TOKEN_ENV, TokenError, TokenSource, fingerprint, unverified_expiry
 
 __all__ = [
@@ -218,7 +217,7 @@ class StoredCredentialsSource(TokenSource):
                 return credentials.access_token
             raise TokenError(f"cannot reach the issuer at {credentials.issuer} to renew the login; retrying")
         try:
-            async with httpx.AsyncClient(timeout=self._http_timeout_s) as http:
+            async with issuer_session(self._http_timeout_s) as http:
                 answer = await refresh_tokens(
                     http,
                     credentials.token_endpoint,

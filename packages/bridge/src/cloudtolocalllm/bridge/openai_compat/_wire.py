@@ -125,7 +125,7 @@ def _upstream_headers(payload: bytes | None, accept: str) -> Headers:
     # because the body is parsed here from the raw (undecoded) bytes HttpBackend yields.
     headers: Headers = [("accept", accept), ("accept-encoding", "identity")]
     if payload is not None:
-        # An explicit length keeps httpx from sending a chunked body, which not every server accepts.
+        # An explicit length keeps aiohttp from sending a chunked body, which not every server accepts.
         headers += [("content-type", "application/json"), ("content-length", str(len(payload)))]
     return headers
 
