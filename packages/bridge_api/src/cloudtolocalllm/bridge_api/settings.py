@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from cloudtolocalllm.core.protocol import DEFAULT_LIMITS
+
 __all__ = ["ApiSettings", "replica_url_for"]
 
 KiB = 1024
@@ -29,7 +31,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_bridges_per_user: Count = 10
     max_streams_per_bridge: Count = 64
     max_streams_per_user: Count = 128
-    max_frame_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=16 * MiB)] = 256 * KiB
+    # 256 KiB of payload plus the Data frame's header: one asyncio read travels as one frame.
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=16 * MiB)] = DEFAULT_LIMITS.max_frame_bytes
     stream_window_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=1 * GiB)] = 1 * MiB
     # Bodies are streamed, never held whole; JSON bodies are read (up to this) to route by model.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * GiB

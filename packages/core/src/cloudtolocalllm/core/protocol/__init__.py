@@ -35,6 +35,7 @@ from cloudtolocalllm.core.protocol.errors import (
 )
 from cloudtolocalllm.core.protocol.frames import (
     DATA_FRAME_OVERHEAD,
+    DEFAULT_FRAME_PAYLOAD,
     DEFAULT_LIMITS,
     HANDSHAKE_MAX_FRAME_BYTES,
     MAX_STREAM_ID,
@@ -65,6 +66,7 @@ from cloudtolocalllm.core.protocol.version import PROTOCOL_VERSION, check_compat
 __all__ = [
     "CLOSE_REASONS",
     "DATA_FRAME_OVERHEAD",
+    "DEFAULT_FRAME_PAYLOAD",
     "DEFAULT_LIMITS",
     "HANDSHAKE_MAX_FRAME_BYTES",
     "MAX_CLOSE_REASON_BYTES",
