@@ -8,12 +8,9 @@ pebble validates http-01 for real: its VA resolves every name through pebble-cha
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import socket
 import ssl
-import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,77 +18,20 @@ import httpx
 import pytest
 from cryptography import x509
 
-from cloudtolocalllm.edge.certs import write_self_signed
+# The pebble helper lives with the edge's tests (they cannot import from this tree); --import-mode=importlib
+# puts no test folder on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packages" / "edge" / "tests"))
+from pebble_ca import Pebble, running_pebble
 
 from .conftest import APP_HOST, SITE_HOST, deployed, free_port, wait_for
-
-
-class Pebble:
-    def __init__(self, folder: Path, http_port: int) -> None:
-        for tool in ("pebble", "pebble-challtestsrv"):
-            if shutil.which(tool) is None:
-                pytest.fail(f"{tool} is not installed: run scripts/system-deps.sh")
-        folder.mkdir()
-        self.ca_bundle, key = folder / "cert.pem", folder / "key.pem"
-        write_self_signed(["localhost", "127.0.0.1"], str(self.ca_bundle), str(key))
-        self.ca_bundle.chmod(0o644)  # mounted into the certbot container (uid 65532)
-        dns, api, management = free_port(), free_port(), free_port()
-        self.directory = f"https://127.0.0.1:{api}/dir"
-        self.management = f"https://127.0.0.1:{management}"
-        config = {
-            "pebble": {
-                "listenAddress": f"127.0.0.1:{api}",
-                "managementListenAddress": f"127.0.0.1:{management}",
-                "certificate": str(self.ca_bundle),
-                "privateKey": str(key),
-                "httpPort": http_port,
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-            }
-        }
-        (folder / "pebble.json").write_text(json.dumps(config))
-        dns_argv = [
-            "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-            "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-            "-management", f"127.0.0.1:{free_port()}",
-        ]  # fmt: skip
-        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
-        self.processes: list[subprocess.Popen[bytes]] = []
-        for argv, name, run_env in (
-            (dns_argv, "challtestsrv", None),
-            (["pebble", "-config", str(folder / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"], "pebble", env),
-        ):
-            with (folder / f"{name}.log").open("wb") as log:
-                self.processes.append(subprocess.Popen(argv, env=run_env, stdout=log, stderr=subprocess.STDOUT))
-        wait_for(lambda: self.get("/roots/0"), "pebble", timeout=60)
-
-    def get(self, path: str) -> str:
-        context = ssl.create_default_context(cafile=str(self.ca_bundle))
-        response = httpx.get(self.management + path, verify=context, timeout=10)
-        response.raise_for_status()
-        return response.text
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 @pytest.fixture
 def pebble_and_ports(tmp_path: Path) -> Iterator[tuple[Pebble, int]]:
     https_port = free_port()
     # pebble validates on the edge's HTTP port, which the deployment picks: reserve it first.
-    http_port = free_port()
-    pebble = Pebble(tmp_path / "pebble", http_port)
-    try:
+    with running_pebble(tmp_path / "pebble", free_port(), free_port=free_port) as pebble:
         yield pebble, https_port
-    finally:
-        pebble.stop()
 
 
 def _served_certificate(port: int, server_name: str) -> x509.Certificate:
@@ -111,7 +51,7 @@ def test_ssl_setup_obtains_the_certificate_through_the_edge_and_renews_on_demand
     tmp_path: Path, pebble_and_ports: tuple[Pebble, int]
 ) -> None:
     pebble, https_port = pebble_and_ports
-    http_port = int(json.loads((tmp_path / "pebble" / "pebble.json").read_text())["pebble"]["httpPort"])
+    http_port = pebble.http_port
     domains = f"CERTBOT_DOMAINS={SITE_HOST},{APP_HOST}\nCERTBOT_SERVER={pebble.directory}\n"
     override = (
         "  certbot:\n"

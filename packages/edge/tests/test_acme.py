@@ -9,132 +9,33 @@ certificate pebble signed; a forced renewal is picked up the same way. The certb
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
 
-from cloudtolocalllm.edge.certs import write_self_signed
 from controller_harness import RunningController, file_fingerprint, served_fingerprint
 from edge_harness import free_port, wait_for
+from pebble_ca import Pebble, running_pebble
 
 SCRIPT = Path(__file__).resolve().parents[1] / "certbot" / "certbot-loop.sh"
 DOMAINS = ["localhost", "app.localhost", "docs.localhost"]
 
 
-@dataclass
-class Pebble:
-    directory: str
-    management: str
-    ca_bundle: Path  # pebble's own HTTPS certificate (self-signed), for certbot and for us
-
-    def get(self, path: str) -> str:
-        response = httpx.get(self.management + path, verify=ssl.create_default_context(cafile=str(self.ca_bundle)))
-        response.raise_for_status()
-        return response.text
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 @pytest.fixture
 def pebble_for(tmp_path: Path) -> Iterator[Callable[[int], Pebble]]:
-    """Start challtestsrv (DNS) and pebble, validating http-01 on the given HTTP port."""
-    for tool in ("pebble", "pebble-challtestsrv", "certbot"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: run scripts/system-deps.sh")
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(http_port: int) -> Pebble:
-        folder = tmp_path / "pebble"
-        folder.mkdir()
-        cert, key = folder / "cert.pem", folder / "key.pem"
-        write_self_signed(["localhost", "127.0.0.1"], cert, key)
-        dns, api, management = free_port(), free_port(), free_port()
-        with (folder / "challtestsrv.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [
-                        "pebble-challtestsrv",
-                        "-defaultIPv4",
-                        "127.0.0.1",
-                        "-defaultIPv6",
-                        "",
-                        "-dns01",
-                        f"127.0.0.1:{dns}",
-                        "-http01",
-                        "",
-                        "-https01",
-                        "",
-                        "-tlsalpn01",
-                        "",
-                        "-management",
-                        f"127.0.0.1:{free_port()}",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        config = {
-            "pebble": {
-                "listenAddress": f"127.0.0.1:{api}",
-                "managementListenAddress": f"127.0.0.1:{management}",
-                "certificate": str(cert),
-                "privateKey": str(key),
-                "httpPort": http_port,  # where the VA fetches http-01 challenges: the edge
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-            }
-        }
-        (folder / "pebble.json").write_text(json.dumps(config))
-        env = {
-            **os.environ,
-            "PEBBLE_VA_NOSLEEP": "1",  # no random 0-5 s sleep before each validation
-            "PEBBLE_WFE_NONCEREJECT": "0",  # no deliberately rejected nonces
-            "PEBBLE_AUTHZREUSE": "0",  # the renewal validates again, through the edge
-        }
-        with (folder / "pebble.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    ["pebble", "-config", str(folder / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        pebble = Pebble(f"https://127.0.0.1:{api}/dir", f"https://127.0.0.1:{management}", cert)
-
-        def answering() -> bool:
-            try:
-                pebble.get("/roots/0")
-                httpx.get(pebble.directory, verify=ssl.create_default_context(cafile=str(cert))).raise_for_status()
-            except httpx.HTTPError:
-                return all(p.poll() is None for p in processes) is False
-            return True
-
-        wait_for(answering, "pebble")
-        assert all(p.poll() is None for p in processes), (folder / "pebble.log").read_text()
-        return pebble
-
-    yield start
-    for process in reversed(processes):
-        _stop(process)
+    """Start pebble validating http-01 on the given HTTP port (the edge's, known once it runs)."""
+    if shutil.which("certbot") is None:
+        pytest.fail("certbot is not installed: run scripts/system-deps.sh")
+    with ExitStack() as stack:
+        yield lambda http_port: stack.enter_context(running_pebble(tmp_path / "pebble", http_port, free_port=free_port))
 
 
 def _certbot(pebble: Pebble, work: Path, webroot: str, *extra: str) -> None:
