@@ -380,6 +380,8 @@ def running(env: Mapping[str, str], image: str, run_args: list[str], command: li
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = "cloudtolocalllm"
+# Every image built from the workspace's wheels is a target of this one Dockerfile (they share its builder stage).
+WHEELS_DOCKERFILE = "docker/Dockerfile"
 # Dependency wheels for each Python a base may carry: the local base (Debian bookworm) has 3.11, the official
 # slim image 3.12. pip inside the build picks the matching ones.
 PYTHON_VERSIONS = ("3.11", "3.12")
@@ -387,7 +389,7 @@ PYTHON_VERSIONS = ("3.11", "3.12")
 
 @dataclass(frozen=True)
 class Service:
-    """A Python service's parameters for the shared docker/python-service/Dockerfile (its build arguments)."""
+    """A Python service's parameters for the python-service target of docker/Dockerfile (its build arguments)."""
 
     command: str  # SERVICE_COMMAND: the console script the entry point execs
     port_variable: str  # SERVICE_PORT_VARIABLE: the setting that holds the port (8080 in the image)
@@ -407,17 +409,23 @@ class Service:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """What goes into one image's build context, and which Dockerfile builds it."""
+    """What goes into one image's build context, and which Dockerfile (and target) builds it."""
 
     package: str  # the workspace package whose version tags the image
     wheels: bool = True  # install the package's wheels (certbot is Debian's)
     content: str | None = None  # a folder under dist/ copied to content/
     files: tuple[str, ...] = ()  # repository files copied next to the Dockerfile's COPY lines
     content_session: str | None = None  # the nox session that builds `content`
-    service: Service | None = None  # a Python service: docker/python-service/Dockerfile with these arguments
+    service: Service | None = None  # a Python service: docker/Dockerfile's python-service target, these arguments
 
     def dockerfile(self, image: str) -> str:
-        return "docker/python-service/Dockerfile" if self.service else f"docker/{image}/Dockerfile"
+        return WHEELS_DOCKERFILE if self.wheels else f"docker/{image}/Dockerfile"
+
+    def target(self, image: str) -> str | None:
+        """The stage of docker/Dockerfile that is this image; None for an image with a Dockerfile of its own."""
+        if not self.wheels:
+            return None
+        return "python-service" if self.service else image
 
 
 _STATIC = ("STATIC_ROOT=/srv/www", "STATIC_HOST=0.0.0.0")
@@ -553,7 +561,7 @@ def stage_context(image: str, pip: str) -> Path:
         if not (source / "index.html").exists():
             raise SystemExit(f"images: {source} has no index.html; run nox -s {spec.content_session}")
         shutil.copytree(source, context / "content")
-    if spec.service:  # the shared Dockerfile always copies content/ (empty for api-backend) and its entry point
+    if spec.service:  # the python-service target always copies content/ (empty for api-backend) and its entry point
         (context / "content").mkdir(exist_ok=True)
         shutil.copy2(ROOT / "docker" / "python-service" / "service.sh", context)
         (context / "service.sh").chmod(0o755)
@@ -602,6 +610,7 @@ def build(image: str, pip: str) -> list[str]:
             "--network=host",
             "--file",
             str(ROOT / spec.dockerfile(image)),
+            *(["--target", target] if (target := spec.target(image)) else []),
             *base_args,
             *(
                 arg
