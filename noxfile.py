@@ -184,7 +184,7 @@ def tests_packaging(session: nox.Session) -> None:
     )
 
 
-# --- container images (docker/python-service/Dockerfile, docker/<image>/Dockerfile; see docs/deploy/images.md) --
+# --- container images (docker/Dockerfile's targets, docker/certbot/Dockerfile; see docs/deploy/images.md) --------
 # One Docker engine per nox run: DOCKER_HOST if the caller set it (never stopped here), else the private engine
 # under the cache directory, started by the first session that needs it and stopped when nox exits.
 
