@@ -15,8 +15,8 @@
   here, measured in the same interleaved rounds
 - tunnel.bulk_wan_mb_s / tunnel.bulk_wan_fixed_window_mb_s: a 64 MB upload when the bridge's WebSocket
   crosses a 20 ms round trip (benchmarks/tcp_relay.py with a delay, no bandwidth limit), with receive-window
-  auto-tuning (the default) and with the window fixed at the cloud's initial 1 MiB (at most 1 MiB per
-  round trip: ~50 MB/s); tunnel.bulk_wan_window_bytes: the window the upload reached
+  auto-tuning (the default) and with the bridge's window capped at 1 MiB (at most 1 MiB per round trip:
+  ~50 MB/s); tunnel.bulk_wan_window_bytes: the window the upload reached
 - tunnel.idle_bridge_kb: RSS growth of a fresh api-backend per idle connected bridge, 1,000 bridges [<= 50]
 - tunnel.slow_reader_rss_mb: peak api-backend RSS growth, 100 streams read at 1 KB/s for 20 s, fast backend
   [<= 100]
@@ -293,7 +293,8 @@ async def _bulk_wan(tmp: Path, api_port: int, issuer: DevIssuer, backend_port: i
     path = "/api/ollama/api/blobs/sha256:" + "0" * 64
     results: dict[str, object] = {}
     try:
-        for key, max_window in (("tunnel.bulk_wan_fixed_window_mb_s", "0"), ("tunnel.bulk_wan_mb_s", None)):
+        fixed = str(1024 * 1024)  # what every window was before auto-tuning
+        for key, max_window in (("tunnel.bulk_wan_fixed_window_mb_s", fixed), ("tunnel.bulk_wan_mb_s", None)):
             user = f"bench-wan-{max_window or 'auto'}"
             token_file = tmp / f"{user}.token"
             token_file.write_text(issuer.mint(user, ttl_s=7200))

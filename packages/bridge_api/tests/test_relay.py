@@ -285,3 +285,30 @@ async def test_model_management_is_forwarded_even_when_the_model_is_unlisted(clo
     assert deleted.status_code == 200
     assert [o.path for o in bridge.opens] == ["/api/delete"]
     assert chat.status_code == 404
+
+
+@pytest.mark.parametrize(("round_trip_s", "grows"), [(5.0, True), (1e-9, False)])
+async def test_a_response_window_grows_only_when_the_round_trip_holds_it_back(
+    make_cloud: object, round_trip_s: float, grows: bool
+) -> None:
+    block = b"y" * (16 * 1024)
+
+    async def big(open_frame: Open, body: bytes) -> Reply:
+        return Reply(chunks=chunks_of(*[block] * 256))  # 4 MiB
+
+    settings = {"stream_window_bytes": 64 * 1024, "max_stream_window_bytes": 512 * 1024}
+    async with make_cloud(**settings) as cloud:  # type: ignore[operator]
+        async with FakeBridge(cloud.url, cloud.token(), handler=big), cloud.client() as client:  # type: ignore[arg-type]
+            session = cloud.app.state.registry.all_sessions()[0]
+            await wait_until(lambda: session.conn.rtt_s > 0)  # the Pong to the Ping sent after the Welcome
+            # A long round trip makes every half window arrive "fast" (the sender waited for credit); a
+            # round trip shorter than any consumption never does.
+            session.conn.rtt_s = round_trip_s
+            windows = [0]
+            received = 0
+            async with client.stream("GET", "/api/ollama/api/big") as response:
+                async for chunk in response.aiter_bytes():
+                    received += len(chunk)
+                    windows += [session.conn.recv_window(sid) for sid in session.conn.stream_ids]
+    assert received == 256 * len(block)
+    assert max(windows) == (512 * 1024 if grows else 64 * 1024)

@@ -65,7 +65,7 @@ def bridge_socket_endpoint(
             return
         principal = websocket.user.principal
         await websocket.accept()
-        conn = Connection(Role.CLOUD)
+        conn = Connection(Role.CLOUD, max_recv_window=settings.max_stream_window_bytes)
         try:
             async with asyncio.timeout(settings.handshake_timeout_s):
                 message = await websocket.receive()

@@ -91,6 +91,7 @@ class BridgeSession:
         self._send_lock = asyncio.Lock()
         self._last_seen = time.monotonic()
         self._ping_nonce = 0
+        self._ping_sent_at = 0.0  # monotonic time our last Ping went out (0: answered or none)
         self._closed = asyncio.Event()
         self._idle: asyncio.Event | None = None  # created by wait_idle(); set while no stream is in flight
         # Heartbeat and reauth deadline are loop timers, not tasks: an idle bridge costs two TimerHandles.
@@ -189,9 +190,12 @@ class BridgeSession:
     # --- the connection's life ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read frames until the WebSocket closes; heartbeats and the reauth deadline run alongside."""
+        """Read frames until the WebSocket closes; heartbeats and the reauth deadline run alongside.
+
+        The first Ping goes out at once: its Pong gives the round trip that response windows grow with.
+        """
         loop = asyncio.get_running_loop()
-        self._heartbeat_timer = loop.call_later(self.settings.heartbeat_interval_s, self._on_heartbeat)
+        self._heartbeat_timer = loop.call_later(0, self._on_heartbeat)
         self._schedule_reauth_deadline()
         try:
             await self._read_loop()
@@ -262,6 +266,11 @@ class BridgeSession:
             await self.send_frame(Pong(frame.nonce))
         elif isinstance(frame, Pong):
             self.last_heartbeat = time.time()
+            if frame.nonce == self._ping_nonce and self._ping_sent_at:
+                # Response windows grow with the round trip (core.protocol.window); queueing only adds.
+                sample = time.monotonic() - self._ping_sent_at
+                self._ping_sent_at = 0.0
+                self.conn.rtt_s = sample if self.conn.rtt_s == 0 else min(self.conn.rtt_s, sample)
         elif isinstance(frame, BridgeStatus):
             self.backend_reachable = frame.backend_reachable
             self.models = list(frame.models)
@@ -313,6 +322,7 @@ class BridgeSession:
 
     async def _send_ping(self, nonce: int) -> None:
         with contextlib.suppress(ConnectionError, LocalProtocolError):
+            self._ping_sent_at = time.monotonic()
             await self.send_frame(Ping(nonce))
 
     def _schedule_reauth_deadline(self) -> None:

@@ -33,7 +33,11 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_streams_per_user: Count = 128
     # 256 KiB of payload plus the Data frame's header: one asyncio read travels as one frame.
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=16 * MiB)] = DEFAULT_LIMITS.max_frame_bytes
-    stream_window_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=1 * GiB)] = 1 * MiB
+    # Credit per stream and direction to start with: the most a slow reader makes us hold per stream.
+    stream_window_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=1 * GiB)] = DEFAULT_LIMITS.initial_window
+    # A response whose client reads fast may grow its window up to this (0: never grows); all of a
+    # bridge's streams together by at most four times it.
+    max_stream_window_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 * GiB)] = 4 * MiB
     # Bodies are streamed, never held whole; JSON bodies are read (up to this) to route by model.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * GiB
     max_json_body_bytes: Annotated[int, msgspec.Meta(ge=1 * KiB)] = 64 * MiB

@@ -94,7 +94,8 @@ one, which cost a wake-up at every hop: 15-30 % of a bulk upload's CPU in the ba
 
 DEFAULT_LIMITS = Limits(
     max_frame_bytes=DEFAULT_FRAME_PAYLOAD + DATA_FRAME_OVERHEAD,
-    initial_window=1024 * 1024,
+    # 100 slow readers hold at most 50 MiB; fast streams grow their windows (see ``window``).
+    initial_window=512 * 1024,
     max_concurrent_streams=64,
 )
 
