@@ -18,8 +18,8 @@
   auto-tuning (the default) and with the bridge's window capped at 1 MiB (at most 1 MiB per round trip:
   ~50 MB/s); tunnel.bulk_wan_window_bytes: the window the upload reached
 - tunnel.idle_bridge_kb: RSS growth of a fresh api-backend per idle connected bridge, 1,000 bridges [<= 50]
-- tunnel.slow_reader_rss_mb: peak api-backend RSS growth, 100 streams read at 1 KB/s for 20 s, fast backend
-  [<= 100]
+- tunnel.slow_reader_rss_mb: peak RSS growth of a fresh api-backend, 100 streams read at 1 KB/s for 20 s,
+  fast backend [<= 100]
 
 The real api-backend and bridge run as processes. Clients are minimal raw-socket HTTP/1.1 so that the
 load generator is not what is measured; idle bridges are protocol-level clients (the real bridge is a
@@ -178,31 +178,39 @@ async def run() -> dict[str, object]:
             "API_MAX_BRIDGES_PER_USER": "2000",
             "API_HEARTBEAT_INTERVAL_S": "20",
         }
-        api, url = start_api_backend(tmp, env)
-        api_port = int(url.rsplit(":", 1)[1])
         token = issuer.mint("bench", ttl_s=7200)
         token_file = tmp / "token"
         token_file.write_text(token)
-        bridge = start_bridge(
-            tmp,
-            cloud=url,
-            token_file=token_file,
-            backend=f"http://127.0.0.1:{backend_port}",
-            kind="ollama",
-            state_dir=tmp / "bridge",
-            name="bench",
-        )
         auth = {"authorization": f"Bearer {token}"}
+
+        def start_pair() -> tuple[Proc, Proc, int]:
+            api, url = start_api_backend(tmp, env)
+            bridge = start_bridge(
+                tmp,
+                cloud=url,
+                token_file=token_file,
+                backend=f"http://127.0.0.1:{backend_port}",
+                kind="ollama",
+                state_dir=tmp / "bridge",
+                name="bench",
+            )
+            return api, bridge, int(url.rsplit(":", 1)[1])
+
+        api, bridge, api_port = start_pair()
         try:
             await _wait_bridge(api_port, auth)
             results.update(await _ttfb_and_chunks(backend_port, api_port, auth))
             results.update(await _bulk(tmp, backend_port, api_port, auth))
             results.update(await _bulk_wan(tmp, api_port, issuer, backend_port))
+            # Memory figures on fresh processes: buffers freed by earlier phases would be reused and hide
+            # part of the cost.
+            bridge.stop()
+            api.stop()
+            api, bridge, api_port = start_pair()
+            await _wait_bridge(api_port, auth)
             results.update(await _slow_readers(api, api_port, auth))
             bridge.stop()
             api.stop()
-            # A fresh process: the slow readers' freed buffers would otherwise be reused by the idle
-            # bridges and hide their cost.
             api, url = start_api_backend(tmp, env)
             results.update(await _idle_bridges(api, url, issuer))
         finally:
