@@ -23,13 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from local_cloud import dev_auth, start_fast_backend
+from local_cloud import dev_auth, start_bench_bridge, start_fast_backend
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, free_port, start_api_backend, start_bridge, start_redis  # noqa: E402
+from tests.e2e.procs import Proc, free_port, start_api_backend, start_redis  # noqa: E402
 
 ROUNDS = 7
 PAIRS_PER_ROUND = 150
@@ -71,15 +71,7 @@ async def run() -> dict[str, object]:
             token = issuer.mint("bench", ttl_s=7200)
             token_file = tmp / "token"
             token_file.write_text(token)
-            bridge = start_bridge(
-                tmp,
-                cloud=f"http://127.0.0.1:{owner_port}",
-                token_file=token_file,
-                backend=f"http://127.0.0.1:{backend_port}",
-                kind="ollama",
-                state_dir=tmp / "bridge",
-                name="bench",
-            )
+            bridge = start_bench_bridge(tmp, f"http://127.0.0.1:{owner_port}", token_file, backend_port, "bench")
             auth = {"authorization": f"Bearer {token}"}
             await _wait_served(entry_port, auth)
             results = await _measure(entry_port, owner_port, auth)

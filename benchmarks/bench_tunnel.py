@@ -36,13 +36,13 @@ import time
 from pathlib import Path
 
 import websockets
-from local_cloud import dev_auth, start_fast_backend, start_tcp_relay
+from local_cloud import dev_auth, start_bench_bridge, start_fast_backend, start_tcp_relay
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, start_api_backend, start_bridge  # noqa: E402
+from tests.e2e.procs import Proc, start_api_backend  # noqa: E402
 
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
@@ -185,15 +185,7 @@ async def run() -> dict[str, object]:
 
         def start_pair() -> tuple[Proc, Proc, int]:
             api, url = start_api_backend(tmp, env)
-            bridge = start_bridge(
-                tmp,
-                cloud=url,
-                token_file=token_file,
-                backend=f"http://127.0.0.1:{backend_port}",
-                kind="ollama",
-                state_dir=tmp / "bridge",
-                name="bench",
-            )
+            bridge = start_bench_bridge(tmp, url, token_file, backend_port, "bench")
             return api, bridge, int(url.rsplit(":", 1)[1])
 
         api, bridge, api_port = start_pair()
@@ -307,16 +299,7 @@ async def _bulk_wan(tmp: Path, api_port: int, issuer: DevIssuer, backend_port: i
             token_file = tmp / f"{user}.token"
             token_file.write_text(issuer.mint(user, ttl_s=7200))
             env = {} if max_window is None else {"CLOUDTOLOCALLLM_BRIDGE_MAX_RECEIVE_WINDOW_BYTES": max_window}
-            bridge = start_bridge(
-                tmp,
-                cloud=f"http://127.0.0.1:{proxy_port}",
-                token_file=token_file,
-                backend=f"http://127.0.0.1:{backend_port}",
-                kind="ollama",
-                state_dir=tmp / user,
-                name=user,
-                env=env,
-            )
+            bridge = start_bench_bridge(tmp, f"http://127.0.0.1:{proxy_port}", token_file, backend_port, user, env)
             try:
                 auth = {"authorization": f"Bearer {token_file.read_text()}"}
                 await _wait_bridge(api_port, auth)

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, dev_auth_env, wait_for  # noqa: E402
+from tests.e2e.procs import Proc, dev_auth_env, start_bridge, wait_for  # noqa: E402
 
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 
@@ -21,6 +21,22 @@ AUDIENCE = "cloudtolocalllm-bench"
 def start_fast_backend(log_dir: Path) -> tuple[Proc, int]:
     """benchmarks/fast_backend.py in its own process; returns it and the port it printed."""
     return _start_port_printer("fast-backend", "fast_backend.py", [], log_dir)
+
+
+def start_bench_bridge(
+    log_dir: Path, cloud: str, token_file: Path, backend_port: int, name: str, env: dict[str, str] | None = None
+) -> Proc:
+    """The real bridge, connected to ``cloud`` and forwarding to the fast backend on ``backend_port``."""
+    return start_bridge(
+        log_dir,
+        cloud=cloud,
+        token_file=token_file,
+        backend=f"http://127.0.0.1:{backend_port}",
+        kind="ollama",
+        state_dir=log_dir / f"bridge-{name}",
+        name=name,
+        env=env,
+    )
 
 
 def start_tcp_relay(log_dir: Path, target_port: int, one_way_ms: float = 0) -> tuple[Proc, int]:
