@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloudtolocalllm.core.protocol import Cancel, Connection, Credit, Data, Open, Role, encode
+from cloudtolocalllm.core.protocol import Cancel, Connection, Credit, Data, End, Open, Role, encode
 
 from .conftest import SMALL_LIMITS, make_hello, make_welcome
 
@@ -75,7 +75,7 @@ def test_no_growth_without_a_round_trip_estimate_or_a_larger_maximum() -> None:
     assert move(cloud, bridge, sid, WINDOW // 2) == Credit(sid, WINDOW // 2)
     assert bridge.recv_window(sid) == WINDOW
 
-    default = Connection(Role.BRIDGE)  # what api-backend uses: fixed windows
+    default = Connection(Role.BRIDGE)  # no maximum given: windows never grow
     assert default.rtt_s == 0
 
 
@@ -106,3 +106,36 @@ def test_the_peer_may_never_send_beyond_the_grown_window() -> None:
     bridge.receive(cloud.send(Data(sid, b"y" * window)))
     assert bridge.buffered_bytes == window
     assert cloud.send_window(sid) == 0
+
+
+def test_a_body_that_ended_and_was_consumed_returns_its_growth_at_once() -> None:
+    # A big prompt followed by a long answer: the stream stays open, its request window is no longer needed.
+    cloud, bridge, clock = tuned_pair(max_window=8 * WINDOW, budget=2 * WINDOW)
+    first = open_upload(cloud, bridge)
+    clock.now += RTT / 10
+    move(cloud, bridge, first, WINDOW // 2)
+    clock.now += RTT / 10
+    move(cloud, bridge, first, WINDOW)
+    assert bridge.recv_window(first) == 3 * WINDOW  # 1000 -> 2000 -> 3000: the budget (2000) is spent
+    bridge.receive(cloud.send(Data(first, b"z" * 100)))
+    bridge.receive(cloud.send(End(first)))
+    assert bridge.recv_window(first) == 3 * WINDOW  # 100 bytes still buffered: the window still bounds them
+    assert bridge.consumed(first, 100) is None
+    assert bridge.recv_window(first) == WINDOW
+    assert first in bridge.stream_ids  # the response half is still going
+    second = open_upload(cloud, bridge)
+    clock.now += RTT / 10
+    move(cloud, bridge, second, WINDOW // 2)
+    assert bridge.recv_window(second) == 2 * WINDOW
+
+
+def test_the_round_trip_estimate_is_the_smallest_real_sample() -> None:
+    bridge = Connection(Role.BRIDGE, max_recv_window=8 * WINDOW)
+    bridge.round_trip_measured(0.0)  # a coarse clock (Windows' monotonic ticks every ~15.6 ms) says nothing
+    assert bridge.rtt_s == 0
+    bridge.round_trip_measured(0.020)
+    bridge.round_trip_measured(0.0)
+    bridge.round_trip_measured(0.050)
+    assert bridge.rtt_s == 0.020
+    bridge.round_trip_measured(0.012)
+    assert bridge.rtt_s == 0.012

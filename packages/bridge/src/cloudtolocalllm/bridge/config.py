@@ -80,7 +80,8 @@ class BridgeSettings(msgspec.Struct, kw_only=True, frozen=True):
     """Renew the token (send the cloud a fresh one) at least this long before it expires."""
     max_receive_window_bytes: Annotated[int, msgspec.Meta(ge=0, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
     """Largest window an upload (a request body from the cloud) may grow to; 0 keeps the cloud's initial
-    window. Memory: at most this per fast upload and four times it for all uploads together."""
+    window. Memory: at most this per fast upload; the growth of all uploads together at most four times it,
+    on top of the window each stream starts with."""
     issuer_url: str = ""
     """``login``: the OAuth issuer (``https://<AUTH0_DOMAIN>/``, or the dev issuer's URL)."""
     client_id: str = "cloudtolocalllm-bridge"

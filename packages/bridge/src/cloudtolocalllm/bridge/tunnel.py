@@ -545,16 +545,14 @@ class Session:
         if self._rtt_probe is not None:
             return
         nonce = int.from_bytes(os.urandom(4), "big")
-        self._rtt_probe = (nonce, time.monotonic())
+        self._rtt_probe = (nonce, time.perf_counter())
         self._outbox.put_control(self.conn.send(Ping(nonce)))
 
     def _rtt_measured(self, nonce: int) -> None:
         if self._rtt_probe is None or self._rtt_probe[0] != nonce:
             return
-        sample = time.monotonic() - self._rtt_probe[1]
+        self.conn.round_trip_measured(time.perf_counter() - self._rtt_probe[1])
         self._rtt_probe = None
-        # The smallest round trip seen: queueing only ever adds to a sample.
-        self.conn.rtt_s = sample if self.conn.rtt_s == 0 else min(self.conn.rtt_s, sample)
 
     def _handle_go_away(self, frame: GoAway) -> None:
         self.go_away = frame

@@ -35,9 +35,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=16 * MiB)] = DEFAULT_LIMITS.max_frame_bytes
     # Credit per stream and direction to start with: the most a slow reader makes us hold per stream.
     stream_window_bytes: Annotated[int, msgspec.Meta(ge=4 * KiB, le=1 * GiB)] = DEFAULT_LIMITS.initial_window
-    # A response whose client reads fast may grow its window up to this (0: never grows); all of a
-    # bridge's streams together by at most four times it.
-    max_stream_window_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 * GiB)] = 4 * MiB
+    # A response whose client reads fast may grow its window up to this (all of a bridge's streams by at
+    # most four times it in total). Off by default: a client that reads fast and then stops keeps its grown
+    # window, so it raises what one account can make the shared api-backend hold; token streams never need it.
+    max_stream_window_bytes: Annotated[int, msgspec.Meta(ge=0, le=1 * GiB)] = 0
     # Bodies are streamed, never held whole; JSON bodies are read (up to this) to route by model.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * GiB
     max_json_body_bytes: Annotated[int, msgspec.Meta(ge=1 * KiB)] = 64 * MiB

@@ -22,7 +22,8 @@ concurrent streams exactly.
 
 Credit: see :meth:`Connection.consumed` (receiving side) and :meth:`Connection.send_window` /
 :meth:`Connection.wait_for_credit` (sending side). A receiver given ``max_recv_window`` grows the window of
-a stream the window holds back (see ``window``); set :attr:`Connection.rtt_s` once a round trip is known.
+a stream the window holds back (see ``window``); report timed round trips with
+:meth:`Connection.round_trip_measured`.
 """
 
 from __future__ import annotations
@@ -213,6 +214,10 @@ class Connection:
     @rtt_s.setter
     def rtt_s(self, value: float) -> None:
         self._tuner.rtt_s = max(0.0, value)
+
+    def round_trip_measured(self, sample_s: float) -> None:
+        """Report a timed round trip (a Ping answered); the smallest one seen is the estimate."""
+        self._tuner.measured(sample_s)
 
     def recv_window(self, stream_id: int) -> int:
         """This side's current receive window for ``stream_id`` (0 when the stream is not open)."""
@@ -422,6 +427,7 @@ class Connection:
             return False
         self._check_recv_body(stream, "End")
         stream.recv_open = False
+        self._release_growth_if_drained(stream)
         self._finish_if_done(stream)
         return True
 
@@ -528,6 +534,7 @@ class Connection:
         stream.recv_buffered -= n
         self._buffered -= n
         if not stream.recv_open:
+            self._release_growth_if_drained(stream)
             return None  # the peer's body is complete: no more credit needed
         stream.recv_unreturned += n
         if stream.recv_unreturned < max(1, stream.recv_window // 2):
@@ -696,6 +703,12 @@ class Connection:
     def _finish_if_done(self, stream: Stream) -> None:
         if not stream.send_open and not stream.recv_open:
             self._drop_stream(stream.stream_id, ErrorCode.CANCELLED, "stream finished")
+
+    def _release_growth_if_drained(self, stream: Stream) -> None:
+        """A body that ended and was consumed needs no window: what it grew goes back to the budget now, not
+        when the whole exchange ends (a long answer after a big prompt would hold it for minutes)."""
+        if stream.recv_buffered == 0:
+            self._tuner.release(stream, self._window)
 
     def _open_stream(self, stream: Stream) -> None:
         self._streams[stream.stream_id] = stream

@@ -6,7 +6,8 @@ that half was consumed in less than two round trips, the sender must have been w
 rather than for data, so the window doubles (the rule QUIC implementations use). Growth stops at the
 receiver's own ``max_window`` and at a connection-wide ``budget`` of extra bytes, so memory stays
 bounded: the receiver buffers at most the windows it granted. Windows only grow while the application
-consumes quickly; a slow consumer never triggers growth.
+consumes quickly; a consumer slow from the start never triggers growth, but one that was fast and then
+stops keeps what it grew until its body ends and is consumed (then the growth returns to the budget).
 
 The peer needs nothing new: a bigger window is just larger Credit frames, which every sender accepts.
 """
@@ -26,7 +27,7 @@ class WindowTuner:
 
     __slots__ = ("_clock", "budget", "grown", "max_window", "rtt_s")
 
-    def __init__(self, *, max_window: int, budget: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, max_window: int, budget: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self.max_window = max_window
         """Largest window one stream may reach; at or below the initial window nothing grows."""
         self.budget = budget
@@ -34,7 +35,7 @@ class WindowTuner:
         self.grown = 0
         """Extra bytes granted to the streams open now."""
         self.rtt_s = 0.0
-        """Round-trip estimate the application measured (0: unknown, no growth)."""
+        """Round-trip estimate (0: unknown, no growth); see :meth:`measured`."""
         self._clock = clock
 
     def start(self, stream: Stream) -> None:
@@ -58,5 +59,13 @@ class WindowTuner:
         return extra
 
     def release(self, stream: Stream, initial_window: int) -> None:
-        """A stream ended: what it had grown returns to the budget."""
-        self.grown -= stream.recv_window - initial_window
+        """The stream receives nothing more: what its window had grown returns to the budget (once)."""
+        if stream.recv_window > initial_window:
+            self.grown -= stream.recv_window - initial_window
+            stream.recv_window = initial_window
+
+    def measured(self, sample_s: float) -> None:
+        """A round trip was timed: keep the smallest (queueing only ever adds). A sample of 0 (a coarse
+        clock) says nothing and is ignored: the estimate 0 means "unknown" and would stop all growth."""
+        if sample_s > 0:
+            self.rtt_s = sample_s if self.rtt_s == 0 else min(self.rtt_s, sample_s)
