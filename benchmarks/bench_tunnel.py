@@ -281,6 +281,10 @@ async def _bulk(tmp: Path, backend_port: int, api_port: int, auth: dict[str, str
         "tunnel.bulk_ratio_vs_direct": round(direct / tunnel, 3),
         "tunnel.bulk_two_hop_relay_mb_s": round(size / relay / 1e6, 1),
         "tunnel.bulk_two_hop_relay_ratio": round(direct / relay, 3),
+        # Every round, to show how far the direct upload swings between runs on a shared two-core machine.
+        "tunnel.bulk_direct_mb_s.rounds": [round(size / t / 1e6) for t in directs],
+        "tunnel.bulk_tunnel_mb_s.rounds": [round(size / t / 1e6) for t in tunnels],
+        "tunnel.bulk_two_hop_relay_mb_s.rounds": [round(size / t / 1e6) for t in relays],
     }
 
 
