@@ -300,12 +300,13 @@ async def _bulk_wan(tmp: Path, api_port: int, issuer: DevIssuer, backend_port: i
         fixed = str(1024 * 1024)  # what every window was before auto-tuning
         for key, max_window in (("tunnel.bulk_wan_fixed_window_mb_s", fixed), ("tunnel.bulk_wan_mb_s", None)):
             user = f"bench-wan-{max_window or 'auto'}"
+            token = issuer.mint(user, ttl_s=7200)
             token_file = tmp / f"{user}.token"
-            token_file.write_text(issuer.mint(user, ttl_s=7200))
+            token_file.write_text(token)
             env = {} if max_window is None else {"CLOUDTOLOCALLLM_BRIDGE_MAX_RECEIVE_WINDOW_BYTES": max_window}
             bridge = start_bench_bridge(tmp, f"http://127.0.0.1:{proxy_port}", token_file, backend_port, user, env)
             try:
-                auth = {"authorization": f"Bearer {token_file.read_text()}"}
+                auth = {"authorization": f"Bearer {token}"}
                 await _wait_bridge(api_port, auth)
                 await asyncio.sleep(1)  # the bridge's round-trip probe has come back
                 seconds = await _upload(api_port, path, auth, WAN_UPLOAD_BYTES)

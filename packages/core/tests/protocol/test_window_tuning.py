@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from cloudtolocalllm.core.protocol import Cancel, Connection, Credit, Data, End, Open, Role, encode
+import pytest
+
+from cloudtolocalllm.core.protocol import Cancel, Connection, Credit, Data, End, Open, Ping, Pong, Role, encode
 
 from .conftest import SMALL_LIMITS, make_hello, make_welcome
 
@@ -129,13 +131,22 @@ def test_a_body_that_ended_and_was_consumed_returns_its_growth_at_once() -> None
     assert bridge.recv_window(second) == 2 * WINDOW
 
 
-def test_the_round_trip_estimate_is_the_smallest_real_sample() -> None:
-    bridge = Connection(Role.BRIDGE, max_recv_window=8 * WINDOW)
-    bridge.round_trip_measured(0.0)  # a coarse clock (Windows' monotonic ticks every ~15.6 ms) says nothing
-    assert bridge.rtt_s == 0
-    bridge.round_trip_measured(0.020)
-    bridge.round_trip_measured(0.0)
-    bridge.round_trip_measured(0.050)
-    assert bridge.rtt_s == 0.020
-    bridge.round_trip_measured(0.012)
-    assert bridge.rtt_s == 0.012
+def test_the_round_trip_is_timed_from_a_ping_to_its_pong_and_the_smallest_real_sample_kept() -> None:
+    cloud, bridge, clock = tuned_pair()
+    bridge.rtt_s = 0
+
+    def ping_pong(nonce: int, seconds: float, answer: int | None = None) -> None:
+        cloud.receive(bridge.send(Ping(nonce)))
+        assert bridge.awaiting_pong
+        clock.now += seconds
+        bridge.receive(cloud.send(Pong(nonce if answer is None else answer)))
+
+    ping_pong(1, 0.0)  # a coarse clock (Windows' monotonic ticks every ~15.6 ms) says nothing
+    assert bridge.rtt_s == 0 and not bridge.awaiting_pong
+    ping_pong(2, 0.020)
+    ping_pong(3, 0.050)
+    assert bridge.rtt_s == pytest.approx(0.020)
+    ping_pong(4, 0.001, answer=99)  # not the answer to our Ping: no sample
+    assert bridge.rtt_s == pytest.approx(0.020) and bridge.awaiting_pong
+    ping_pong(5, 0.012)
+    assert bridge.rtt_s == pytest.approx(0.012) and not bridge.awaiting_pong

@@ -19,7 +19,7 @@ Inside a session:
   slow browser nor a multi-GB upload makes the bridge buffer more than one window per stream. An upload
   that the window holds back gets a bigger one (up to ``max_receive_window``; core's ``window``), which
   needs a round-trip estimate: the bridge Pings the cloud after the Welcome and whenever the cloud Pings
-  it, and keeps the smallest round trip seen;
+  it, and the Connection times the answers;
 - a watchdog ends the session when nothing at all arrived for 3 heartbeat intervals (half-open TCP);
 - a reauth task sends a fresh token before the current one expires.
 
@@ -328,7 +328,6 @@ class Session:
         self.backend = backend
         self.conn = Connection(Role.BRIDGE, max_recv_window=options.max_receive_window)
         self.options = options
-        self._rtt_probe: tuple[int, float] | None = None  # (nonce, sent at) of our Ping in flight
         self.token_source = token_source
         self._token = token
         self._token_expires_at: float | None = None
@@ -530,29 +529,18 @@ class Session:
         elif isinstance(frame, Ping):
             self._outbox.put_control(self.conn.send(Pong(frame.nonce)))
             self._probe_rtt()
-        elif isinstance(frame, Pong):
-            self._rtt_measured(frame.nonce)
         elif isinstance(frame, ReauthOk):
             self._token_expires_at = frame.expires_at
             self._reauth_ok.set()
             logger.info("token renewed", extra={"expires_at": frame.expires_at})
         elif isinstance(frame, GoAway):
             self._handle_go_away(frame)
-        # Credit: the Connection already added it to the window.
+        # Credit: the Connection already added it to the window. Pong: it already timed the round trip.
 
     def _probe_rtt(self) -> None:
-        """Ping the cloud to measure a round trip (one probe at a time)."""
-        if self._rtt_probe is not None:
-            return
-        nonce = int.from_bytes(os.urandom(4), "big")
-        self._rtt_probe = (nonce, time.perf_counter())
-        self._outbox.put_control(self.conn.send(Ping(nonce)))
-
-    def _rtt_measured(self, nonce: int) -> None:
-        if self._rtt_probe is None or self._rtt_probe[0] != nonce:
-            return
-        self.conn.round_trip_measured(time.perf_counter() - self._rtt_probe[1])
-        self._rtt_probe = None
+        """Ping the cloud so the Connection times a round trip (one probe at a time)."""
+        if not self.conn.awaiting_pong:
+            self._outbox.put_control(self.conn.send(Ping(int.from_bytes(os.urandom(4), "big"))))
 
     def _handle_go_away(self, frame: GoAway) -> None:
         self.go_away = frame

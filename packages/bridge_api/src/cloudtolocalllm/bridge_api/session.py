@@ -91,7 +91,6 @@ class BridgeSession:
         self._send_lock = asyncio.Lock()
         self._last_seen = time.monotonic()
         self._ping_nonce = 0
-        self._ping_sent_at = 0.0  # perf_counter time our last Ping went out (0: answered or none)
         self._closed = asyncio.Event()
         self._idle: asyncio.Event | None = None  # created by wait_idle(); set while no stream is in flight
         # Heartbeat and reauth deadline are loop timers, not tasks: an idle bridge costs two TimerHandles.
@@ -266,11 +265,7 @@ class BridgeSession:
             # Not awaited here: behind queued upload Data it would stop this reader (Credit, responses).
             self._spawn_timer_task(self._send_quietly(Pong(frame.nonce)))
         elif isinstance(frame, Pong):
-            self.last_heartbeat = time.time()
-            if frame.nonce == self._ping_nonce and self._ping_sent_at:
-                # What response windows grow with, when they may (API_MAX_STREAM_WINDOW_BYTES).
-                self.conn.round_trip_measured(time.perf_counter() - self._ping_sent_at)
-                self._ping_sent_at = 0.0
+            self.last_heartbeat = time.time()  # (the Connection timed the round trip windows grow with)
         elif isinstance(frame, BridgeStatus):
             self.backend_reachable = frame.backend_reachable
             self.models = list(frame.models)
@@ -316,13 +311,9 @@ class BridgeSession:
             self._spawn_timer_task(self.close(CloseCode.HEARTBEAT_TIMEOUT, reason))
             return
         self._ping_nonce += 1
-        self._spawn_timer_task(self._send_ping(self._ping_nonce))
+        self._spawn_timer_task(self._send_quietly(Ping(self._ping_nonce)))
         loop = asyncio.get_running_loop()
         self._heartbeat_timer = loop.call_later(self.settings.heartbeat_interval_s, self._on_heartbeat)
-
-    async def _send_ping(self, nonce: int) -> None:
-        self._ping_sent_at = time.perf_counter()
-        await self._send_quietly(Ping(nonce))
 
     async def _send_quietly(self, frame: Ping | Pong) -> None:
         """Send a heartbeat frame; a connection closing meanwhile is the reader's business, not ours."""

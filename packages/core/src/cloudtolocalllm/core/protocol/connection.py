@@ -22,8 +22,8 @@ concurrent streams exactly.
 
 Credit: see :meth:`Connection.consumed` (receiving side) and :meth:`Connection.send_window` /
 :meth:`Connection.wait_for_credit` (sending side). A receiver given ``max_recv_window`` grows the window of
-a stream the window holds back (see ``window``); report timed round trips with
-:meth:`Connection.round_trip_measured`.
+a stream the window holds back (see ``window``); the round trip it needs is timed here, from a Ping this side
+sends to the Pong that answers it.
 """
 
 from __future__ import annotations
@@ -124,11 +124,12 @@ class Connection:
         *,
         max_recv_window: int = 0,
         recv_window_budget: int = 0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``max_recv_window``: the largest window this side grants one stream (0 or at most the initial
         window: windows never grow); ``recv_window_budget``: the most extra bytes all streams together may
-        be granted beyond their initial windows (default: four times ``max_recv_window``)."""
+        be granted beyond their initial windows (default: four times ``max_recv_window``); ``clock``: what
+        round trips and window epochs are timed with (perf_counter: Windows' monotonic ticks every ~15.6 ms)."""
         self.role = role
         self._peer = Role.BRIDGE if role is Role.CLOUD else Role.CLOUD
         self._greeted = False  # Hello received (cloud) / sent (bridge)
@@ -146,9 +147,11 @@ class Connection:
         self._reset: dict[int, None] = {}
         self._reset_cap = 256
         self._buffered = 0
+        self._clock = clock
         self._tuner = WindowTuner(
             max_window=max_recv_window, budget=recv_window_budget or 4 * max_recv_window, clock=clock
         )
+        self._ping_out: tuple[int, float] | None = None  # (nonce, sent at) of the last Ping not yet answered
         self.peer_hello: Hello | None = None
         """The bridge's Hello (cloud side), once received."""
         self.welcome: Welcome | None = None
@@ -208,16 +211,18 @@ class Connection:
 
     @property
     def rtt_s(self) -> float:
-        """The round-trip estimate receive-window growth uses (seconds; 0 until the application sets it)."""
+        """The round-trip estimate receive-window growth uses: the shortest Ping -> Pong seen (seconds; 0
+        until one was answered). Settable, to pretend a network in tests."""
         return self._tuner.rtt_s
 
     @rtt_s.setter
     def rtt_s(self, value: float) -> None:
         self._tuner.rtt_s = max(0.0, value)
 
-    def round_trip_measured(self, sample_s: float) -> None:
-        """Report a timed round trip (a Ping answered); the smallest one seen is the estimate."""
-        self._tuner.measured(sample_s)
+    @property
+    def awaiting_pong(self) -> bool:
+        """A Ping this side sent has not been answered yet."""
+        return self._ping_out is not None
 
     def recv_window(self, stream_id: int) -> int:
         """This side's current receive window for ``stream_id`` (0 when the stream is not open)."""
@@ -321,7 +326,7 @@ class Connection:
             Hello: self._recv_hello,
             Welcome: self._recv_welcome,
             Ping: _deliver,
-            Pong: _deliver,
+            Pong: self._recv_pong,
             Reauth: _deliver,
             ReauthOk: self._recv_reauth_ok,
             BridgeStatus: _deliver,
@@ -357,6 +362,12 @@ class Connection:
         if self._reauth_pending == 0:
             raise self._fatal("ReauthOk without a pending Reauth")
         self._reauth_pending -= 1
+        return True
+
+    def _recv_pong(self, frame: Pong) -> bool:
+        if self._ping_out is not None and self._ping_out[0] == frame.nonce:
+            self._tuner.measured(self._clock() - self._ping_out[1])
+            self._ping_out = None
         return True
 
     def _recv_go_away(self, frame: GoAway) -> bool:
@@ -574,7 +585,7 @@ class Connection:
         return {
             Hello: self._send_hello,
             Welcome: self._send_welcome,
-            Ping: _deliver,
+            Ping: self._send_ping,
             Pong: _deliver,
             Reauth: self._send_reauth,
             ReauthOk: _deliver,
@@ -587,6 +598,10 @@ class Connection:
             Cancel: self._send_reset,
             StreamError: self._send_reset,
         }
+
+    def _send_ping(self, frame: Ping) -> bool:
+        self._ping_out = (frame.nonce, self._clock())  # a newer Ping replaces one never answered
+        return True
 
     def _send_hello(self, frame: Hello) -> bool:
         if self._greeted:

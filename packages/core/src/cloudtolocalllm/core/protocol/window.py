@@ -14,7 +14,6 @@ The peer needs nothing new: a bigger window is just larger Credit frames, which 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from cloudtolocalllm.core.protocol.streams import Stream
@@ -23,11 +22,11 @@ __all__ = ["WindowTuner"]
 
 
 class WindowTuner:
-    """Per-connection policy for growing streams' receive windows (sans-IO; the clock is injectable)."""
+    """Per-connection policy for growing streams' receive windows (sans-IO; the Connection gives the clock)."""
 
     __slots__ = ("_clock", "budget", "grown", "max_window", "rtt_s")
 
-    def __init__(self, *, max_window: int, budget: int, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, *, max_window: int, budget: int, clock: Callable[[], float]) -> None:
         self.max_window = max_window
         """Largest window one stream may reach; at or below the initial window nothing grows."""
         self.budget = budget
