@@ -67,8 +67,18 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), env={"MYPYPATH": mypy_path})
 
 
+# Packages whose tests include the real small model (scripts/local_model.py): it is built (once, cached) first.
+NEEDS_LOCAL_MODEL = {"bridge"}
+
+
+def _ensure_local_model(session: nox.Session) -> None:
+    session.run("python3", "scripts/local_model.py", "ensure", external=True)
+
+
 def _tests(session: nox.Session, folder: str, dist: str) -> None:
     _uv_sync(session, "--package", dist, "--group", "test", "--all-extras")
+    if folder in NEEDS_LOCAL_MODEL:
+        _ensure_local_model(session)
     session.run(
         "pytest",
         f"packages/{folder}/tests",
@@ -107,13 +117,21 @@ def tests_e2e(session: nox.Session) -> None:
     """Every service and the bridge as real processes, a real small model, the official clients."""
     # docs: the dev-stack test builds the documentation site it serves.
     _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e", "--group", "docs")
-    session.run("python3", "scripts/local_model.py", "ensure", external=True)
+    _ensure_local_model(session)
     session.run(
         "pytest",
         "tests/e2e",
         *session.posargs,
         env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
     )
+
+
+@nox.session(name="tests-local-model", default=True)
+def tests_local_model(session: nox.Session) -> None:
+    """scripts/local_model.py: its logic against fakes, then the real cached build (portable, answers a chat)."""
+    _uv_sync(session, "--only-group", "e2e")  # pytest (and pytest-asyncio, which the shared pytest config names)
+    _ensure_local_model(session)
+    session.run("pytest", "scripts/tests_local_model", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
 @nox.session(name="build-flutter-app-content", default=False, venv_backend="none")

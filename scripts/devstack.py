@@ -32,8 +32,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import local_model  # scripts/: this file's own folder is first on the import path when run as a script
+from supervise import Service, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -44,15 +46,6 @@ CLIENT_ID, AUDIENCE = "cloudtolocalllm-web", "cloudtolocalllm-dev"
 
 def say(message: str) -> None:
     print(f"devstack: {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Service:
-    name: str
-    command: list[str]
-    probe: Callable[[], bool]
-    env: dict[str, str] = field(default_factory=dict)
-    timeout_s: float = 60
 
 
 def _answers(url: str, token: str | None = None, expect: bytes = b"") -> bool:
@@ -236,16 +229,21 @@ def _local_model(args: argparse.Namespace) -> Service | None:
         say(f"using the Ollama already running at {OLLAMA_URL}")
         return None
     say("no Ollama on 127.0.0.1:11434; preparing the bundled small model")
-    # Builds llama.cpp once (minutes, with progress lines), then reuses the cached build.
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "local_model.py"), "ensure"], check=True)
-    port = str(args.model_port)
-    url = f"http://127.0.0.1:{port}/v1/models"
-    return Service(
-        "local-model",
-        [sys.executable, str(ROOT / "scripts" / "local_model.py"), "serve", "--port", port],
-        lambda: _answers(url),
-        timeout_s=120,
-    )
+    build: str | None = args.model_build
+
+    def launch(log: Path) -> subprocess.Popen[bytes]:
+        # Builds llama.cpp once (minutes, with progress lines), then reuses the cached build. Ready means it
+        # answered one real completion; a build that dies there is replaced by a safer one (see local_model).
+        nonlocal build
+        try:
+            proc, build = local_model.start_first_working(args.model_port, log, say, build=build)
+        except local_model.LocalModelError as exc:
+            raise SystemExit(f"devstack: the bundled model cannot start: {exc}") from None
+        say(f"the bundled model runs its {build} build")
+        return proc
+
+    url = f"http://127.0.0.1:{args.model_port}/v1/models"
+    return Service("local-model", [], lambda: _answers(url), timeout_s=120, launch=launch)
 
 
 def parse_args() -> argparse.Namespace:
@@ -257,6 +255,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--app-port", type=int, default=8090, help="flutter-app (the chat app's static server)")
     parser.add_argument("--site-port", type=int, default=8091, help="static-site (homepage, docs, downloads)")
     parser.add_argument("--model-port", type=int, default=8765)
+    parser.add_argument(
+        "--model-build",
+        choices=("portable", "baseline", "native"),
+        help=f"the bundled model's llama.cpp build (default: ${local_model.BUILD_ENV}, else portable)",
+    )
     parser.add_argument("--user", default="dev-user", help="the dev user the bridge and token belong to")
     parser.add_argument("--no-edge", action="store_true", help="only the model, api-backend and the bridge")
     parser.add_argument(
@@ -290,53 +293,22 @@ def main() -> None:
     }
     if edge:
         dev_env["DEV_REDIRECT_URIS"] = app_url
-    running: list[tuple[Service, subprocess.Popen[bytes]]] = []
+    logs = dev / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(logs, dev_env, say)
 
     def stop_all(*_: object) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        for _service, proc in reversed(running):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for service, proc in reversed(running):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                say(f"{service.name} did not stop in 20 s; killing it")
-                proc.kill()
-                proc.wait()
+        supervisor.stop_all()
         say("stopped everything it started")
         raise SystemExit(0)
 
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
-
-    logs = dev / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-
-    def start(service: Service) -> None:
-        # Each service logs (JSON lines) to its own file, so the terminal shows what to do, not noise.
-        log = (logs / f"{service.name}.log").open("ab")
-        proc = subprocess.Popen(
-            service.command,
-            env={**dev_env, **service.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches devstack only; it stops the services in order
-        )
-        running.append((service, proc))
-        deadline = time.monotonic() + service.timeout_s
-        while not service.probe():
-            if proc.poll() is not None:
-                raise SystemExit(f"devstack: {service.name} exited ({proc.returncode}); see {log.name}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"devstack: {service.name} not ready within {service.timeout_s:.0f}s; see {log.name}")
-            time.sleep(0.2)
-        say(f"{service.name} is up")
-
     try:
-        _run_stack(args, dev, edge, api_url, app_url, issuer, dev_env, start, logs, running)
+        _run_stack(args, dev, edge, api_url, app_url, issuer, dev_env, supervisor, logs)
     except SystemExit as exc:
-        if running and exc.code not in (0, None):
+        if supervisor.parts and exc.code not in (0, None):
             print(exc.code, file=sys.stderr)
             stop_all()
         raise
@@ -350,10 +322,11 @@ def _run_stack(
     app_url: str,
     issuer: str,
     dev_env: dict[str, str],
-    start: Callable[[Service], None],
+    supervisor: Supervisor,
     logs: Path,
-    running: list[tuple[Service, subprocess.Popen[bytes]]],
 ) -> None:
+    start = supervisor.start
+
     def mint(ttl_s: int) -> str:
         return subprocess.run(
             [str(BIN / "cloudtolocalllm-dev-issuer"), "token", "--sub", args.user, "--ttl", str(ttl_s)],
@@ -451,11 +424,7 @@ def _run_stack(
         )
 
     _print_banner(args, edge, api_url, app_url, backend_url, backend_kind, token, logs)
-    while True:
-        for service, proc in running:
-            if proc.poll() is not None:
-                raise SystemExit(f"devstack: {service.name} exited ({proc.returncode}); stopping the rest")
-        time.sleep(0.5)
+    supervisor.watch()
 
 
 def _print_banner(

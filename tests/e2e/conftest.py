@@ -33,11 +33,16 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local_model(logs: Path) -> Iterator[str]:
-    """llama.cpp serving SmolLM2-135M (OpenAI-compatible), shared by the whole session."""
+def local_model_server(logs: Path) -> Iterator[tuple[Proc, str]]:
+    """llama.cpp serving SmolLM2-135M (OpenAI-compatible), shared by the whole session: its process and URL."""
     proc, url = start_local_model(logs)
-    yield url
+    yield proc, url
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def local_model(local_model_server: tuple[Proc, str]) -> str:
+    return local_model_server[1]
 
 
 @dataclass

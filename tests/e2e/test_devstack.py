@@ -52,6 +52,86 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _part_pids(root: int, marker: str) -> list[int]:
+    """The processes under ``root`` whose command line contains ``marker``."""
+    found = []
+    for pid in _descendants(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and _alive(pid):
+            found.append(pid)
+    return found
+
+
+def _chat_until_it_answers(api: str, token: str, timeout: float) -> float:
+    """Seconds until a chat through api-backend and the bridge answers again (fails after ``timeout``)."""
+    started = time.monotonic()
+    last = "no attempt yet"
+    while time.monotonic() - started < timeout:
+        try:
+            answer = httpx.post(
+                f"{api}/api/ollama/api/chat",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"model": REAL_MODEL, "messages": [{"role": "user", "content": "Say hello"}], "stream": False},
+                timeout=30,
+            )
+            if answer.status_code == 200 and answer.json()["message"]["content"].strip():
+                return time.monotonic() - started
+            last = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.25)
+    raise AssertionError(f"no answer within {timeout}s after the restart; last: {last}")
+
+
+def test_devstack_restarts_a_part_that_exits_while_the_rest_keeps_running(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("api", "model")}
+    command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--no-edge", "--bundled-model"]
+    command += ["--dev-dir", str(tmp_path), "--api-port", str(ports["api"]), "--model-port", str(ports["model"])]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    running = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if "dev stack is running" in line:
+                running.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    api = f"http://127.0.0.1:{ports['api']}"
+    try:
+        assert running.wait(150), "".join(output)[-4000:]
+        time.sleep(0.5)  # the rest of the banner
+        token = re.search(r"export TOKEN=(\S+)", "".join(output))
+        assert token, "".join(output)
+        _chat_until_it_answers(api, token.group(1), 30)
+
+        for part, marker in (("local-model", "llama_cpp.server"), ("api-backend", "cloudtolocalllm-api-backend")):
+            (pid,) = _part_pids(proc.pid, marker)
+            others = {p for p in _descendants(proc.pid) if _alive(p)} - {pid} - _descendants(pid)
+            os.kill(pid, signal.SIGKILL)  # a crash, not a clean stop
+            recovered = _chat_until_it_answers(api, token.group(1), 60)
+            text = "".join(output)
+            assert f"devstack: {part} exited (killed by SIGKILL); restarting in 0.5s" in text, text[-3000:]
+            assert f"devstack: {part} is back up" in text, text[-3000:]
+            assert proc.poll() is None, "the dev stack stopped"
+            assert all(_alive(p) for p in others), f"a part other than {part} stopped"
+            print(f"{part}: a chat answered again {recovered:.1f}s after it was killed")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        status = proc.wait(timeout=60)
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert status == 0, "".join(output)[-4000:]
+
+
 def test_devstack_serves_the_app_site_docs_and_chat_through_the_edge_and_stops_everything(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("https", "http", "edge-admin", "api", "app", "site", "model")}
     command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--bundled-model", "--dev-dir", str(tmp_path)]

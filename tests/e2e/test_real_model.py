@@ -3,7 +3,7 @@ model (SmolLM2-135M on llama.cpp, deterministic at temperature 0)."""
 
 from __future__ import annotations
 
-import time
+import re
 from collections.abc import Iterator
 
 import ollama
@@ -11,10 +11,13 @@ import openai
 import pytest
 
 from .conftest import Stack
+from .procs import Proc
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 16}
+# llama.cpp's timings line, printed once per generation when it ends ("eval time = 81.2 ms / 16 runs").
+GENERATION_DONE = re.compile(r"(?<!prompt )eval time\s*=\s*[\d.]+ ms /\s*(\d+) runs")
 
 
 @pytest.fixture
@@ -39,6 +42,9 @@ def test_ollama_list_shows_the_bridged_model(ollama_client: ollama.Client) -> No
 def test_ollama_show(ollama_client: ollama.Client) -> None:
     shown = ollama_client.show(MODEL)
     assert shown.details is not None
+    assert shown.details.parameter_size == "135M"
+    assert shown.details.format == "gguf"
+    assert shown.details.family
 
 
 def test_ollama_chat_answers_with_real_text(ollama_client: ollama.Client) -> None:
@@ -93,23 +99,36 @@ def test_openai_chat_completion(openai_client: openai.OpenAI) -> None:
     assert "Paris" in (completion.choices[0].message.content or "")
 
 
-def test_openai_chat_completion_streams_token_by_token(openai_client: openai.OpenAI) -> None:
+def test_openai_chat_completion_streams_token_by_token(
+    openai_client: openai.OpenAI, local_model_server: tuple[Proc, str]
+) -> None:
+    """The first token reaches the client while the model is still generating: llama.cpp logs its timings
+    ("eval time") only when a generation ends, so at the first chunk there must be no new such line. A relay
+    that buffered the answer would deliver its first chunk after that line."""
+    server, _url = local_model_server
+
+    def finished_generations() -> int:
+        return len(GENERATION_DONE.findall(server.log_text()))
+
+    before = finished_generations()
     stream = openai_client.chat.completions.create(
         model=MODEL,
-        messages=QUESTION,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
         temperature=0,
         seed=42,
-        max_tokens=16,
+        max_tokens=300,  # about two seconds of generation here: the first chunk comes long before the end
         stream=True,  # type: ignore[arg-type]
     )
-    arrivals: list[float] = []
+    at_first_chunk: int | None = None
     text = ""
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.monotonic())
+            if at_first_chunk is None:
+                at_first_chunk = finished_generations()
             text += chunk.choices[0].delta.content
-    assert "Paris" in text
-    assert len(arrivals) >= 3
+    assert at_first_chunk == before, "the first chunk came after the generation had finished"
+    assert finished_generations() == before + 1
+    assert len(text.split()) >= 50
 
 
 def test_openai_models_list(openai_client: openai.OpenAI) -> None:
