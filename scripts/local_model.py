@@ -631,7 +631,7 @@ def start_first_working(
             _mark_bad(candidate, str(died))
             then = f"; falling back to the {remaining[0]} build" if remaining else ""
             say(f"the bundled model's {candidate} build died before its first answer ({died}); see {log}{then}")
-        except LocalModelError:
+        except BaseException:  # not ready in time, or Ctrl-C: leave no server behind
             _kill_group(proc)
             raise
     raise LocalModelError(f"no build of the bundled model ran on this CPU ({', '.join(candidates)}); see {log}")

@@ -107,6 +107,8 @@ class Supervisor:
                 try:
                     part.proc = self._spawn(service)
                 except (Exception, SystemExit) as exc:  # a launch that fails is one more failed start
+                    if self.stopping:  # Ctrl-C arrived during the launch: stop, do not retry
+                        raise
                     self._schedule_restart(part, f"could not start: {exc}")
             return
         if part.proc.poll() is not None:
