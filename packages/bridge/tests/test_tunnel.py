@@ -24,6 +24,7 @@ from cloudtolocalllm.core.protocol import (
     ResponseHead,
     StreamError,
 )
+from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
 
 from .conftest import TOKEN, FakeBackend, FakeCloud, wait_until
 
@@ -146,6 +147,29 @@ async def test_a_window_bound_upload_gets_a_bigger_window_within_the_maximum(
     await _upload_5mib(link, backend)
     assert session.stats.max_receive_window == 512 * 1024
     assert 0 < session.stats.max_buffered_bytes <= 512 * 1024
+
+
+async def test_behind_a_real_round_trip_the_window_grows_within_the_maximum(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    """The same growth over a real delay: the bridge's WebSocket crosses a relay that holds every byte 40 ms
+    each way, so the round trip is measured by the Connection's own Ping/Pong, not set by the test."""
+    one_way_s = 0.04
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
+    cloud_port = int(cloud.url.rsplit(":", 1)[1].split("/")[0])
+    async with tcp_relay(cloud_port, one_way_s) as relay_port:
+        running = await start_bridge(cloud_url=f"http://127.0.0.1:{relay_port}", max_receive_window_bytes=512 * 1024)
+        link = await cloud.next_link()
+        session = running.bridge.sessions[-1]
+        await wait_until(lambda: session.conn.rtt_s > 0)
+        assert session.conn.rtt_s >= 2 * one_way_s  # measured across the relay
+        started = time.monotonic()
+        await _upload_5mib(link, backend)
+        elapsed = time.monotonic() - started
+    assert session.stats.max_receive_window == 512 * 1024
+    assert 0 < session.stats.max_buffered_bytes <= 512 * 1024
+    # Without growth, 64 KiB per 80 ms round trip caps 5 MiB at >= 6.4 s.
+    print(f"5 MiB behind an {2 * one_way_s * 1000:.0f} ms round trip in {elapsed:.2f} s")
 
 
 def _kernel_max(name: str) -> int:
