@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parents[2])
 
-SAMPLE = '''
+SAMPLE = """
 import pytest
 
 def test_passes():
@@ -33,7 +33,7 @@ def test_for_windows():
 @pytest.mark.xfail(reason="a known bug", strict=True)
 def test_known_bug():
     assert False
-'''
+"""
 
 
 def _run_sample(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:

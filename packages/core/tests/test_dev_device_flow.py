@@ -89,8 +89,8 @@ def _claims(token: str) -> dict[str, Any]:
 
 
 async def _next_wall_clock_second(after: int) -> None:
-    while int(time.time()) <= after:
-        await asyncio.sleep(0.05)
+    await asyncio.sleep(max(0.0, after + 1 - time.time()) + 0.01)
+    assert int(time.time()) > after
 
 
 def _error(response: httpx.Response) -> str:

@@ -76,7 +76,8 @@ async def _in_flight(proc: subprocess.Popen[str]) -> None:
 
 async def _until_refused(base_url: str, timeout: float = 4) -> None:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=base_url, timeout=2, limits=httpx.Limits(max_keepalive_connections=0)) as fresh:
+    no_reuse = httpx.Limits(max_keepalive_connections=0)  # each try is a new connection
+    async with httpx.AsyncClient(base_url=base_url, timeout=2, limits=no_reuse) as fresh:
         while True:
             try:
                 await fresh.get("/health")
