@@ -134,6 +134,18 @@ def tests_local_model(session: nox.Session) -> None:
     session.run("pytest", "scripts/tests_local_model", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
+@nox.session(name="tests-repo", default=True)
+def tests_repo(session: nox.Session) -> None:
+    """The repository's own rules: CI's skip policy (conftest.py) and a nox session for every folder of tests."""
+    _uv_sync(session, "--only-group", "e2e")  # pytest, and pytest-asyncio that the shared pytest config names
+    session.run(
+        "pytest",
+        "tests/repo",
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
+    )
+
+
 @nox.session(name="build-flutter-app-content", default=False, venv_backend="none")
 def build_flutter_app_content(session: nox.Session) -> None:
     """Build the chat web app (apps/chat) into dist/flutter-app: hashed assets, .gz, first-load budget."""

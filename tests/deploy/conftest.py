@@ -258,6 +258,15 @@ class Deployment:
         ).split()  # fmt: skip
         return json.loads(docker("inspect", *ids)) if ids else []
 
+    def run_tag(self, service: str, tag: str) -> None:
+        """Make ``service`` run its image tagged ``tag`` (an update only if it runs another one), so a test can
+        start from the state it needs whatever the tests before it left."""
+        wanted = docker("image", "inspect", "-f", "{{.Id}}", self.image(service, tag)).strip()
+        if [container["Image"] for container in self.running(service)] == [wanted]:
+            return
+        docker("tag", self.image(service, tag), self.image(service))
+        self.script("update-service.sh", service)
+
     def service_health(self, service: str) -> dict[str, object]:
         """/health of the one running container of ``service``, asked directly on its own port."""
         (container,) = self.running(service)
@@ -392,6 +401,7 @@ def deployed(
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """One deployment shared by a test module (the tests run in file order and say what they expect)."""
+    """One deployment shared by a test module. Each test first brings what it changes to the state it needs
+    (``run_tag``), so the tests pass in any order or alone."""
     with deployed(tmp_path_factory.mktemp("deployment")) as running:
         yield running

@@ -57,6 +57,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def test_no_downtime_updates_of_static_site_flutter_app_and_api_backend(deployment: Deployment) -> None:
+    for service in ("static-site", "flutter-app", "api-backend"):
+        deployment.run_tag(service, "v1")  # so each update below is a real change of version
+        assert deployment.service_health(service)["version"] != "2.0.0-deploytest"
     with Backend() as backend:
         bridge = _start_bridge(deployment, backend.url)
         try:

@@ -13,6 +13,7 @@ from .procs import (
     Proc,
     dev_auth_env,
     free_port,
+    read_metric,
     start_api_backend,
     start_bridge,
     start_load_balancer,
@@ -106,18 +107,14 @@ class Stack:
         self.api, self.url = start_api_backend(self.logs, self.env, port=port)
 
     def metric(self, name: str) -> float:
-        text = httpx.get(self.url + "/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith((name + " ", name + "{")):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"metric {name} not found")
+        return read_metric(self.url, name)
 
 
 @pytest.fixture
 def stack(logs: Path, tmp_path: Path) -> Iterator[Stack]:
     auth_env, issuer = dev_auth_env(tmp_path / "issuer", ISSUER, AUDIENCE)
     env = {**auth_env, **FAST_TIMINGS}
-    api, url = start_api_backend(logs, env)
+    api, url = start_api_backend(logs, env, port=free_port())  # restart_api starts it again on this port
     running = Stack(logs=logs, root=tmp_path, env=env, issuer=issuer, api=api, url=url)
     yield running
     for proc in running.procs:
@@ -181,11 +178,7 @@ class Replicas:
         wait_for(holds, timeout, f"bridges of {user}", interval=0.1)
 
     def metric(self, url: str, name: str) -> float:
-        text = httpx.get(url + "/metrics", timeout=10).text
-        for line in text.splitlines():
-            if line.startswith((name + " ", name + "{")):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return read_metric(url, name)
 
     def holder(self) -> int:
         """Index of the one replica holding a bridge (tests that use this have exactly one connected)."""
@@ -222,8 +215,7 @@ def replicas(logs: Path, tmp_path: Path) -> Iterator[Replicas]:
     running: Replicas | None = None
     try:
         for _ in range(3):
-            port = free_port()
-            api, url = start_api_backend(logs, {**env, "API_REPLICA_URL": f"http://127.0.0.1:{port}"}, port=port)
+            api, url = start_api_backend(logs, env)  # binds port 0; peers reach it at http://127.0.0.1:<port>
             apis.append(api)
             urls.append(url)
         lb, lb_url = start_load_balancer(logs, tmp_path / "lb", urls)

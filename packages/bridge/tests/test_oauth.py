@@ -42,7 +42,7 @@ from cloudtolocalllm.bridge.token import TokenError
 from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
 from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
-from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.core.testing import refused_port, running_server
 
 from .conftest import wait_until
 from .test_login import AUDIENCE, ISSUER, _credentials
@@ -186,11 +186,12 @@ async def test_a_silent_issuer_times_out_as_unreachable() -> None:
 
 
 async def test_unreachable_issuer_message_and_the_stored_login_keeps_its_valid_token(tmp_path: Path) -> None:
-    async with issuer_session(5) as http:
-        with pytest.raises(IssuerUnreachable) as info:
-            await discover(http, "http://127.0.0.1:9/dev-issuer")
+    with refused_port() as port:
+        async with issuer_session(5) as http:
+            with pytest.raises(IssuerUnreachable) as info:
+                await discover(http, f"http://127.0.0.1:{port}/dev-issuer")
     assert str(info.value).startswith(
-        "cannot reach the issuer at http://127.0.0.1:9/dev-issuer/.well-known/openid-configuration: "
+        f"cannot reach the issuer at http://127.0.0.1:{port}/dev-issuer/.well-known/openid-configuration: "
     )
     async with scripted_issuer() as (scripted, url):
         scripted.answers["/i/oauth/token"] = _html(502)

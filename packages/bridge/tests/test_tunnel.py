@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from cloudtolocalllm.core.protocol import (
     ResponseHead,
     StreamError,
 )
+from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
 
 from .conftest import TOKEN, FakeBackend, FakeCloud, wait_until
 
@@ -146,8 +149,51 @@ async def test_a_window_bound_upload_gets_a_bigger_window_within_the_maximum(
     assert 0 < session.stats.max_buffered_bytes <= 512 * 1024
 
 
+async def test_behind_a_real_round_trip_the_window_grows_within_the_maximum(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    """The same growth over a real delay: the bridge's WebSocket crosses a relay that holds every byte 40 ms
+    each way, so the round trip is measured by the Connection's own Ping/Pong, not set by the test."""
+    one_way_s = 0.04
+    cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
+    cloud_port = int(cloud.url.rsplit(":", 1)[1].split("/")[0])
+    async with tcp_relay(cloud_port, one_way_s) as relay_port:
+        running = await start_bridge(cloud_url=f"http://127.0.0.1:{relay_port}", max_receive_window_bytes=512 * 1024)
+        link = await cloud.next_link()
+        session = running.bridge.sessions[-1]
+        await wait_until(lambda: session.conn.rtt_s > 0)
+        assert session.conn.rtt_s >= 2 * one_way_s  # measured across the relay
+        started = time.monotonic()
+        await _upload_5mib(link, backend)
+        elapsed = time.monotonic() - started
+    assert session.stats.max_receive_window == 512 * 1024
+    assert 0 < session.stats.max_buffered_bytes <= 512 * 1024
+    # Without growth, 64 KiB per 80 ms round trip caps 5 MiB at >= 6.4 s.
+    print(f"5 MiB behind an {2 * one_way_s * 1000:.0f} ms round trip in {elapsed:.2f} s")
+
+
+def _kernel_max(name: str) -> int:
+    return int(Path("/proc/sys/net/ipv4", name).read_text().split()[2])
+
+
+async def _settled(value: Callable[[], int], quiet_s: float = 0.5, timeout: float = 30) -> int:
+    """``value`` once it has stayed the same for ``quiet_s`` (it stopped growing); fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"still changing after {timeout} s: {value()}"
+        await asyncio.sleep(0.05)
+        if (current := value()) != last:
+            last, since = current, time.monotonic()
+    return last
+
+
 async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
     window = 64 * 1024
+    # What TCP itself may hold between the backend and the bridge: both socket buffers at the kernel's
+    # maximum (autotuning grows them that far), plus a few MiB of the servers' and clients' own buffers.
+    held_by_tcp = _kernel_max("tcp_rmem") + _kernel_max("tcp_wmem") + 4 * 1024 * 1024
+    backend.pull_total = max(backend.pull_total, 2 * held_by_tcp)
     cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=window, max_concurrent_streams=8)
     await start_bridge()
     link = await cloud.next_link()
@@ -161,13 +207,11 @@ async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: Fak
         assert isinstance(frame, Data)
         received += len(frame.payload)
     assert received == window  # not one byte beyond the credit
-    await asyncio.sleep(0.5)
+    # The backend is held back by TCP backpressure: it stops producing (waited for, however slow the
+    # machine), having produced no more than the buffers in between hold, far from its whole body.
+    stalled_at = await _settled(lambda: backend.pull_produced)
     assert stream.frames.empty()
-    # The backend is held back by TCP backpressure: far less than its 64 MB has been produced.
-    stalled_at = backend.pull_produced
-    await asyncio.sleep(0.3)
-    assert backend.pull_produced == stalled_at
-    assert stalled_at < 24 * 1024 * 1024, stalled_at
+    assert stalled_at <= held_by_tcp < backend.pull_total, (stalled_at, held_by_tcp)
     print(f"backend produced {stalled_at} bytes before TCP backpressure held it")
     # Granting credit again lets the whole body through.
     link.auto_credit = True

@@ -8,11 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from cloudtolocalllm.core.testing import restartable_port
 
 
 class RedisServer:
@@ -22,7 +18,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (scripts/system-deps.sh installs it)")
         self.binary = binary
         self.workdir = workdir
-        self.port = port or _free_port()
+        self.port = port or restartable_port()  # tests restart it on this port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -63,13 +64,30 @@ async def test_silent_bridge_is_dropped_after_the_heartbeat_timeout(make_cloud: 
         await wait_until(lambda: not cloud.app.state.registry.all_sessions())
 
 
+# Heartbeats every 0.1 s; a timeout with room for a loaded machine to answer (the silent-bridge test shows
+# the timeout itself acts). Heartbeats are counted as they happen, not assumed from a sleep.
+ANSWERED = {"heartbeat_interval_s": 0.1, "heartbeat_timeout_s": 3.0}
+
+
+async def _heartbeats(session: Any, count: int) -> None:
+    """Wait until ``session`` has recorded ``count`` more answered heartbeats."""
+    seen = [session.last_heartbeat]
+
+    def counted() -> bool:
+        if session.last_heartbeat != seen[-1]:
+            seen.append(session.last_heartbeat)
+        return len(seen) > count
+
+    await wait_until(counted, timeout=15)
+
+
 async def test_answering_bridge_stays_connected_and_heartbeat_is_recorded(make_cloud: CloudFactory) -> None:
-    async with make_cloud(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.4) as cloud:
+    async with make_cloud(**ANSWERED) as cloud:
         async with FakeBridge(cloud.url, cloud.token()) as bridge:
-            before = cloud.app.state.registry.all_sessions()[0].last_heartbeat
-            await asyncio.sleep(0.8)
+            session = cloud.app.state.registry.all_sessions()[0]
+            await _heartbeats(session, 5)
             assert not bridge.closed.is_set()
-            assert cloud.app.state.registry.all_sessions()[0].last_heartbeat > before
+            assert cloud.app.state.registry.all_sessions() == [session]
 
 
 async def test_token_expiry_without_reauth_closes_the_tunnel(make_cloud: CloudFactory) -> None:
@@ -138,10 +156,10 @@ async def test_a_bridge_at_the_limit_may_still_reconnect_with_its_own_id(make_cl
 
 
 async def test_an_idle_bridge_runs_on_timers_not_tasks(make_cloud: CloudFactory) -> None:
-    async with make_cloud(heartbeat_interval_s=0.1, heartbeat_timeout_s=0.4) as cloud:
+    async with make_cloud(**ANSWERED) as cloud:
         async with FakeBridge(cloud.url, cloud.token()) as bridge:
             session = cloud.app.state.registry.all_sessions()[0]
-            await asyncio.sleep(0.35)  # a few heartbeats
+            await _heartbeats(session, 3)
             helpers = [t for t in asyncio.all_tasks() if "BridgeSession._" in getattr(t.get_coro(), "__qualname__", "")]
             assert helpers == []  # Pings that were sent are done; nothing waits per session but the reader
             assert session._heartbeat_timer is not None and session._reauth_timer is not None

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 
 from cloudtolocalllm.core.auth import DevIssuer, InvalidToken, KeysUnavailable, RemoteJwks, TokenVerifier
-from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.core.testing import refused_port, running_server
 
 from .conftest import AUDIENCE, ISSUER, JwksServer
 
@@ -162,9 +162,10 @@ async def test_unknown_kids_cannot_make_it_hammer_the_issuer(issuer: DevIssuer, 
 
 
 async def test_unreachable_jwks_is_a_retryable_error_not_a_bad_token(issuer: DevIssuer) -> None:
-    verifier = _verifier("http://127.0.0.1:9/.well-known/jwks.json")
-    with pytest.raises(KeysUnavailable):
-        await verifier.verify(issuer.mint("alice"))
+    with refused_port() as port:
+        verifier = _verifier(f"http://127.0.0.1:{port}/.well-known/jwks.json")
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(issuer.mint("alice"))
 
 
 def test_symmetric_algorithms_cannot_be_configured(issuer: DevIssuer) -> None:

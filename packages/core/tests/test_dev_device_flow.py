@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from starlette.routing import Mount
 
@@ -24,11 +26,25 @@ AUDIENCE = "aud-device"
 CLIENT = "cloudtolocalllm-bridge"
 
 
+class ManualClock:
+    """The flow's clock, moved by the test: poll intervals and expiry without sleeping or racing the load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class Issuer:
     flow: DevDeviceFlow
     base: str  # where the issuer's routes are served
     http: httpx.AsyncClient
+    clock: ManualClock
 
     async def start(self, **overrides: str) -> dict[str, Any]:
         form = {"client_id": CLIENT, "scope": "openid offline_access", "audience": AUDIENCE, **overrides}
@@ -54,16 +70,27 @@ class Issuer:
 @asynccontextmanager
 async def _serve(tmp_path: Path, **flow_options: Any) -> AsyncIterator[Issuer]:
     dev = DevIssuer(tmp_path / "keys", issuer=ISSUER, audience=AUDIENCE)
-    flow = DevDeviceFlow(dev, **flow_options)
+    clock = ManualClock()
+    flow = DevDeviceFlow(dev, clock=clock, **flow_options)
     app = create_app(ServiceInfo("dev-issuer", "1"), [Mount("/dev-issuer", routes=dev_issuer_routes(dev, flow))])
     async with running_server(app) as url, httpx.AsyncClient(timeout=10) as http:
-        yield Issuer(flow, url + "/dev-issuer", http)
+        yield Issuer(flow, url + "/dev-issuer", http, clock)
 
 
 @pytest.fixture
 async def issuer(tmp_path: Path) -> AsyncIterator[Issuer]:
     async with _serve(tmp_path, interval_s=0.3, access_token_ttl_s=120) as running:
         yield running
+
+
+def _claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+async def _next_wall_clock_second(after: int) -> None:
+    await asyncio.sleep(max(0.0, after + 1 - time.time()) + 0.01)
+    assert int(time.time()) > after
 
 
 def _error(response: httpx.Response) -> str:
@@ -98,7 +125,7 @@ async def test_pending_then_approved_then_tokens_the_api_accepts(issuer: Issuer)
     approved = await issuer.activate(start["user_code"].lower(), subject="alice")  # case and dash forgiven
     assert approved.status_code == 200 and "signed in as alice" in approved.text
 
-    await asyncio.sleep(0.3)
+    issuer.clock.advance(0.3)
     response = await issuer.poll(start["device_code"])
     assert response.status_code == 200, response.text
     tokens = response.json()
@@ -108,7 +135,7 @@ async def test_pending_then_approved_then_tokens_the_api_accepts(issuer: Issuer)
     principal = await verifier.verify(tokens["access_token"])
     assert principal.subject == "alice"
     # A device code yields one set of tokens.
-    await asyncio.sleep(0.3)
+    issuer.clock.advance(0.3)
     assert _error(await issuer.poll(start["device_code"])) == "invalid_grant"
 
 
@@ -117,7 +144,7 @@ async def test_polling_faster_than_the_interval_gets_slow_down(issuer: Issuer) -
     assert _error(await issuer.poll(start["device_code"])) == "authorization_pending"
     assert _error(await issuer.poll(start["device_code"])) == "slow_down"
     assert _error(await issuer.poll(start["device_code"])) == "slow_down"  # every early poll counts
-    await asyncio.sleep(0.3)
+    issuer.clock.advance(0.3)
     assert _error(await issuer.poll(start["device_code"])) == "authorization_pending"
 
 
@@ -133,7 +160,7 @@ async def test_a_denied_request_gets_access_denied(issuer: Issuer) -> None:
 async def test_an_expired_code_gets_expired_token(tmp_path: Path) -> None:
     async with _serve(tmp_path, interval_s=0.1, device_code_ttl_s=0.5) as issuer:
         start = await issuer.start()
-        await asyncio.sleep(0.6)
+        issuer.clock.advance(0.6)
         assert (await issuer.activate(start["user_code"])).status_code == 404
         assert _error(await issuer.poll(start["device_code"])) == "expired_token"
 
@@ -142,11 +169,16 @@ async def test_refresh_tokens_rotate_and_a_reused_one_revokes_the_login(issuer: 
     start = await issuer.start()
     assert issuer.flow.approve(start["user_code"], "bob")
     first = (await issuer.poll(start["device_code"])).json()
+    # Tokens carry whole-second times (RS256 is deterministic): refresh in the next second to tell them apart.
+    await _next_wall_clock_second(_claims(first["access_token"])["iat"])
     second = await issuer.refresh(first["refresh_token"])
     assert second.status_code == 200, second.text
     rotated = second.json()
     assert rotated["refresh_token"] != first["refresh_token"]
-    assert rotated["access_token"] != first["access_token"] or rotated["access_token"]
+    # A new access token, minted at the refresh: later than the first (whole seconds), for the same user.
+    assert _claims(rotated["access_token"])["iat"] > _claims(first["access_token"])["iat"]
+    verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, keys=issuer.flow.issuer.key_source())
+    assert (await verifier.verify(rotated["access_token"])).subject == "bob"
     third = await issuer.refresh(rotated["refresh_token"])
     assert third.status_code == 200
     latest = third.json()["refresh_token"]
@@ -214,12 +246,13 @@ class _CodeFlowStandIn:
 
 async def test_grants_it_does_not_serve_go_to_the_flow_behind_it(tmp_path: Path) -> None:
     dev = DevIssuer(tmp_path / "keys", issuer=ISSUER, audience=AUDIENCE)
-    flow = DevDeviceFlow(dev, interval_s=0.1)
+    clock = ManualClock()
+    flow = DevDeviceFlow(dev, interval_s=0.1, clock=clock)
     behind = _CodeFlowStandIn()
     routes = [*flow.routes(behind=behind), *dev.routes()]
     app = create_app(ServiceInfo("dev-issuer", "1"), [Mount("/dev-issuer", routes=routes)])
     async with running_server(app) as url, httpx.AsyncClient(timeout=10) as http:
-        issuer = Issuer(flow, url + "/dev-issuer", http)
+        issuer = Issuer(flow, url + "/dev-issuer", http, clock)
         doc = (await http.get(issuer.base + "/.well-known/openid-configuration")).json()
         assert doc["authorization_endpoint"] == "http://x/authorize"
         assert {"authorization_code", DEVICE_CODE_GRANT, "refresh_token"} <= set(doc["grant_types_supported"])

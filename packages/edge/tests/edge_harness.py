@@ -8,7 +8,6 @@ import copy
 import functools
 import getpass
 import os
-import socket
 import ssl
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 
 from cloudtolocalllm.core.serving import bind_socket, serve
+from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.edge.config import EdgeConfig
 from cloudtolocalllm.edge.nginx import Nginx
 from edge_upstream import Shared, build_app
@@ -93,9 +93,9 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 15.0) ->
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port for nginx to listen on: it must be written into the config before nginx binds it, and nginx keeps
+    it across reloads. Below the ephemeral range, so no bind(0) or outgoing connection takes it meanwhile."""
+    return restartable_port()
 
 
 def pool_instances(servers: UpstreamServers) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""A plain TCP relay for benchmarks: bytes in, the same bytes out, optionally a fixed time later.
+"""A plain TCP relay for tests and benchmarks: bytes in, the same bytes out, optionally a fixed time later.
 
 - Without a delay it is the least a Python hop can cost (asyncio protocols, no parsing, no copies beyond
   the kernel's): two of them in a row show what any two-process Python relay can reach on this machine,
@@ -8,7 +8,9 @@
   the round trip shows and nothing else does. (The kernel's netem would do this, but needs a module that
   containers often lack.)
 
-Run with ``python benchmarks/tcp_relay.py TARGET_PORT [DELAY_MS]``; it prints its own port on stdout.
+In a test's event loop: ``async with tcp_relay(target_port, one_way_s=0.05) as port: ...``. As a process
+(benchmarks): ``python -m cloudtolocalllm.core.testing.tcp_relay TARGET_PORT [DELAY_MS]``; it prints its own
+port on stdout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+__all__ = ["tcp_relay"]
 
 HIGH_WATER = 4 << 20
 
@@ -92,21 +98,25 @@ class _Half(asyncio.Protocol):
             self.peer.close()
 
 
-async def _main() -> None:
-    target = int(sys.argv[1])
-    delay_s = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0
+@asynccontextmanager
+async def tcp_relay(target_port: int, one_way_s: float = 0.0, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Relay an ephemeral port on ``host`` to ``target_port`` on ``host``, each byte ``one_way_s`` late in both
+    directions (a ``2 * one_way_s`` round trip); yields the relay's port and closes it on exit."""
     loop = asyncio.get_running_loop()
     dialling: set[asyncio.Task[None]] = set()
+    halves: list[_Half] = []
 
     def accept() -> _Half:
-        inbound = _Half(delay_s)
+        inbound = _Half(one_way_s)
+        halves.append(inbound)
 
         async def dial() -> None:
             try:
-                _, outbound = await loop.create_connection(lambda: _Half(delay_s), "127.0.0.1", target)
+                _, outbound = await loop.create_connection(lambda: _Half(one_way_s), host, target_port)
             except OSError:
                 inbound.close()
                 return
+            halves.append(outbound)
             outbound.pair(inbound)
             inbound.pair(outbound)
 
@@ -115,11 +125,23 @@ async def _main() -> None:
         task.add_done_callback(dialling.discard)
         return inbound
 
-    server = await loop.create_server(accept, "127.0.0.1", 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
+    server = await loop.create_server(accept, host, 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(dialling):
+            task.cancel()
+        for half in halves:
+            half.close()
+        await server.wait_closed()
+
+
+async def _main(target_port: int, one_way_s: float) -> None:
+    async with tcp_relay(target_port, one_way_s) as port:
+        print(port, flush=True)
+        await asyncio.Event().wait()  # until the process is stopped
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    asyncio.run(_main(int(sys.argv[1]), float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0))
