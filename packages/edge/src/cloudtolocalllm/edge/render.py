@@ -13,8 +13,9 @@ Rules that keep the original system's traps closed:
   ``/api/...``).
 - The access log is JSON (``escape=json``) in core's log schema; its path comes from ``$request_uri`` cut
   at the first ``?``, so query strings (which may carry tokens) and headers are never written.
-- Cached routes (``cache = true``) share one ``proxy_cache`` zone keyed by scheme, host and request URI only
-  (never cookies or credentials). Only ``200`` responses with a ``Cache-Control`` that is neither ``private``
+- Cached routes (``cache = true``) share one ``proxy_cache`` zone keyed by scheme, host and path only (never
+  the query string, cookies or credentials: a query may carry a token or an OAuth code, and must not
+  multiply the entries). Only ``200`` responses with a ``Cache-Control`` that is neither ``private``
   nor ``no-store`` are stored (nginx itself refuses ``Set-Cookie`` and ``Vary: *``, and keeps one variant
   per ``Vary`` value); requests with ``Authorization`` bypass the cache. Stored copies are revalidated after
   ``[cache].revalidate_after`` seconds and served stale while the origin is down, even when the controller
@@ -260,7 +261,9 @@ class _Renderer:
     def cache_directives(self) -> None:
         w, cache = self.w, self.c.cache
         w("proxy_cache", CACHE_ZONE)
-        w("proxy_cache_key", '"$scheme://$host$request_uri"')
+        # The path as sent, cut at "?": the query never reaches the cache files (their KEY line) and cannot
+        # multiply the entries. The cached origins serve files, whose content does not depend on the query.
+        w("proxy_cache_key", '"$scheme://$host$edge_path"')
         # Our own freshness instead of the origin's max-age: nginx cannot store a no-cache response (HTML)
         # otherwise, and a short lifetime plus a cheap conditional request is right for every static file.
         w("proxy_ignore_headers", "Cache-Control", "Expires", "X-Accel-Expires")
@@ -285,7 +288,7 @@ class _Renderer:
     def access_log_format(self) -> None:
         w, c = self.w, self.c
         w.comment("Access log fields follow core's log schema; the path never includes the query string.")
-        with w.block("map", "$request_uri", "$edge_log_path"):
+        with w.block("map", "$request_uri", "$edge_path"):
             w(quote("~^(?<edge_p>[^?]*)"), "$edge_p")
         with w.block("map", "$time_iso8601", "$edge_log_time"):
             w(quote(r"~^(?<edge_t>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"), "$edge_t")
@@ -313,7 +316,7 @@ class _Renderer:
             ('"msg"', '"request"'),
             ('"method"', '"$request_method"'),
             ('"route"', '"$edge_route"'),
-            ('"path"', '"$edge_log_path"'),
+            ('"path"', '"$edge_path"'),
             ('"status"', "$status"),
             ('"duration_ms"', "$edge_duration_ms"),
             ('"bytes"', "$body_bytes_sent"),
