@@ -142,8 +142,9 @@ def build_app(name: str, shared: Shared) -> Starlette:
     async def site(request: Request) -> Response:
         """A static origin like static-site: ETags, 304s, Cache-Control by name, gzip variants on request.
 
-        Query parameters (not part of the cache key: each test uses its own paths): ``cc`` replaces Cache-Control (``none`` omits it),
-        ``cookie=1`` adds Set-Cookie, ``enc=1`` negotiates gzip with ``Vary: Accept-Encoding``.
+        Query parameters (not part of the cache key: each test uses its own paths): ``cc`` replaces
+        Cache-Control (``none`` omits it), ``cookie=1`` adds Set-Cookie, ``enc=1`` negotiates gzip with
+        ``Vary: Accept-Encoding``.
         """
         path = request.url.path
         query = request.query_params

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from cloudtolocalllm.core.protocol import DEFAULT_LIMITS
+from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
 
 __all__ = ["ApiSettings", "replica_url_for"]
 
@@ -42,6 +43,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Bodies are streamed, never held whole; JSON bodies are read (up to this) to route by model.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * GiB
     max_json_body_bytes: Annotated[int, msgspec.Meta(ge=1 * KiB)] = 64 * MiB
+    # The request line and headers together; a longer one (or a line over 8 KiB, or over 100 headers) is
+    # refused with a JSON 431 before any route sees it, /ws/bridge included.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=8 * KiB, le=1 * MiB)] = DEFAULT_MAX_HEADER_BYTES
     # No total-time limit: a generation may run for minutes, and stream:false sends nothing until done.
     first_byte_timeout_s: Positive = 600.0
     idle_timeout_s: Positive = 300.0
