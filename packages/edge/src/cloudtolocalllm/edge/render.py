@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Final
@@ -169,6 +170,7 @@ class _Renderer:
         w("tcp_nodelay", "on")
         w("keepalive_timeout", _seconds(c.nginx.keepalive_timeout))
         w("keepalive_requests", str(c.nginx.keepalive_requests))
+        w("large_client_header_buffers", "4", c.nginx.header_buffer)
         for name in TEMP_DIRS:
             w(f"{name}_temp_path", quote(posixpath.join(self.runtime, "tmp", name)))
         w.blank()
@@ -237,6 +239,12 @@ class _Renderer:
         with w.block("map", quote("$status:$edge_cache_rule"), "$edge_cache_control"):
             w(quote(f"~^(?:{_SUCCESS_STATUSES}):(?<edge_cc>.+)$"), "$edge_cc")
             w("default", "$upstream_http_cache_control")
+        w.comment("A request refused before any location matched (its head): JSON errors for the API paths.")
+        with w.block("map", "$edge_path", "$edge_head_errors"):
+            w("default", "html")
+            json_paths = sorted({(r.exact, r.path) for site in self.c.sites for r in site.routes if r.json_errors})
+            for exact, path in json_paths:
+                w(quote(path) if exact else quote("~^" + re.escape(path)), "json")
 
     def cache_path(self) -> None:
         w, cache = self.w, self.c.cache
@@ -441,6 +449,10 @@ class _Renderer:
             w('set $edge_upstream ""')
             csp = site.content_security_policy
             self.security_headers(tls=tls, csp=csp)
+            # A head nginx refuses (a line over [nginx] header_buffer: 494, a malformed one: 400) is refused
+            # before any location matches, so only the server's error_page sees it; "=": the page's status.
+            w("error_page", "400", "=", "@edge_400_$edge_head_errors")
+            w("error_page", "494", "=", "@edge_494_$edge_head_errors")
             if plain:
                 self.acme_location()
             self.health_location(tls=tls, csp=csp)
@@ -475,6 +487,7 @@ class _Renderer:
             w("error_page", "504", f"@edge_504_{suffix}")
             if route.json_errors:
                 w("error_page", "413", "@edge_413_json")
+                w("error_page", "400", "=", "@edge_400_json")
             w("client_max_body_size", route.max_body_size)
             w("proxy_pass", f"http://{route.upstream}")
             w("proxy_http_version", "1.1")
@@ -557,6 +570,22 @@ class _Renderer:
                 else:
                     w("default_type", "text/html")
                     w("return", "504", "'<!doctype html><h1>Gateway timeout</h1>\\n'")
+        for suffix in ("json", "html"):
+            for status, message in (("400", "bad request"), ("494", "request header line too long")):
+                with w.block("location", f"@edge_{status}_{suffix}"):
+                    # Refused before the server's own "set" ran: the access log needs these defined.
+                    w("set", "$edge_route", quote("refused"))
+                    w("set", "$edge_upstream", '""')
+                    self.security_headers(tls=tls, csp=csp)
+                    code = "431" if status == "494" else status
+                    if suffix == "json":
+                        buffer = self.c.nginx.header_buffer
+                        detail = f" (at most {buffer} per line)" if status == "494" else ""
+                        w("default_type", "application/json")
+                        w("return", code, "'" + f'{{"error":"{message}{detail}"}}' + "\\n'")
+                    else:
+                        w("default_type", "text/html")
+                        w("return", code, f"'<!doctype html><h1>{message.capitalize()}</h1>\\n'")
         with w.block("location", "@edge_413_json"):
             self.security_headers(tls=tls, csp=csp)
             w("default_type", "application/json")
