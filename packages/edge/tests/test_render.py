@@ -233,3 +233,12 @@ def test_a_log_stream_gets_writes_no_larger_than_a_pipe_keeps_whole(tmp_path: Pa
     assert _access_log(render(_config(tmp_path))) == 'access_log "/dev/stdout" edge_json buffer=4k flush=1s;'
     fd = render(_config(tmp_path, logging={"access_log": "/proc/self/fd/1", "buffer": "1m", "flush_s": 2}))
     assert _access_log(fd) == 'access_log "/proc/self/fd/1" edge_json buffer=4k flush=2s;'
+
+
+def test_regular_expressions_are_compiled_and_the_log_timestamp_is_one(tmp_path: Path) -> None:
+    """Every map is a regular expression run per request: JIT-compiled, and one for the log timestamp."""
+    text = render(_config(tmp_path))
+    assert "\npcre_jit on;\n" in text
+    assert 'map "$time_iso8601 $msec" $edge_log_ts {' in text
+    assert '"ts":"$edge_log_ts"' in text
+    assert "$edge_log_tz" not in text and "$edge_log_ms" not in text

@@ -146,6 +146,9 @@ class _Renderer:
         w.comment(f"Rendered by cloudtolocalllm-edge {__version__}. Do not edit: change the edge config.")
         w.comment(f"generation {GENERATION_PLACEHOLDER}")
         w("daemon", "off")
+        # The maps (access log fields, cache rules, request ids) are regular expressions run per request:
+        # compiled to machine code they cost less (nginx is built with PCRE JIT but leaves it off).
+        w("pcre_jit", "on")
         if c.nginx.user:
             w("user", c.nginx.user)
         w("worker_processes", c.nginx.worker_processes)
@@ -298,24 +301,24 @@ class _Renderer:
         w.comment("Access log fields follow core's log schema; the path never includes the query string.")
         with w.block("map", "$request_uri", "$edge_path"):
             w(quote("~^(?<edge_p>[^?]*)"), "$edge_p")
-        with w.block("map", "$time_iso8601", "$edge_log_time"):
-            w(quote(r"~^(?<edge_t>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"), "$edge_t")
-        with w.block("map", "$time_iso8601", "$edge_log_tz"):
-            w(quote(r"~\+00:00$"), "Z")
-            w(quote(r"~(?<edge_z>[+-]\d\d:\d\d)$"), "$edge_z")
-        with w.block("map", "$msec", "$edge_log_ms"):
-            w(quote(r"~\.(?<edge_ms>\d{3})$"), "$edge_ms")
-            w("default", "000")
+        # One regular expression per line for the timestamp (was three maps): UTC, as in containers, first.
+        with w.block("map", quote("$time_iso8601 $msec"), "$edge_log_ts"):
+            stamp = r"(?<edge_t>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
+            millis = r" \d+\.(?<edge_ms>\d{3})$"
+            w(quote("~^" + stamp + r"\+00:00" + millis), quote("${edge_t}.${edge_ms}Z"))
+            w(quote("~^" + stamp + r"(?<edge_z>[+-]\d\d:\d\d)" + millis), quote("${edge_t}.${edge_ms}${edge_z}"))
         with w.block("map", "$request_time", "$edge_duration_ms"):
             w(quote(r"~^0\.0*(?<edge_ms>\d+)$"), "$edge_ms")
             w(quote(r"~^(?<edge_s>\d+)\.(?<edge_ms>\d+)$"), quote("${edge_s}${edge_ms}"))
             w("default", "0")
         with w.block("map", "$status", "$edge_log_level"):
+            for status in ("200", "204", "206", "304"):  # the common ones by hash, without a regex
+                w(status, "info")
             w(quote("~^5"), "error")
             w(quote("~^4"), "warning")
             w("default", "info")
         fields = [
-            ('"ts"', '"${edge_log_time}.${edge_log_ms}${edge_log_tz}"'),
+            ('"ts"', '"$edge_log_ts"'),
             ('"level"', '"$edge_log_level"'),
             ('"service"', f'"{c.logging.service}"'),
             ('"version"', f'"{__version__}"'),
