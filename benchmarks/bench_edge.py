@@ -15,6 +15,11 @@ the real rendered configuration (security headers, cache map, buffered JSON acce
 - ``edge.static_ratio_uncached``: the same through an edge with ``[cache] enabled = false`` (every request
   proxied to the origin): the cost of the second hop the cache takes away, so nothing is hidden. On a 2-core
   machine wrk, the edges and the origin share the CPUs.
+- ``edge.static_cpu_ratio_vs_nginx_direct``: in the same wrk runs, the origin nginx worker's CPU time per
+  request divided by the cached edge worker's (user + system, from /proc): how much more work a request
+  through the edge is. It is what the throughput ratio tends to when nginx is the bottleneck, and it moves
+  far less than requests/s when other work shares the machine. ``edge.static_cpu_us_per_request.*``: the
+  medians themselves.
 - ``edge.static_cache_hit_ratio``: the share of the cached edge's requests answered without the origin
   (empty ``upstream_addr`` in its access log, read once the edge has stopped and written its buffered
   lines), proof the cached figure measured the cache.
@@ -141,18 +146,34 @@ def _overhead(direct: str, edge: str, *, verify: ssl.SSLContext | bool = True) -
     }
 
 
-def _wrk(url: str) -> tuple[float, int]:
+def _cpu_s(server: Nginx) -> float:
+    """User + system CPU seconds of the server's worker processes so far."""
+    total = 0
+    for pid in server.worker_pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(url: str, server: Nginx) -> tuple[float, float, int]:
+    """Requests/s, the server's CPU microseconds per request, and the non-2xx count of one wrk run."""
+    before = _cpu_s(server)
     out = subprocess.run(
         ["wrk", "-t1", "-c32", f"-d{WRK_SECONDS}s", "-H", "Host: localhost", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = _cpu_s(server) - before
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not rps:
+    count = re.search(r"(\d+) requests in", out)
+    if not rps or not count:
         raise RuntimeError(f"unexpected wrk output: {out}")
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return float(rps.group(1)), int(bad.group(1)) if bad else 0
+    return float(rps.group(1)), cpu / int(count.group(1)) * 1e6, int(bad.group(1)) if bad else 0
 
 
 def _measure(tmp: Path) -> dict[str, object]:
@@ -200,18 +221,27 @@ def _measure(tmp: Path) -> dict[str, object]:
                 "edge.static_note": "wrk is not installed (scripts/system-deps.sh)",
             }
         _wait_http(through + ASSET, headers={"Host": "localhost"})  # warm: the first request stores the asset
-        sides = (("direct", direct), ("edge", through), ("uncached", through_uncached))
-        rounds: dict[str, list[float]] = {name: [] for name, _ in sides}
+        sides = (("direct", direct, origin), ("edge", through, edge), ("uncached", through_uncached, uncached))
+        rounds: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+        cpu_us: dict[str, list[float]] = {name: [] for name, _, _ in sides}
         non_2xx = 0
         for i in range(ROUNDS):  # interleaved, rotating who goes first, so drift hits every side alike
-            for name, base in sides[i % 3 :] + sides[: i % 3]:
-                rps, bad = _wrk(base + ASSET)
+            for name, base, server in sides[i % 3 :] + sides[: i % 3]:
+                rps, per_request, bad = _wrk(base + ASSET, server)
                 rounds[name].append(rps)
+                cpu_us[name].append(per_request)
                 non_2xx += bad
         edge.stop()  # its workers write their buffered access-log lines on the way out
         cached_ratios = [e / d for e, d in zip(rounds["edge"], rounds["direct"], strict=True)]
         uncached_ratios = [u / d for u, d in zip(rounds["uncached"], rounds["direct"], strict=True)]
+        cpu_ratios = [d / e for d, e in zip(cpu_us["direct"], cpu_us["edge"], strict=True)]
         return {
+            # CPU per request of the edge's worker against the origin's, the same rounds: what the throughput
+            # ratio follows when nginx is the bottleneck, and far steadier than requests/s on a busy host.
+            "edge.static_cpu_ratio_vs_nginx_direct": round(median(cpu_ratios), 3),
+            "edge.static_cpu_ratio_vs_nginx_direct.rounds": [round(r, 3) for r in cpu_ratios],
+            "edge.static_cpu_us_per_request.direct": round(median(cpu_us["direct"]), 2),
+            "edge.static_cpu_us_per_request.edge": round(median(cpu_us["edge"]), 2),
             "edge.overhead_ms.p50": round(plain["p50"], 3),
             "edge.overhead_ms.p90": round(plain["p90"], 3),
             "edge.direct_latency_ms.p50": round(plain["direct_p50"], 3),

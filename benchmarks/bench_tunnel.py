@@ -20,6 +20,10 @@
 - tunnel.idle_bridge_kb: RSS growth of a fresh api-backend per idle connected bridge, 1,000 bridges [<= 50]
 - tunnel.slow_reader_rss_mb: peak RSS growth of a fresh api-backend, 100 streams read at 1 KB/s for 20 s,
   fast backend [<= 100]
+- tunnel.big_json_rss_mb: peak RSS growth of a fresh api-backend while one account sends four 60 MB JSON
+  chat bodies at once (JSON bodies are read whole, to route by model and check them); the account's budget
+  (API_MAX_JSON_BYTES_PER_ACCOUNT, 128 MiB) admits two and refuses the others with 429, which
+  tunnel.big_json_statuses shows
 
 The real api-backend and bridge run as processes. Clients are minimal raw-socket HTTP/1.1 so that the
 load generator is not what is measured; idle bridges are protocol-level clients (the real bridge is a
@@ -29,6 +33,7 @@ whole process each).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import tempfile
@@ -203,6 +208,11 @@ async def run() -> dict[str, object]:
             results.update(await _slow_readers(api, api_port, auth))
             bridge.stop()
             api.stop()
+            api, bridge, api_port = start_pair()
+            await _wait_bridge(api_port, auth)
+            results.update(await _big_json(api, api_port, auth))
+            bridge.stop()
+            api.stop()
             api, url = start_api_backend(tmp, env)
             results.update(await _idle_bridges(api, url, issuer))
         finally:
@@ -338,6 +348,63 @@ async def _slow_readers(api: Proc, api_port: int, auth: dict[str, str]) -> dict[
         "tunnel.slow_reader_rss_mb": round((peak - before) / 1024, 1),
         "tunnel.slow_reader_streams_ok": sum(1 for status, _ in reads if status.startswith(b"HTTP/1.1 200")),
         "tunnel.slow_reader_bytes_read_each": min(got for _, got in reads),
+    }
+
+
+BIG_JSON_BYTES = 60 * 1000 * 1000
+
+
+async def _post_json(port: int, path: str, headers: dict[str, str], size: int) -> str:
+    """A chat request whose one message makes the JSON body ``size`` bytes; the answer's status code.
+
+    The answer is read while the body is being written, as curl does: a refusal comes before the body.
+    """
+    prefix = b'{"model": "bench", "messages": [{"role": "user", "content": "'
+    suffix = b'"}]}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "connection: close", f"content-length: {size}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+
+    async def status() -> str:
+        line = await reader.readuntil(b"\r\n")
+        with contextlib.suppress(ConnectionError):  # a refusal closes with the body unread: a reset
+            while await reader.read(1 << 16):
+                pass
+        return line.split(b" ")[1].decode()
+
+    answer = asyncio.create_task(status())
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + prefix)
+        left = size - len(prefix) - len(suffix)
+        block = b"a" * (1 << 20)
+        while left > 0 and not answer.done():
+            writer.write(block[: min(left, len(block))])
+            left -= min(left, len(block))
+            await writer.drain()
+        if not answer.done():
+            writer.write(suffix)
+            await writer.drain()
+        return await answer
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return await answer if answer.done() and not answer.exception() else "reset"
+    finally:
+        writer.close()
+
+
+async def _big_json(api: Proc, api_port: int, auth: dict[str, str]) -> dict[str, object]:
+    await asyncio.sleep(1)
+    before = api.rss_kb()
+    peak = before
+    posts = asyncio.gather(
+        *(_post_json(api_port, "/api/ollama/api/chat?chunks=1", auth, BIG_JSON_BYTES) for _ in range(4))
+    )
+    while not posts.done():
+        peak = max(peak, api.rss_kb())
+        await asyncio.wait([posts], timeout=0.05)
+    statuses = sorted(posts.result())
+    return {
+        "tunnel.big_json_rss_mb": round((peak - before) / 1024, 1),
+        "tunnel.big_json_statuses": statuses,
     }
 
 

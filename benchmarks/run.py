@@ -17,7 +17,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+<<<<<<< HEAD
 SUITES = ["bench_core", "bench_tunnel", "bench_edge", "bench_scale", "bench_local_model"]
+=======
+SUITES = ["bench_core", "bench_tunnel", "bench_reconnect", "bench_edge", "bench_scale"]
+>>>>>>> issue-16
 
 
 async def main() -> None:

@@ -51,7 +51,9 @@ def make_cloud(tmp_path: Path) -> CloudFactory:
         # No start-up grace unless a test asks: "no bridge" answers at once (test_reconnect_grace tests it).
         settings = msgspec.structs.replace(ApiSettings(reconnect_grace_s=0), **overrides)
         app = build_app(settings, auth, directory=directory)
-        async with running_server(app, max_websocket_message_bytes=settings.max_frame_bytes + 1024) as url:
+        async with running_server(
+            app, max_websocket_message_bytes=settings.max_frame_bytes + 1024, max_header_bytes=settings.max_header_bytes
+        ) as url:
             app.state.registry.replica_url = url  # as cli.py does once the port is bound
             yield Cloud(app, url, dev_issuer_from(auth))
 

@@ -157,3 +157,56 @@ async def test_accepted_connections_have_nagle_off() -> None:
         _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
         assert await asyncio.wait_for(accepted, 10) != 0
         writer.close()
+
+
+async def _raw_exchange(url: str, head: bytes) -> bytes:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+
+
+async def test_oversized_heads_are_refused_with_json_431_and_refusals_log_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """serve() bounds request heads for every route (WebSocket upgrades too) and refuses quietly."""
+    import logging
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    from cloudtolocalllm.core.testing import running_server
+
+    async def refuse(websocket: WebSocket) -> None:
+        await websocket.send_denial_response(JSONResponse({"error": "no"}, status_code=401))
+
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    app = Starlette(routes=[Route("/", hello), WebSocketRoute("/ws", refuse)])
+    caplog.set_level(logging.INFO)
+    upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    upgrade += b"Sec-WebSocket-Version: 13\r\n"
+    async with running_server(app, max_header_bytes=12 * 1024) as url:
+        for path, extra in ((b"/", b"Connection: close\r\n"), (b"/ws", upgrade)):
+            big = b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"X-Pad: " + b"p" * 9000 + b"\r\n\r\n"
+            answer = await _raw_exchange(url, big)
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+            assert answer.endswith(b'{"error":"request header line too long (at most 8192 bytes per line)"}\n')
+            many = [b"X-Pad-%d: %s\r\n" % (n, b"q" * 3000) for n in range(5)]  # 15 KiB: over the 12 KiB set
+            answer = await _raw_exchange(
+                url, b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"".join(many) + b"\r\n"
+            )
+            assert b'{"error":"request headers too large (at most 12288 bytes in all)"}' in answer
+        assert (await _raw_exchange(url, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")).endswith(b"hi")
+        for _ in range(10):
+            answer = await _raw_exchange(url, b"GET /ws HTTP/1.1\r\nHost: t\r\n" + upgrade + b"\r\n")
+            assert answer.startswith(b"HTTP/1.1 401 ")
+        await asyncio.sleep(0.1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

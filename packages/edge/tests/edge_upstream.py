@@ -142,8 +142,9 @@ def build_app(name: str, shared: Shared) -> Starlette:
     async def site(request: Request) -> Response:
         """A static origin like static-site: ETags, 304s, Cache-Control by name, gzip variants on request.
 
-        Query parameters (part of the cache key): ``cc`` replaces Cache-Control (``none`` omits it),
-        ``cookie=1`` adds Set-Cookie, ``enc=1`` negotiates gzip with ``Vary: Accept-Encoding``.
+        Query parameters (not part of the cache key: each test uses its own paths): ``cc`` replaces
+        Cache-Control (``none`` omits it), ``cookie=1`` adds Set-Cookie, ``enc=1`` negotiates gzip with
+        ``Vary: Accept-Encoding``.
         """
         path = request.url.path
         query = request.query_params
@@ -156,6 +157,7 @@ def build_app(name: str, shared: Shared) -> Starlette:
                     "accept-encoding": request.headers.get("accept-encoding", ""),
                     "authorization": request.headers.get("authorization", ""),
                     "status": str(status),
+                    "query": request.scope["query_string"].decode("latin-1"),
                 }
             )
         if path.endswith((".html", "/")):

@@ -61,13 +61,41 @@ def test_a_hashed_asset_is_served_from_the_cache_the_second_time(cached_edge: Ed
     for response in (first, second):
         _once(response)
         assert response.headers.get_list("cache-control") == [IMMUTABLE]
-    # The key is scheme + host + URI: another host is another entry, the same host with a query string too.
+    # The key is scheme + host + path: another host is another entry, a query string is not part of it.
     assert _status(cached_edge.get("docs.localhost", path)) == "MISS"
-    assert _status(cached_edge.get(HOST, path + "?v=2")) == "MISS"
+    assert _status(cached_edge.get(HOST, path + "?v=2")) == "HIT"
     # Cookies are not part of the key and do not bypass: the static routes are public.
     cookie = cached_edge.get(HOST, path, headers={"Cookie": "session=abc"})
     assert (_status(cookie), cookie.content) == ("HIT", first.content)
-    assert len(upstreams.shared.seen(path)) == 3
+    assert len(upstreams.shared.seen(path)) == 2
+
+
+def _cache_files(edge: Edge) -> list[Path]:
+    root = Path(edge.config.cache.path or Path(edge.config.nginx.runtime_dir) / "cache")
+    return [path for path in root.rglob("*") if path.is_file()]
+
+
+def test_query_strings_never_reach_the_cache_files_nor_multiply_the_entries(
+    cached_edge: Edge, upstreams: UpstreamServers
+) -> None:
+    """A sign-in redirect (``/?code=...&state=...``) or a ``?token=`` must not be written to disk."""
+    page, asset = _path("index.html"), _path("assets/app.3f2a9c1b.js")
+    before = len(_cache_files(cached_edge))
+    secrets = [f"eyJQUERY{n}SECRET" for n in range(6)]
+    for n, secret in enumerate(secrets):
+        for path in (page, asset):
+            query = f"?token={secret}" if n % 2 else f"?code={secret}&state=st{secret}"
+            response = cached_edge.get(HOST, path + query)
+            assert (response.status_code, response.content) == (200, site_body(path))
+            assert _status(response) == ("MISS" if n == 0 else "HIT")
+    files = _cache_files(cached_edge)
+    assert len(files) == before + 2  # one entry per path, whatever the queries
+    for file in files:
+        data = file.read_bytes()
+        assert not any(secret.encode() in data for secret in secrets), file
+        assert b"?token=" not in data and b"?code=" not in data, file
+    # The origin saw the first request of each path, query included: the key drops it, the request keeps it.
+    assert [hit["query"] for hit in upstreams.shared.seen(page)] == [f"code={secrets[0]}&state=st{secrets[0]}"]
 
 
 def test_a_conditional_request_is_answered_304_from_the_cache(cached_edge: Edge, upstreams: UpstreamServers) -> None:

@@ -173,13 +173,14 @@ def test_pools_no_route_uses_are_not_rendered(tmp_path: Path) -> None:
     assert "unresolvable.invalid" not in render(config)
 
 
-def test_the_cache_zone_lives_in_the_runtime_dir_and_is_keyed_by_scheme_host_and_uri(tmp_path: Path) -> None:
+def test_the_cache_zone_lives_in_the_runtime_dir_and_is_keyed_by_scheme_host_and_path(tmp_path: Path) -> None:
     text = render(_config(tmp_path))
     assert render(_config(tmp_path)) == text
     zone = f'proxy_cache_path "{tmp_path}/cache" levels=1:2 keys_zone=edge_cache:10m max_size=256m inactive=86400s'
     assert zone in text
     keys = {line.strip() for line in text.splitlines() if line.strip().startswith("proxy_cache_key")}
-    assert keys == {'proxy_cache_key "$scheme://$host$request_uri";'}  # never cookies or credentials
+    assert keys == {'proxy_cache_key "$scheme://$host$edge_path";'}  # never the query, cookies or credentials
+    assert '"~^(?<edge_p>[^?]*)" $edge_p;' in text  # $edge_path: $request_uri cut at "?"
     assert text.count("proxy_cache edge_cache;") == 3
     assert text.count("proxy_cache_bypass $http_authorization;") == 3
     assert "X-Cache-Status" not in text  # only with [cache] status_header = true
@@ -232,3 +233,12 @@ def test_a_log_stream_gets_writes_no_larger_than_a_pipe_keeps_whole(tmp_path: Pa
     assert _access_log(render(_config(tmp_path))) == 'access_log "/dev/stdout" edge_json buffer=4k flush=1s;'
     fd = render(_config(tmp_path, logging={"access_log": "/proc/self/fd/1", "buffer": "1m", "flush_s": 2}))
     assert _access_log(fd) == 'access_log "/proc/self/fd/1" edge_json buffer=4k flush=2s;'
+
+
+def test_regular_expressions_are_compiled_and_the_log_timestamp_is_one(tmp_path: Path) -> None:
+    """Every map is a regular expression run per request: JIT-compiled, and one for the log timestamp."""
+    text = render(_config(tmp_path))
+    assert "\npcre_jit on;\n" in text
+    assert 'map "$time_iso8601 $msec" $edge_log_ts {' in text
+    assert '"ts":"$edge_log_ts"' in text
+    assert "$edge_log_tz" not in text and "$edge_log_ms" not in text

@@ -80,8 +80,9 @@ def build_app(
             await registry.sync.close()
             await forwarder.close()
 
+    relay = RelayEndpoint(registry, settings, metrics, forwarder)
     routes: list[BaseRoute] = [
-        Route("/api/ollama/{path:path}", RelayEndpoint(registry, settings, metrics, forwarder)),
+        Route("/api/ollama/{path:path}", relay),
         Route("/api/bridge/status", status_endpoint(registry), methods=["GET"]),
         WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, verifier, metrics)),
     ]
@@ -112,6 +113,7 @@ def build_app(
         dev_flow.install_cors(app)  # the dev app's origins (DEV_REDIRECT_URIS) only
     app.state.registry = registry
     app.state.forwarder = forwarder
+    app.state.relay_budget = relay.json_budget
     app.state.settings = settings
     app.state.verifier = verifier
     return app

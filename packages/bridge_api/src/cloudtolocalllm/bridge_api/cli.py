@@ -52,6 +52,7 @@ async def run(app: ServiceApp, settings: ApiSettings) -> None:
         graceful_timeout_s=settings.graceful_timeout_s,
         shutdown_trigger=shutdown_trigger,
         max_websocket_message_bytes=settings.max_frame_bytes + 1024,
+        max_header_bytes=settings.max_header_bytes,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 import msgspec
 from starlette.types import Message, Receive, Scope, Send
 
+from cloudtolocalllm.bridge_api.body_budget import BodyBudget, Reservation
 from cloudtolocalllm.bridge_api.directory import RemoteBridge
 from cloudtolocalllm.bridge_api.errors import (
     RelayError,
@@ -71,10 +72,11 @@ _probe_decoder = msgspec.json.Decoder(_ModelProbe)
 
 
 def _model_in(body: bytes, field: str) -> str | None:
+    """The model a JSON body names; a body that is not a JSON object is refused here, not by the backend."""
     try:
         probe = _probe_decoder.decode(body)
-    except msgspec.DecodeError:
-        return None  # let the backend answer the malformed request with its own 400
+    except msgspec.DecodeError as exc:  # msgspec's message names the position, never the content
+        raise RelayError(400, f"request body is not a valid JSON object: {exc}") from None
     value = getattr(probe, field) or probe.name
     return value if isinstance(value, str) and value else None
 
@@ -86,6 +88,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # the HTTP parser refuses a malformed one before the app sees it
+
+
 def _has_body(scope: Scope) -> bool:
     length = _header(scope, b"content-length")
     if length is not None:
@@ -93,7 +103,7 @@ def _has_body(scope: Scope) -> bool:
     return _header(scope, b"transfer-encoding") is not None
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, reservation: Reservation) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -104,6 +114,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise RelayError(413, f"request body larger than {limit} bytes")
+        reservation.grow_to(size)  # a body without Content-Length reserves as it arrives
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -117,6 +128,7 @@ class RelayEndpoint:
         self.settings = settings
         self.metrics = metrics
         self.forwarder = forwarder
+        self.json_budget = BodyBudget(settings.max_json_bytes_per_account)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         user = scope.get("user")
@@ -145,11 +157,33 @@ class RelayEndpoint:
         self, scope: Scope, receive: Receive, send: Send, user: str, method: str, path: str, forwarded: bool
     ) -> None:
         has_body = _has_body(scope)
-        body: bytes | None = None
-        model: str | None = None
-        if has_body and path in _MODEL_FIELD:
-            body = await _read_body(receive, self.settings.max_json_body_bytes)
-            model = _model_in(body, _MODEL_FIELD[path])
+        json_body = has_body and path in _MODEL_FIELD
+        limit = self.settings.max_json_body_bytes if json_body else self.settings.max_request_body_bytes
+        length = _content_length(scope)
+        if length is not None and length > limit:  # refused before a byte of the body is read
+            raise RelayError(413, f"request body larger than {limit} bytes")
+        with self.json_budget.reservation(user) as reservation:
+            body: bytes | None = None
+            model: str | None = None
+            if json_body:
+                reservation.take(length or 0)  # what it announces, before reading it (429 if over budget)
+                body = await _read_body(receive, limit, reservation)
+                model = _model_in(body, _MODEL_FIELD[path])
+            await self._route(scope, receive, send, user, method, path, forwarded, has_body, body, model)
+
+    async def _route(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        user: str,
+        method: str,
+        path: str,
+        forwarded: bool,
+        has_body: bool,
+        body: bytes | None,
+        model: str | None,
+    ) -> None:
         pinned = _header(scope, _BRIDGE)
         candidates, complete = await self.registry.candidates(
             user, local_only=forwarded, reconnect_grace_s=self.settings.reconnect_grace_s

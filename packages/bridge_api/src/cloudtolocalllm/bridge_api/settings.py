@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from cloudtolocalllm.core.protocol import DEFAULT_LIMITS
+from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
 
 __all__ = ["ApiSettings", "replica_url_for"]
 
@@ -42,6 +43,12 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Bodies are streamed, never held whole; JSON bodies are read (up to this) to route by model.
     max_request_body_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * GiB
     max_json_body_bytes: Annotated[int, msgspec.Meta(ge=1 * KiB)] = 64 * MiB
+    # What one account's JSON bodies may make this process hold at once (each is held until its request
+    # ends); a body that does not fit gets 429. Must allow at least one body of the largest size.
+    max_json_bytes_per_account: Annotated[int, msgspec.Meta(ge=1 * KiB)] = 128 * MiB
+    # The request line and headers together; a longer one (or a line over 8 KiB, or over 100 headers) is
+    # refused with a JSON 431 before any route sees it, /ws/bridge included.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=8 * KiB, le=1 * MiB)] = DEFAULT_MAX_HEADER_BYTES
     # No total-time limit: a generation may run for minutes, and stream:false sends nothing until done.
     first_byte_timeout_s: Positive = 600.0
     idle_timeout_s: Positive = 300.0
@@ -67,6 +74,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             urlsplit(self.replica_url).scheme not in ("http", "https") or not urlsplit(self.replica_url).netloc
         ):
             raise ValueError(f"API_REPLICA_URL must be an http(s)://host:port URL (got {self.replica_url!r})")
+        if self.max_json_bytes_per_account < self.max_json_body_bytes:
+            raise ValueError("API_MAX_JSON_BYTES_PER_ACCOUNT must be at least API_MAX_JSON_BODY_BYTES")
         if self.directory_refresh_s >= self.directory_ttl_s:
             raise ValueError("API_DIRECTORY_REFRESH_S must be shorter than API_DIRECTORY_TTL_S")
 

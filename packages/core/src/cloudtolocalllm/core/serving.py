@@ -27,11 +27,13 @@ from starlette.types import ASGIApp
 from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.settings import SettingsError
 
-__all__ = ["bind_socket", "exit_on_settings_error", "serve"]
+__all__ = ["DEFAULT_MAX_HEADER_BYTES", "bind_socket", "exit_on_settings_error", "serve"]
 
 KEEP_ALIVE_S = 75
 """Above common load balancer idle timeouts (AWS ALB: 60 s), so the balancer closes first."""
 DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+"""A request's line and headers together, CRLFs included (enforced by server_protocols)."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -61,16 +63,23 @@ async def serve(
     graceful_timeout_s: float = 30.0,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     max_websocket_message_bytes: int = DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``shutdown_trigger`` returns), then drain in-flight requests."""
+    """Serve until SIGTERM/SIGINT (or ``shutdown_trigger`` returns), then drain in-flight requests.
+
+    A request head (request line and headers) over ``max_header_bytes``, a header line over 8 KiB or more
+    than 100 headers is refused with a JSON ``431`` before the app sees it (see server_protocols).
+    """
     # Imported here: tools that never serve should not pay for the server stack.
     import uvicorn
+
+    from cloudtolocalllm.core.server_protocols import QuietRefusalWebSocketProtocol, bounded_http_protocol
 
     config = uvicorn.Config(
         app,
         loop="none",  # the caller's running loop
-        http="httptools",
-        ws="websockets-sansio",
+        http=bounded_http_protocol(max_header_bytes),  # httptools, with a bounded head
+        ws=QuietRefusalWebSocketProtocol,  # websockets' sans-I/O protocol, refusals logged at info only
         ws_max_size=max_websocket_message_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=None,

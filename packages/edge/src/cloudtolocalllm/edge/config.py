@@ -343,6 +343,9 @@ class NginxProcess(_Base):
     # Requests per client connection before nginx closes it (nginx's own default is 1000): a browser or a
     # load balancer in front reuses its connections far longer; the static benchmark gained ~10 %.
     keepalive_requests: Annotated[int, Meta(ge=1)] = 10000
+    # The longest request line or header line (nginx's large_client_header_buffers, four of them per
+    # connection): a longer one is refused with 431, JSON on the routes with json_errors.
+    header_buffer: Size = "8k"
 
 
 class HealthChecks(_Base):

@@ -17,7 +17,12 @@ from pathlib import Path
 
 from starlette.types import ASGIApp
 
-from cloudtolocalllm.core.serving import DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES, bind_socket, serve
+from cloudtolocalllm.core.serving import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES,
+    bind_socket,
+    serve,
+)
 
 __all__ = ["refused_port", "restartable_port", "running_server"]
 
@@ -29,6 +34,7 @@ async def running_server(
     host: str = "127.0.0.1",
     graceful_timeout_s: float = 5.0,
     max_websocket_message_bytes: int = DEFAULT_MAX_WEBSOCKET_MESSAGE_BYTES,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> AsyncIterator[str]:
     """Serve ``app`` on an ephemeral loopback port; yields its base URL and shuts it down gracefully."""
     sock = bind_socket(host, 0)
@@ -41,6 +47,7 @@ async def running_server(
             graceful_timeout_s=graceful_timeout_s,
             shutdown_trigger=stop.wait,
             max_websocket_message_bytes=max_websocket_message_bytes,
+            max_header_bytes=max_header_bytes,
         )
     )
     try:
