@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from cloudtolocalllm.bridge_api.app import build_app
+from cloudtolocalllm.bridge_api.database import DatabaseSettings
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core import ServiceApp
@@ -32,9 +33,17 @@ class Cloud:
     def token(self, user: str = "alice", **kwargs: Any) -> str:
         return self.issuer.mint(user, **kwargs)
 
-    def client(self, user: str = "alice", **kwargs: Any) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {self.token(user)}"}
+    def client(self, user: str = "alice", *, bearer: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {bearer or self.token(user)}"}
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10, **kwargs)
+
+    async def create_key(self, *scopes: str, user: str = "alice", name: str = "test key") -> dict[str, Any]:
+        """A new API key of ``user`` (the whole creation answer, with "key")."""
+        async with self.client(user) as client:
+            response = await client.post("/api/keys", json={"name": name, "scopes": list(scopes)})
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
 
 
 CloudFactory = Callable[..., AbstractAsyncContextManager[Cloud]]
@@ -47,10 +56,14 @@ def make_cloud(tmp_path: Path) -> CloudFactory:
     )
 
     @asynccontextmanager
-    async def factory(directory: BridgeDirectory | None = None, **overrides: Any) -> AsyncIterator[Cloud]:
+    async def factory(
+        directory: BridgeDirectory | None = None, database: DatabaseSettings | None = None, **overrides: Any
+    ) -> AsyncIterator[Cloud]:
         # No start-up grace unless a test asks: "no bridge" answers at once (test_reconnect_grace tests it).
-        settings = msgspec.structs.replace(ApiSettings(reconnect_grace_s=0), **overrides)
-        app = build_app(settings, auth, directory=directory)
+        # Replicas made by one test share its SQLite file unless a database is given.
+        defaults = ApiSettings(reconnect_grace_s=0, data_dir=str(tmp_path / "data"))
+        settings = msgspec.structs.replace(defaults, **overrides)
+        app = build_app(settings, auth, directory=directory, database=database)
         async with running_server(app, max_websocket_message_bytes=settings.max_frame_bytes + 1024) as url:
             app.state.registry.replica_url = url  # as cli.py does once the port is bound
             yield Cloud(app, url, dev_issuer_from(auth))

@@ -28,6 +28,7 @@ from cloudtolocalllm.bridge_api.errors import (
     stream_error_tail,
 )
 from cloudtolocalllm.bridge_api.forward import ClientGone, ReplicaForwarder, ReplicaUnreachable
+from cloudtolocalllm.bridge_api.keys.scopes import missing_scope, scope_for_path
 from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, response_headers_for_client
 from cloudtolocalllm.bridge_api.merge import MERGED_PATHS, merged_response
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
@@ -125,6 +126,10 @@ class RelayEndpoint:
             return
         path = "/" + scope["path_params"]["path"]
         method: str = scope["method"]
+        needed = scope_for_path(path)
+        if problem := missing_scope(user.principal, needed):
+            await auth_error_response(problem, scope=needed)(scope, receive, send)
+            return
         forwarded = _header(scope, _FORWARDED) is not None
         try:
             if method == "GET" and path in MERGED_PATHS:
