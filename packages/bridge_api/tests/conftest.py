@@ -18,6 +18,7 @@ from cloudtolocalllm.core import ServiceApp
 from cloudtolocalllm.core.auth import AuthSettings, DevIssuer, dev_issuer_from
 from cloudtolocalllm.core.testing import running_server
 
+from .postgres_server import PostgresServer
 from .redis_server import RedisServer
 
 ISSUER = "http://issuer.test/dev-issuer"
@@ -84,3 +85,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 async def cloud(make_cloud: CloudFactory) -> AsyncIterator[Cloud]:
     async with make_cloud() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests use their own databases or clean tables)."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own (for tests that stop it, or need an empty schema)."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
