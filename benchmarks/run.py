@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITES = ["bench_core", "bench_tunnel", "bench_edge", "bench_scale"]
+SUITES = ["bench_core", "bench_keys", "bench_tunnel", "bench_edge", "bench_scale"]
 
 
 async def main() -> None:

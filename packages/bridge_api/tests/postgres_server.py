@@ -7,6 +7,7 @@ user (Debian's package creates it) through ``runuser``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -62,8 +63,6 @@ class PostgresServer:
 
     def remove(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.stop()
-            except RuntimeError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)

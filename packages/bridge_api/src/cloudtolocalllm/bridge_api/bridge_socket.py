@@ -11,11 +11,11 @@ from typing import Final
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.core.auth import Verifier, auth_error_response, deny_websocket, requires_auth
 from cloudtolocalllm.core.protocol import (
     PROTOCOL_VERSION,
@@ -65,8 +65,8 @@ def bridge_socket_endpoint(
                 await websocket.close(TRY_AGAIN_LATER, "server is shutting down")
             return
         principal = websocket.user.principal
-        if problem := missing_scope(principal, BRIDGE):
-            await deny_websocket(websocket, auth_error_response(problem, scope=BRIDGE))
+        if refusal := missing_scope(principal, BRIDGE):
+            await deny_websocket(websocket, auth_error_response(refusal, scope=BRIDGE))
             return
         await websocket.accept()
         conn = Connection(Role.CLOUD, max_recv_window=settings.max_stream_window_bytes)

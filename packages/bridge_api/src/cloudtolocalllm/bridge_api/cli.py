@@ -68,7 +68,9 @@ def main() -> None:
         exit_on_settings_error(exc, SERVICE_NAME)
     configure_logging(SERVICE_NAME, __version__)
     try:
-        app = build_app(settings, auth, database=database)  # reads the optional dev-issuer settings (DEV_REDIRECT_URIS, ...)
+        app = build_app(
+            settings, auth, database=database
+        )  # reads the optional dev-issuer settings (DEV_REDIRECT_URIS, ...)
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
     asyncio.run(run(app, settings))

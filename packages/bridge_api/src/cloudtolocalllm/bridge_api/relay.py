@@ -28,8 +28,8 @@ from cloudtolocalllm.bridge_api.errors import (
     stream_error_tail,
 )
 from cloudtolocalllm.bridge_api.forward import ClientGone, ReplicaForwarder, ReplicaUnreachable
-from cloudtolocalllm.bridge_api.keys.scopes import missing_scope, scope_for_path
 from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, response_headers_for_client
+from cloudtolocalllm.bridge_api.keys.scopes import missing_scope, scope_for_path
 from cloudtolocalllm.bridge_api.merge import MERGED_PATHS, merged_response
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.registry import Bridge, BridgeRegistry

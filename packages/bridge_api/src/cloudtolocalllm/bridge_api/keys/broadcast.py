@@ -81,7 +81,7 @@ class _Listening(Invalidations):
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 (any failure of the listener: reconnect)
+            except Exception as exc:
                 if self.connected:
                     log.warning("key revocation listener lost; reconnecting", extra={"error": type(exc).__name__})
             self.connected = False
@@ -157,11 +157,11 @@ class RedisInvalidations(_Listening):
                     await pubsub.ping()  # a dead connection shows here
                     continue
                 data = message.get("data")
-                if isinstance(data, bytes):
+                if message.get("type") == "message" and isinstance(data, bytes):  # not our ping's pong
                     self.on_revoked(data.decode("ascii", "replace"))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         await super().close()

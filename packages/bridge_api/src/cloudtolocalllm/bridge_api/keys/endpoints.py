@@ -1,8 +1,8 @@
 """``/api/keys``: a signed-in user creates, lists and revokes their API keys (an API key cannot).
 
-    POST   /api/keys       {"name": str, "scopes": [...]} -> 201 the record + "key" (shown this once only)
-    GET    /api/keys       -> 200 {"keys": [record, ...]}
-    DELETE /api/keys/{id}  -> 204; 404 when the id is not one of the caller's live keys
+POST   /api/keys       {"name": str, "scopes": [...]} -> 201 the record + "key" (shown this once only)
+GET    /api/keys       -> 200 {"keys": [record, ...]}
+DELETE /api/keys/{id}  -> 204; 404 when the id is not one of the caller's live keys
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
 
 
 def _unavailable() -> JSONResponse:
-    return _error(503, "API keys are unavailable right now (database unreachable): try again shortly", **{
-        "Retry-After": "5"
-    })
+    return _error(
+        503, "API keys are unavailable right now (database unreachable): try again shortly", **{"Retry-After": "5"}
+    )
 
 
 def _owner(request: Request) -> str | Response:

@@ -61,7 +61,7 @@ class KeyService:
         try:
             await migrate(self.engine)
             self.schema_ready = True
-        except Exception as exc:  # noqa: BLE001 (unreachable database: serve JWTs now, keys once it is back)
+        except Exception as exc:
             log.warning("database unavailable at start; retrying", extra={"error": type(exc).__name__})
             self._migrating = asyncio.create_task(self._migrate_until_done())
         self.usage.start()

@@ -91,13 +91,15 @@ class KeyStore:
         """The new key's record and the key itself (returned once, never stored)."""
         key = generate_key()
         now = datetime.now(UTC)
+        key_id = uuid.uuid4().hex
+        scope_list = sorted(set(scopes))
         values = {
-            "id": uuid.uuid4().hex,
+            "id": key_id,
             "user_id": user_id,
             "name": name,
             "prefix": display_prefix(key),
             "key_hash": key_digest(key),
-            "scopes": " ".join(sorted(set(scopes))),
+            "scopes": " ".join(scope_list),
             "created_at": now,
             "last_used_at": None,
             "use_count": 0,
@@ -116,10 +118,10 @@ class KeyStore:
 
         await self._guard(work)
         record = KeyRecord(
-            id=values["id"],
+            id=key_id,
             name=name,
-            prefix=values["prefix"],
-            scopes=values["scopes"].split(),
+            prefix=display_prefix(key),
+            scopes=scope_list,
             created_at=now,
             last_used_at=None,
             use_count=0,
