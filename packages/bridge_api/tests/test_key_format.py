@@ -15,7 +15,8 @@ from cloudtolocalllm.bridge_api.keys.format import (
     looks_like_key,
     parse_key,
 )
-from cloudtolocalllm.bridge_api.keys.scopes import INFERENCE, MODELS_WRITE, scope_for_path
+from cloudtolocalllm.bridge_api.keys.scopes import INFERENCE, MODELS_WRITE
+from cloudtolocalllm.bridge_api.routing import scope_for_path
 
 
 def test_a_key_has_the_scannable_prefix_256_bits_and_a_valid_checksum() -> None:

@@ -193,3 +193,27 @@ async def test_keys_are_kept_across_a_restart_in_the_sqlite_file(make_cloud: Clo
         created = await first.create_key("inference")
     async with make_cloud() as second, second.client(bearer=created["key"]) as client:
         assert (await client.get("/api/ollama/api/tags")).status_code == 503  # accepted; no bridge
+
+
+async def test_a_bridge_may_reauth_with_a_bridge_key_and_that_keys_revocation_closes_it(cloud: Cloud) -> None:
+    created = await cloud.create_key("bridge")
+    async with FakeBridge(cloud.url, cloud.token()) as bridge:
+        await bridge.reauth(created["key"])
+        for _ in range(100):
+            if bridge.reauth_ok:
+                break
+            await asyncio.sleep(0.02)
+        assert bridge.reauth_ok
+        async with cloud.client() as owner:
+            assert (await owner.delete(f"/api/keys/{created['id']}")).status_code == 204
+        await asyncio.wait_for(bridge.closed.wait(), 5)
+    assert bridge.close_code == CloseCode.UNAUTHORIZED
+
+
+async def test_a_reauth_with_a_key_lacking_the_bridge_scope_closes_the_tunnel(cloud: Cloud) -> None:
+    inference_only = (await cloud.create_key("inference"))["key"]
+    async with FakeBridge(cloud.url, cloud.token()) as bridge:
+        await bridge.reauth(inference_only)
+        await asyncio.wait_for(bridge.closed.wait(), 5)
+    assert bridge.close_code == CloseCode.UNAUTHORIZED
+    assert "'bridge' scope" in bridge.close_reason

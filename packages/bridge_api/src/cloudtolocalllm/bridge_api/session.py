@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.bridge_api.stream import RelayStream
 from cloudtolocalllm.core.auth import AuthError, Verifier
 from cloudtolocalllm.core.protocol import (
@@ -293,6 +294,10 @@ class BridgeSession:
             # A bridge may refresh its token, never change whose bridge it is.
             await self.close(CloseCode.UNAUTHORIZED, close_reason(CloseCode.UNAUTHORIZED, "token is for another user"))
             return
+        if refusal := missing_scope(principal, BRIDGE):
+            await self.close(CloseCode.UNAUTHORIZED, close_reason(CloseCode.UNAUTHORIZED, str(refusal)))
+            return
+        self.key_id = key_id_of(principal)  # a bridge may move between its sign-in and an API key
         self.token_expires_at = principal.expires_at
         self._schedule_reauth_deadline()
         await self.send_frame(ReauthOk(expires_at=principal.expires_at))
