@@ -67,7 +67,9 @@ async def _broadcast(folder: Path) -> dict[str, object]:
         stdout=subprocess.DEVNULL,
     )
     try:
-        while not socket_path.exists():
+        for _ in range(1000):  # redis-server creates its socket once it listens
+            if socket_path.exists():
+                break
             await asyncio.sleep(0.01)
         url = f"unix://{socket_path}"
         sender, receiver = RedisInvalidations(url, timeout_s=2.0), RedisInvalidations(url, timeout_s=2.0)

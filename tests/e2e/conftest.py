@@ -210,6 +210,8 @@ def replicas(logs: Path, tmp_path: Path) -> Iterator[Replicas]:
         "API_REDIS_URL": redis_url,
         "API_DIRECTORY_TTL_S": "3",
         "API_DIRECTORY_REFRESH_S": "1",
+        # API keys: one SQLite file shared by the three processes; revocations travel over the Redis.
+        "API_DATA_DIR": str(tmp_path / "data"),
     }
     apis: list[Proc] = []
     urls: list[str] = []

@@ -122,7 +122,8 @@ def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = Non
     proc = Proc(
         f"api-backend-{port}-{time.monotonic_ns()}",
         [str(BIN / "cloudtolocalllm-api-backend")],
-        {"API_PORT": str(port), "API_RECONNECT_GRACE_S": "0", **env},
+        # Its own SQLite database for API keys unless ``env`` names one (kept across a restart on the port).
+        {"API_PORT": str(port), "API_RECONNECT_GRACE_S": "0", "API_DATA_DIR": str(log_dir / f"api-data-{port}"), **env},
         log_dir,
     )
     url = f"http://127.0.0.1:{port}"

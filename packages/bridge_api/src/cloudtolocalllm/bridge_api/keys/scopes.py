@@ -25,6 +25,7 @@ ALL_SCOPES: Final = (INFERENCE, MODELS_WRITE, BRIDGE)
 KEY_ID_CLAIM: Final = "ctllm_key_id"
 """Set in the claims of a principal that an API key (not a JWT) authenticated."""
 
+
 def key_id_of(principal: Principal) -> str | None:
     """The id of the API key behind ``principal``; None for a signed-in user's JWT."""
     value = principal.claims.get(KEY_ID_CLAIM)
