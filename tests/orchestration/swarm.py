@@ -340,7 +340,8 @@ def source_engine() -> Iterator[dict[str, str]]:
 
 
 # The part of the official postgres image's entry point the stack relies on: a first start creates the cluster
-# with POSTGRES_USER (password from POSTGRES_PASSWORD_FILE) and POSTGRES_DB, and clients connect with a password.
+# with POSTGRES_USER (password from POSTGRES_PASSWORD_FILE) and POSTGRES_DB, clients connect with a password,
+# and the service's command ("postgres" and its options) is the server's.
 _POSTGRES_ENTRYPOINT = """#!/bin/sh
 set -eu
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -349,5 +350,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
     echo "CREATE DATABASE \\"$POSTGRES_DB\\"" | postgres --single -D "$PGDATA" postgres >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql
+if [ "${1:-}" = postgres ]; then shift; fi  # the stack's command, as the official image takes it
+exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
 """
