@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloudtolocalllm.bridge_api.database import (
     DatabaseSettings,
-    DatabaseUnavailable,
     create_engine_for,
     database_url_for,
     migrate,
@@ -150,7 +149,3 @@ async def test_an_outage_keeps_cached_keys_refuses_new_ones_with_503_and_loses_n
     assert create.status_code == 503 and listing.status_code == 503
     assert "try again shortly" in create.json()["error"] and create.headers["retry-after"] == "5"
     assert ready.json()["checks"]["database"]["ok"] is False
-
-
-def test_database_unavailable_is_raised_for_sql_errors() -> None:
-    assert issubclass(DatabaseUnavailable, Exception)
