@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-<<<<<<< HEAD
-SUITES = ["bench_core", "bench_tunnel", "bench_edge", "bench_scale", "bench_local_model"]
-=======
-SUITES = ["bench_core", "bench_tunnel", "bench_reconnect", "bench_edge", "bench_scale"]
->>>>>>> issue-16
+SUITES = [
+    "bench_core",
+    "bench_keys",
+    "bench_tunnel",
+    "bench_reconnect",
+    "bench_edge",
+    "bench_scale",
+    "bench_local_model",
+]
 
 
 async def main() -> None:

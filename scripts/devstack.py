@@ -353,7 +353,8 @@ def _run_stack(
             "api-backend",
             [str(BIN / "cloudtolocalllm-api-backend")],
             lambda: _answers(f"{api_url}/health"),
-            env={"API_PORT": str(args.api_port)},
+            # API keys: SQLite in the dev folder (kept across restarts, removed with it).
+            env={"API_PORT": str(args.api_port), "API_DATA_DIR": str(dev / "api-backend")},
         )
     )
 

@@ -436,7 +436,8 @@ IMAGES: dict[str, ImageSpec] = {
         service=Service(
             "cloudtolocalllm-api-backend",
             "API_PORT",
-            ("API_HOST=0.0.0.0",),
+            # API keys' SQLite database (unless DATABASE_URL is set): the image's own folder, for a volume.
+            ("API_HOST=0.0.0.0", "API_DATA_DIR=/var/lib/cloudtolocalllm"),
             "cloudtolocalllm api-backend",
             "Bridge WebSockets and the streaming Ollama/OpenAI relay",
         ),
@@ -661,7 +662,8 @@ def _test_api_backend(port: int) -> tuple[list[str], Callable[[], None]]:
         _expect(status == 401, f"/api/bridge/status without a token answered {status}, not 401")
         _expect("Bearer" in headers.get("www-authenticate", ""), f"no Bearer challenge in {headers}")
 
-    return [f"--env={item}" for item in env] + ["--tmpfs=/tmp:size=16m"], check
+    tmpfs = ["--tmpfs=/tmp:size=16m", "--tmpfs=/var/lib/cloudtolocalllm:uid=65532,gid=65532,size=16m"]
+    return [f"--env={item}" for item in env] + tmpfs, check
 
 
 def _test_static_server(port: int, service: str) -> tuple[list[str], Callable[[], None]]:

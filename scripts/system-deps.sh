@@ -13,6 +13,7 @@ APT_PACKAGES=(
   brotli           # build-static-site-content: .br siblings of the site's text files
   chromium         # the chat web app's browser tests (Playwright drives it; browser downloads are impossible)
   redis-server     # the shared bridge registry across api-backend replicas (tests start their own instance)
+  postgresql       # api-backend's database for several replicas (tests start a private cluster of their own)
   docker.io        # the engine (a private dockerd started by scripts/images.py) and the BuildKit client
   docker-compose   # docker-compose.multi.yml, the seed's `docker-compose -f ...` commands (v1.29)
   docker-registry  # a real registry on 127.0.0.1 for publish-<image> round trips
@@ -31,8 +32,8 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts nginx, redis and the registry on install; our tests run their own instances on free ports.
-  for service in nginx redis-server docker-registry; do
+  # Debian starts nginx, redis, PostgreSQL and the registry on install; our tests run their own instances.
+  for service in nginx redis-server docker-registry postgresql; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then $SUDO systemctl stop "$service"; fi
   done
   # Stop only the distro service instance, by the pid file it wrote (never by process name: other
@@ -40,6 +41,10 @@ if ((${#missing[@]})); then
   if [ -s /run/nginx.pid ]; then $SUDO kill "$(cat /run/nginx.pid)" 2>/dev/null || true; fi
   # Without systemd (containers), by their pid files.
   if [ -s /run/redis/redis-server.pid ]; then $SUDO kill "$(cat /run/redis/redis-server.pid)" 2>/dev/null || true; fi
+  # The distro's PostgreSQL cluster (Debian's pid file: the first line is the postmaster's pid).
+  for pidfile in /run/postgresql/*.pid; do
+    if [ -s "$pidfile" ]; then $SUDO kill "$(head -n1 "$pidfile")" 2>/dev/null || true; fi
+  done
 fi
 
 command -v uv >/dev/null && command -v nox >/dev/null || python3 -m pip install --user --quiet "uv>=0.8" "nox>=2025.2.9"

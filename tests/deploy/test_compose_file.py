@@ -20,7 +20,9 @@ EXAMPLES = {
     "edge.toml": ROOT / "packages/edge/edge.example.toml",
     "app-config.json": ROOT / "docker/compose/app-config.json.example",
 }
-SERVICES = {"nginx-proxy", "static-site", "flutter-app", "api-backend", "certbot"}
+SERVICES = {"nginx-proxy", "static-site", "flutter-app", "api-backend", "certbot", "postgres"}
+# Services that run as their image's own user, which owns their data volume.
+IMAGE_USERS = {"postgres": "999:999"}
 
 
 def _env(config: Path) -> dict[str, str]:
@@ -65,12 +67,17 @@ def test_the_production_file_is_valid_with_the_example_settings(config_dir: Path
     services = _config(config_dir)["services"]
     assert set(services) == SERVICES
     assert services["certbot"]["profiles"] == ["ssl-setup"]
+    assert services["postgres"]["profiles"] == ["postgres"]
+    api = services["api-backend"]
+    assert api["environment"]["API_DATA_DIR"] == "/var/lib/cloudtolocalllm"
+    assert any(v.startswith("api-data:/var/lib/cloudtolocalllm") or v.endswith(":/var/lib/cloudtolocalllm:rw")
+               for v in api["volumes"])  # fmt: skip
     assert services["api-backend"]["environment"]["AUTH0_DOMAIN"] == "your-tenant.eu.auth0.com"
     assert "CERTBOT_DOMAINS" in services["certbot"]["environment"]
     assert {str(port.get("published", "")) for port in services["nginx-proxy"]["ports"]} == {"80", "443"}
     for name, service in services.items():
         assert service["read_only"] is True, name
-        assert service["user"] == "65532:65532", name
+        assert service["user"] == IMAGE_USERS.get(name, "65532:65532"), name
         assert service["cap_drop"] == ["ALL"], name
         assert service["security_opt"] == ["no-new-privileges:true"], name
         assert service["restart"] == "unless-stopped", name

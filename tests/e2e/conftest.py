@@ -113,7 +113,7 @@ class Stack:
 @pytest.fixture
 def stack(logs: Path, tmp_path: Path) -> Iterator[Stack]:
     auth_env, issuer = dev_auth_env(tmp_path / "issuer", ISSUER, AUDIENCE)
-    env = {**auth_env, **FAST_TIMINGS}
+    env = {**auth_env, **FAST_TIMINGS, "API_DATA_DIR": str(tmp_path / "api-data")}  # kept across restart_api
     api, url = start_api_backend(logs, env, port=free_port())  # restart_api starts it again on this port
     running = Stack(logs=logs, root=tmp_path, env=env, issuer=issuer, api=api, url=url)
     yield running
@@ -208,6 +208,8 @@ def replicas(logs: Path, tmp_path: Path) -> Iterator[Replicas]:
         "API_REDIS_URL": redis_url,
         "API_DIRECTORY_TTL_S": "3",
         "API_DIRECTORY_REFRESH_S": "1",
+        # API keys: one SQLite file shared by the three processes; revocations travel over the Redis.
+        "API_DATA_DIR": str(tmp_path / "data"),
     }
     apis: list[Proc] = []
     urls: list[str] = []

@@ -145,7 +145,13 @@ def start_api_backend(log_dir: Path, env: dict[str, str], port: int | None = Non
     proc = Proc(
         f"api-backend-{time.monotonic_ns()}",
         [str(BIN / "cloudtolocalllm-api-backend")],
-        {"API_PORT": str(port or 0), "API_RECONNECT_GRACE_S": "0", **env},
+        # Its own SQLite database for API keys unless ``env`` names one (the stack fixture does, for restarts).
+        {
+            "API_PORT": str(port or 0),
+            "API_RECONNECT_GRACE_S": "0",
+            "API_DATA_DIR": str(log_dir / f"api-data-{time.monotonic_ns()}"),
+            **env,
+        },
         log_dir,
     )
     port = port or listening_port(proc, 30)

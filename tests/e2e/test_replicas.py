@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -180,3 +181,47 @@ def test_the_official_openai_client_on_one_replica_gets_a_real_answer_from_a_bri
         )
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert "Paris" in text
+
+
+def test_an_api_key_works_through_every_replica_and_its_revocation_holds_on_all_of_them(
+    replicas: Replicas, fake_ollama: FakeOllama
+) -> None:
+    """The official ollama client sends a key through the load balancer to a real bridge; the key is revoked
+    on one replica process and the other two refuse it within milliseconds (Redis pub/sub between processes)."""
+    replicas.bridge(fake_ollama.url, via=replicas.urls[1])
+    created = httpx.post(
+        replicas.lb_url + "/api/keys",
+        json={"name": "script", "scopes": ["inference"]},
+        headers=replicas.headers(),
+        timeout=10,
+    )
+    assert created.status_code == 201, created.text
+    key, key_id = created.json()["key"], created.json()["id"]
+    client = ollama.Client(host=replicas.lb_url + "/api/ollama", headers={"Authorization": f"Bearer {key}"})
+    with client:
+        for _ in range(3):  # round robin: every replica verifies (and caches) the key
+            parts = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "count"}], stream=True))
+            assert parts[-1].done and len(parts) > 1
+            assert MODEL in [m.model for m in client.list().models]
+    keyed = {"Authorization": f"Bearer {key}"}
+    for url in replicas.urls:
+        assert httpx.get(url + "/api/ollama/api/version", headers=keyed, timeout=10).status_code == 200
+
+    revoked = httpx.delete(f"{replicas.urls[0]}/api/keys/{key_id}", headers=replicas.headers(), timeout=10)
+    assert revoked.status_code == 204
+    revoked_at = time.perf_counter()
+    latencies = []
+    with httpx.Client(headers=keyed, timeout=10) as http:
+        for url in replicas.urls[1:]:
+            deadline = time.perf_counter() + 30
+            while http.get(url + "/api/ollama/api/version").status_code != 401:
+                assert time.perf_counter() < deadline, f"{url} still accepts the revoked key"
+            latencies.append(time.perf_counter() - revoked_at)
+    print(f"revocation reached the other replica processes after {[round(x * 1000, 1) for x in latencies]} ms")
+    assert max(latencies) < 5  # a broadcast (the cache would keep the key for API_KEY_CACHE_TTL_S, 60 s)
+    with (
+        ollama.Client(host=replicas.lb_url + "/api/ollama", headers=keyed) as again,
+        pytest.raises(ollama.ResponseError) as refused,
+    ):
+        again.list()
+    assert refused.value.status_code == 401 and "revoked" in refused.value.error

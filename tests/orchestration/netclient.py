@@ -1,6 +1,7 @@
 """HTTP client run inside the Swarm test's network namespace (``nsenter --net=... python netclient.py``).
 
-``get URL [--host NAME]``: one request, its status, headers and body as JSON.
+``get URL [--host NAME]``: one request, its status, headers and body as JSON (``--method``, ``--json BODY``
+for another method, with a JSON body).
 ``load URL [--host NAME]``: requests from several threads until SIGTERM, then the count of each outcome
 (an HTTP status, or the exception's name) as JSON. ``CTLLM_TEST_TOKEN``, if set, is sent as the bearer
 token. Standard library only: the script runs in a namespace where nothing else of the test is reachable.
@@ -21,7 +22,9 @@ import time
 import urllib.parse
 
 
-def request(url: str, host: str | None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def request(
+    url: str, host: str | None, timeout: float = 10, method: str = "GET", body: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     parts = urllib.parse.urlsplit(url)
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
@@ -36,7 +39,9 @@ def request(url: str, host: str | None, timeout: float = 10) -> tuple[int, dict[
         headers = {"Host": host} if host else {}
         if token := os.environ.get("CTLLM_TEST_TOKEN"):  # from the environment: never on a command line
             headers["Authorization"] = f"Bearer {token}"
-        connection.request("GET", parts.path or "/", headers=headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        connection.request(method, parts.path or "/", body=body, headers=headers)
         response = connection.getresponse()
         body = response.read()
         return response.status, {name.lower(): value for name, value in response.getheaders()}, body
@@ -78,9 +83,11 @@ def main() -> None:
     parser.add_argument("--host")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--pause", type=float, default=0.01)
+    parser.add_argument("--method", default="GET")
+    parser.add_argument("--json", help="a JSON request body")
     args = parser.parse_args()
     if args.mode == "get":
-        status, headers, body = request(args.url, args.host)
+        status, headers, body = request(args.url, args.host, method=args.method, body=args.json)
         print(json.dumps({"status": status, "headers": headers, "body": body.decode(errors="replace")}))
     else:
         print(json.dumps(load(args.url, args.host, args.threads, args.pause)))

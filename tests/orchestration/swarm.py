@@ -217,6 +217,50 @@ class PrivateSwarm:
         )
         self.docker("build", "--quiet", "--tag", tag, str(context), env={"DOCKER_BUILDKIT": "0"})
 
+    def build_postgres_image(self, base: str, tag: str) -> None:
+        """A PostgreSQL image from the host's server (Debian's postgresql package): its binaries, share files,
+        the libraries they link and the time zones, laid out as on the host, with an entry point that honours
+        the official image's POSTGRES_USER / POSTGRES_DB / POSTGRES_PASSWORD_FILE (no registry here)."""
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[4]))
+        if not found:
+            raise SwarmError("PostgreSQL not found (scripts/system-deps.sh installs postgresql)")
+        version_dir = found[-1].parent.parent
+        context = self.state / "postgres-image"
+        if context.exists():
+            shutil.rmtree(context)
+        (context / "lib").mkdir(parents=True)
+        share = Path("/usr/share/postgresql") / version_dir.name
+        shutil.copytree(version_dir, context / "pglib", symlinks=True)
+        shutil.copytree(share, context / "pgshare", symlinks=True)
+        shutil.copytree("/usr/share/zoneinfo", context / "zoneinfo", symlinks=True)
+        for binary in ("postgres", "initdb", "pg_isready"):
+            ldd = subprocess.run(["ldd", str(version_dir / "bin" / binary)], capture_output=True, text=True, check=True)
+            for line in ldd.stdout.splitlines():
+                parts = line.split("=>")
+                if len(parts) == 2 and parts[1].split():
+                    library = Path(parts[1].split()[0])
+                    if not library.name.startswith(("libc.so", "libm.so", "libpthread", "libdl", "librt")):
+                        shutil.copy2(library.resolve(), context / "lib" / library.name)
+        (context / "entrypoint.sh").write_text(_POSTGRES_ENTRYPOINT)
+        (context / "entrypoint.sh").chmod(0o755)
+        (context / "Dockerfile").write_text(
+            f"FROM {base}\n"
+            f"COPY pglib/ {version_dir}/\n"
+            f"COPY pgshare/ {share}/\n"
+            "COPY zoneinfo/ /usr/share/zoneinfo/\n"
+            "COPY lib/ /opt/postgres/lib/\n"
+            "COPY entrypoint.sh /usr/local/bin/postgres-entrypoint\n"
+            "RUN echo 'postgres:x:999:999:postgres:/var/lib/postgresql:/bin/sh' >> /etc/passwd \\\n"
+            "    && echo 'postgres:x:999:' >> /etc/group \\\n"
+            "    && mkdir -p /var/lib/postgresql/data /var/run/postgresql \\\n"
+            "    && chown -R 999:999 /var/lib/postgresql /var/run/postgresql && chmod 0700 /var/lib/postgresql/data\n"
+            f"ENV LD_LIBRARY_PATH=/opt/postgres/lib PATH={version_dir}/bin:/usr/bin:/bin "
+            "PGDATA=/var/lib/postgresql/data\n"
+            "USER 999\n"
+            'ENTRYPOINT ["/usr/local/bin/postgres-entrypoint"]\n'
+        )
+        self.docker("build", "--quiet", "--tag", tag, str(context), env={"DOCKER_BUILDKIT": "0"})
+
     # -- services -----------------------------------------------------------------------------------------
 
     def services(self) -> dict[str, str]:
@@ -293,3 +337,19 @@ def source_engine() -> Iterator[dict[str, str]]:
     stopped again here if it was not running)."""
     with images_module().docker_env() as env:
         yield dict(env)
+
+
+# The part of the official postgres image's entry point the stack relies on: a first start creates the cluster
+# with POSTGRES_USER (password from POSTGRES_PASSWORD_FILE) and POSTGRES_DB, clients connect with a password,
+# and the service's command ("postgres" and its options) is the server's.
+_POSTGRES_ENTRYPOINT = """#!/bin/sh
+set -eu
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$POSTGRES_PASSWORD_FILE" -A scram-sha-256 \\
+        --locale=C -E UTF8 >/dev/null
+    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    echo "CREATE DATABASE \\"$POSTGRES_DB\\"" | postgres --single -D "$PGDATA" postgres >/dev/null
+fi
+if [ "${1:-}" = postgres ]; then shift; fi  # the stack's command, as the official image takes it
+exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+"""

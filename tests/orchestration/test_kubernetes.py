@@ -23,7 +23,7 @@ ROOT = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parent
 KUSTOMIZATION = ROOT / "deploy" / "k8s"
 # The oldest Kubernetes release still supported upstream when this was written, and the newest schema shipped.
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-WORKLOADS = ("nginx-proxy", "static-site", "flutter-app", "api-backend", "redis")
+WORKLOADS = ("nginx-proxy", "static-site", "flutter-app", "api-backend", "redis", "postgres")
 DOMAINS = {"cloudtolocalllm.online", "www.cloudtolocalllm.online", "app.cloudtolocalllm.online",
            "docs.cloudtolocalllm.online"}  # fmt: skip
 
@@ -47,6 +47,11 @@ def manifests() -> list[Manifest]:
 
 def of_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
     return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def workloads(manifests: list[Manifest]) -> dict[str, Manifest]:
+    """Deployments and StatefulSets (PostgreSQL keeps its volume across restarts)."""
+    return {**of_kind(manifests, "Deployment"), **of_kind(manifests, "StatefulSet")}
 
 
 def containers(deployment: Manifest) -> Iterator[Manifest]:
@@ -85,7 +90,7 @@ def test_everything_lives_in_one_namespace(manifests: list[Manifest]) -> None:
 
 
 def test_every_workload_has_probes_and_runs_non_root_read_only(manifests: list[Manifest]) -> None:
-    deployments = of_kind(manifests, "Deployment")
+    deployments = workloads(manifests)
     assert set(deployments) == set(WORKLOADS)
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
@@ -94,6 +99,7 @@ def test_every_workload_has_probes_and_runs_non_root_read_only(manifests: list[M
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["automountServiceAccountToken"] is False, name
         writable = {volume["name"] for volume in pod.get("volumes", []) if "emptyDir" in volume}
+        writable |= {claim["metadata"]["name"] for claim in deployment["spec"].get("volumeClaimTemplates", [])}
         for container in containers(deployment):
             assert "livenessProbe" in container and "readinessProbe" in container, name
             security = container["securityContext"]
@@ -117,7 +123,7 @@ def test_rolling_updates_never_go_below_the_desired_replicas(manifests: list[Man
 
 def test_every_workload_has_a_disruption_budget(manifests: list[Manifest]) -> None:
     budgets = of_kind(manifests, "PodDisruptionBudget")
-    for name, deployment in of_kind(manifests, "Deployment").items():
+    for name, deployment in workloads(manifests).items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         matching = [b for b in budgets.values() if selects(b["spec"]["selector"]["matchLabels"], labels)]
         assert len(matching) == 1, f"{name}: {len(matching)} budgets"
@@ -142,10 +148,15 @@ def test_api_backend_shares_its_registry_and_reads_auth0_from_a_secret(manifests
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert container["envFrom"] == [{"secretRef": {"name": "auth0"}}]
     assert not any(name.startswith("AUTH0") for name in env), "Auth0 settings belong in the secret"
+    # API keys: every replica shares one PostgreSQL, whose URL (with its password) is a secret too.
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "database", "key": "DATABASE_URL"}
+    postgres = next(containers(of_kind(manifests, "StatefulSet")["postgres"]))
+    postgres_env = {item["name"]: item for item in postgres["env"]}
+    assert postgres_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "database"
 
 
 def test_services_select_a_workload_on_a_named_port(manifests: list[Manifest]) -> None:
-    deployments = of_kind(manifests, "Deployment")
+    deployments = workloads(manifests)
     for name, service in of_kind(manifests, "Service").items():
         matches = [
             d for d in deployments.values()
@@ -198,6 +209,7 @@ def test_network_policies_deny_by_default_and_open_only_the_paths_used(manifests
         return sources
 
     assert allowed_from("redis") == {"api-backend"}
+    assert allowed_from("postgres") == {"api-backend"}
     assert allowed_from("api-backend") == {"nginx-proxy", "api-backend"}
     assert allowed_from("static-site") == {"nginx-proxy"}
     assert allowed_from("flutter-app") == {"nginx-proxy"}

@@ -30,6 +30,8 @@ APP_CONFIG = ROOT / "docker" / "compose" / "app-config.json.example"
 DOMAIN = "cloudtolocalllm.online"  # deploy/swarm/edge.toml's domain; the names never leave the namespace
 IMAGES = ("api-backend", "nginx-proxy", "static-site", "flutter-app")
 REDIS_IMAGE = "ctllm-test/redis:local"
+POSTGRES_IMAGE = "ctllm-test/postgres:local"
+POSTGRES_PASSWORD = "swarm-test-password"  # a throwaway cluster inside the test's namespace
 API = f"{STACK}_api-backend"
 
 
@@ -41,6 +43,7 @@ def _deploy_env(tags: dict[str, str]) -> dict[str, str]:
         "API_REPLICAS": "1",
         "ENDPOINT_MODE": "dnsrr",  # no IPVS in this kernel: no virtual IPs
         "REDIS_IMAGE": REDIS_IMAGE,
+        "POSTGRES_IMAGE": POSTGRES_IMAGE,
         "CERTBOT_REPLICAS": "0",  # nothing here can reach an ACME server
         "LB_CONF": str(HERE / "lb.conf"),
     }
@@ -67,12 +70,18 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSwarm]:
             engine.load_images(source, names)
         base = images.ensure_base(engine.env)
         engine.build_redis_image(base, REDIS_IMAGE)
+        engine.build_postgres_image(base, POSTGRES_IMAGE)
 
         node = engine.docker("node", "ls", "--quiet")
         engine.docker("node", "update", "--label-add", "cloudtolocalllm.edge=true", node)
+        engine.docker("node", "update", "--label-add", "cloudtolocalllm.database=true", node)
         secrets = {
             "cloudtolocalllm_auth0_domain": "tenant.invalid",
             "cloudtolocalllm_auth0_audience": "https://api.invalid",
+            "cloudtolocalllm_postgres_password": POSTGRES_PASSWORD,
+            "cloudtolocalllm_database_url": (
+                f"postgresql://cloudtolocalllm:{POSTGRES_PASSWORD}@postgres:5432/cloudtolocalllm"
+            ),
         }
         for name, value in secrets.items():
             secret_file = engine.state / name
@@ -124,9 +133,16 @@ def _get(engine: PrivateSwarm, url: str, host: str | None = None) -> tuple[int, 
 
 
 def _get_body(
-    engine: PrivateSwarm, url: str, host: str | None = None, token: str | None = None
+    engine: PrivateSwarm,
+    url: str,
+    host: str | None = None,
+    token: str | None = None,
+    *,
+    method: str = "GET",
+    json_body: str | None = None,
 ) -> tuple[int, dict[str, str], str]:
     command = [sys.executable, str(HERE / "netclient.py"), "get", url, *(["--host", host] if host else [])]
+    command += ["--method", method, *(["--json", json_body] if json_body is not None else [])]
     answer = json.loads(engine.in_netns(*command, env={"CTLLM_TEST_TOKEN": token} if token else None))
     return answer["status"], answer["headers"], answer["body"]
 
@@ -145,7 +161,7 @@ def _scale_api(engine: PrivateSwarm, replicas: int) -> None:
 
 def test_every_service_runs_healthy_read_only_and_not_as_root(swarm: PrivateSwarm) -> None:
     services = swarm.services()
-    for name in ("nginx-proxy", "static-site", "flutter-app", "api-backend", "redis"):
+    for name in ("nginx-proxy", "static-site", "flutter-app", "api-backend", "redis", "postgres"):
         running, _, desired = services[f"{STACK}_{name}"].partition("/")
         assert running == desired and int(desired) >= 1, services
         for task in swarm.running_tasks(f"{STACK}_{name}"):
@@ -158,6 +174,7 @@ def test_every_service_runs_healthy_read_only_and_not_as_root(swarm: PrivateSwar
 def test_auth0_settings_come_from_secrets_not_the_service_spec(swarm: PrivateSwarm) -> None:
     spec = swarm.docker("service", "inspect", API)
     assert "tenant.invalid" not in spec and "api.invalid" not in spec, "the Auth0 settings leak into the spec"
+    assert POSTGRES_PASSWORD not in spec + swarm.docker("service", "inspect", f"{STACK}_postgres")
     task = swarm.running_tasks(API)[0]
     environ = swarm.docker("exec", task["Id"], "cat", "/proc/1/environ").split("\0")
     # Read from the secret files (NAME_FILE), never in the process environment either.
@@ -168,6 +185,7 @@ def test_auth0_settings_come_from_secrets_not_the_service_spec(swarm: PrivateSwa
     # The service started with them: without an issuer api-backend refuses to start (exit 2, never healthy).
     assert task["State"]["Health"]["Status"] == "healthy"
     assert f"API_REPLICA_URL=http://{task['Name'].lstrip('/')}:8080" in environ
+    assert not [line for line in environ if line.startswith("DATABASE_URL=")]
 
 
 def test_edge_serves_the_domains_over_https(swarm: PrivateSwarm) -> None:
@@ -289,6 +307,24 @@ def test_a_bridge_on_one_replica_answers_through_every_replica(swarm: PrivateSwa
                 assert [m["name"] for m in json.loads(body)["models"]] == [model]
             served = {upstream.rsplit(":", 1)[0] for upstream in _lb_upstreams(swarm)[before:]}
             assert len(served) == 3, f"the requests reached {served} only"
+
+            # An API key in the stack's PostgreSQL works on every replica, and its revocation holds on all.
+            status, _, body = _get_body(
+                swarm, "http://127.0.0.1:8080/api/keys", token=token, method="POST",
+                json_body=json.dumps({"name": "swarm", "scopes": ["inference"]}),
+            )  # fmt: skip
+            assert status == 201, body
+            created = json.loads(body)
+            for _ in range(6):
+                status, _, body = _get_body(swarm, "http://127.0.0.1:8080/api/ollama/api/tags", token=created["key"])
+                assert status == 200, body
+            status, _, _ = _get_body(
+                swarm, f"http://127.0.0.1:8080/api/keys/{created['id']}", token=token, method="DELETE"
+            )
+            assert status == 204
+            for _ in range(6):  # round robin over the three replicas, each of which had the key cached
+                status, _, body = _get_body(swarm, "http://127.0.0.1:8080/api/ollama/api/tags", token=created["key"])
+                assert status == 401 and "revoked" in body, body
         finally:
             swarm.stop_group(bridge)
     finally:

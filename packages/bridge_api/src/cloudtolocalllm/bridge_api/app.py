@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,9 +10,13 @@ from urllib.parse import urlsplit
 
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
+from cloudtolocalllm.bridge_api.auth import ApiAuthBackend, CredentialVerifier
 from cloudtolocalllm.bridge_api.bridge_socket import bridge_socket_endpoint
+from cloudtolocalllm.bridge_api.database import DatabaseSettings
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory, DirectoryUnavailable, InMemoryDirectory
 from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
+from cloudtolocalllm.bridge_api.keys.endpoints import key_routes
+from cloudtolocalllm.bridge_api.keys.service import KeyService
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.redis_directory import RedisDirectory
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
@@ -22,13 +27,13 @@ from cloudtolocalllm.bridge_api.version import __version__
 from cloudtolocalllm.core import HttpMetrics, ReadinessCheck, ServiceApp, ServiceInfo, create_app
 from cloudtolocalllm.core.auth import (
     AuthSettings,
-    BearerAuthBackend,
     TokenVerifier,
     build_verifier,
     dev_issuer_from,
 )
 from cloudtolocalllm.core.auth.dev_code_flow import DevCodeFlow, dev_code_flow_from_env
 from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow
+from cloudtolocalllm.core.protocol import CloseCode, close_reason
 
 __all__ = ["SERVICE_NAME", "build_app"]
 
@@ -49,9 +54,11 @@ def build_app(
     *,
     verifier: TokenVerifier | None = None,
     directory: BridgeDirectory | None = None,
+    database: DatabaseSettings | None = None,
 ) -> ServiceApp:
     """The app; ``directory`` overrides the one the settings name (tests share one between apps)."""
-    verifier = verifier or build_verifier(auth)
+    keys = KeyService(settings, database or DatabaseSettings())
+    credentials = CredentialVerifier(verifier or build_verifier(auth), keys.verifier)
     http_metrics = HttpMetrics()
     metrics = TunnelMetrics(http_metrics.registry)
     registry = BridgeRegistry(
@@ -62,6 +69,18 @@ def build_app(
     )
     registry.replica_url = settings.replica_url.rstrip("/")
     forwarder = ReplicaForwarder(settings, metrics)
+    closing: set[asyncio.Task[None]] = set()
+
+    def close_bridges_on(key_id: str) -> None:
+        """A revoked key's bridges are disconnected at once (on whichever replica holds them)."""
+        reason = close_reason(CloseCode.UNAUTHORIZED, "API key revoked")
+        for session in registry.all_sessions():
+            if session.key_id == key_id:
+                task = asyncio.create_task(session.close(CloseCode.UNAUTHORIZED, reason))
+                closing.add(task)
+                task.add_done_callback(closing.discard)
+
+    keys.on_revoked = close_bridges_on
 
     async def accepting_traffic() -> bool:
         return not registry.draining
@@ -74,17 +93,20 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         registry.sync.start()
+        await keys.start()
         try:
             yield
         finally:
             await registry.sync.close()
             await forwarder.close()
+            await keys.close()
 
     relay = RelayEndpoint(registry, settings, metrics, forwarder)
     routes: list[BaseRoute] = [
         Route("/api/ollama/{path:path}", relay),
         Route("/api/bridge/status", status_endpoint(registry), methods=["GET"]),
-        WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, verifier, metrics)),
+        WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, credentials, metrics)),
+        *key_routes(keys),
     ]
     dev_flow: DevCodeFlow | None = None
     if auth.dev_auth:
@@ -98,12 +120,14 @@ def build_app(
     app = create_app(
         ServiceInfo(SERVICE_NAME, __version__),
         routes,
-        auth=BearerAuthBackend(verifier),
+        auth=ApiAuthBackend(credentials, keys.usage),
         readiness_checks=[
             ReadinessCheck("accepting-traffic", accepting_traffic, timeout_s=0.5),
             # Reported, not gating: without Redis every replica still serves its own bridges; failing
             # readiness would take all of them out of the load balancer at once.
             ReadinessCheck("bridge-directory", bridge_directory, timeout_s=0.5, required=False),
+            # Reported, not gating: signed-in users and cached keys are served while the database is away.
+            ReadinessCheck("database", keys.database_reachable, timeout_s=0.5, required=False),
         ],
         content_security_policy=API_CSP,
         metrics=http_metrics,
@@ -115,5 +139,6 @@ def build_app(
     app.state.forwarder = forwarder
     app.state.relay_budget = relay.json_budget
     app.state.settings = settings
-    app.state.verifier = verifier
+    app.state.verifier = credentials
+    app.state.keys = keys
     return app

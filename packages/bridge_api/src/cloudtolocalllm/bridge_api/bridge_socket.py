@@ -11,11 +11,12 @@ from typing import Final
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.auth import TokenVerifier, requires_auth
+from cloudtolocalllm.core.auth import Verifier, auth_error_response, deny_websocket, requires_auth
 from cloudtolocalllm.core.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -46,7 +47,7 @@ def _hello_problem(hello: Hello) -> str | None:
 
 
 def bridge_socket_endpoint(
-    registry: BridgeRegistry, settings: ApiSettings, verifier: TokenVerifier, metrics: TunnelMetrics
+    registry: BridgeRegistry, settings: ApiSettings, verifier: Verifier, metrics: TunnelMetrics
 ) -> Callable[[WebSocket], Awaitable[None]]:
     limits = Limits(
         max_frame_bytes=settings.max_frame_bytes,
@@ -64,6 +65,9 @@ def bridge_socket_endpoint(
                 await websocket.close(TRY_AGAIN_LATER, "server is shutting down")
             return
         principal = websocket.user.principal
+        if refusal := missing_scope(principal, BRIDGE):
+            await deny_websocket(websocket, auth_error_response(refusal, scope=BRIDGE))
+            return
         await websocket.accept()
         conn = Connection(Role.CLOUD, max_recv_window=settings.max_stream_window_bytes)
         try:
@@ -106,6 +110,7 @@ def bridge_socket_endpoint(
             verifier=verifier,
             metrics=metrics,
         )
+        session.key_id = key_id_of(principal)
         welcome = Welcome(
             version=PROTOCOL_VERSION,
             session_id=session.session_id,

@@ -8,6 +8,7 @@ import logging
 import signal
 
 from cloudtolocalllm.bridge_api.app import SERVICE_NAME, build_app
+from cloudtolocalllm.bridge_api.database import DatabaseSettings
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.settings import ApiSettings, replica_url_for
 from cloudtolocalllm.bridge_api.version import __version__
@@ -63,11 +64,14 @@ def main() -> None:
     try:
         settings = load_settings(ApiSettings, prefix="API_")
         auth = load_settings(AuthSettings)
+        database = load_settings(DatabaseSettings)  # DATABASE_URL, unprefixed as most platforms set it
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
     configure_logging(SERVICE_NAME, __version__)
     try:
-        app = build_app(settings, auth)  # reads the optional dev-issuer settings (DEV_REDIRECT_URIS, ...)
+        app = build_app(
+            settings, auth, database=database
+        )  # reads the optional dev-issuer settings (DEV_REDIRECT_URIS, ...)
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
     asyncio.run(run(app, settings))

@@ -30,10 +30,11 @@ from cloudtolocalllm.bridge_api.errors import (
 )
 from cloudtolocalllm.bridge_api.forward import ClientGone, ReplicaForwarder, ReplicaUnreachable
 from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, response_headers_for_client
+from cloudtolocalllm.bridge_api.keys.scopes import missing_scope
 from cloudtolocalllm.bridge_api.merge import MERGED_PATHS, merged_response
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.registry import Bridge, BridgeRegistry
-from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER, choose_bridge
+from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER, choose_bridge, scope_for_path
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.stream import RelayStream, StreamFailed
@@ -137,6 +138,10 @@ class RelayEndpoint:
             return
         path = "/" + scope["path_params"]["path"]
         method: str = scope["method"]
+        needed = scope_for_path(path)
+        if problem := missing_scope(user.principal, needed):
+            await auth_error_response(problem, scope=needed)(scope, receive, send)
+            return
         forwarded = _header(scope, _FORWARDED) is not None
         try:
             if method == "GET" and path in MERGED_PATHS:

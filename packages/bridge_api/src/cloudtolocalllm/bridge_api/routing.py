@@ -8,10 +8,11 @@ from typing import Final
 
 from cloudtolocalllm.bridge_api.directory import RemoteBridge
 from cloudtolocalllm.bridge_api.errors import RelayError
+from cloudtolocalllm.bridge_api.keys.scopes import INFERENCE, MODELS_WRITE
 from cloudtolocalllm.bridge_api.registry import Bridge
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 
-__all__ = ["BRIDGE_HEADER", "FORWARDED_HEADER", "MODEL_MANAGEMENT_PATHS", "choose_bridge"]
+__all__ = ["BRIDGE_HEADER", "FORWARDED_HEADER", "MODEL_MANAGEMENT_PATHS", "choose_bridge", "scope_for_path"]
 
 BRIDGE_HEADER: Final = "x-cloudtolocalllm-bridge"
 """Pins a request to one of the caller's bridges by id (e.g. a blob upload and the create that uses it)."""
@@ -26,6 +27,19 @@ relayed again (no loops). A client setting it only limits itself to the replica 
 MODEL_MANAGEMENT_PATHS: Final = frozenset(
     {"/api/pull", "/api/create", "/api/push", "/api/copy", "/api/delete", "/api/show"}
 )
+# What an API key needs: no new path list. Model changes are the model-management paths but /api/show (a
+# read), plus blob uploads; everything else relayed (chat, generate, embed, tags, show, ps, version, every
+# /v1 path) is inference. When one route table serves the allowlist, relay, routing and merge, the scope
+# becomes a column of it.
+_MODEL_WRITE_PATHS: Final = MODEL_MANAGEMENT_PATHS - {"/api/show"}
+_BLOBS: Final = "/api/blobs/"
+
+
+def scope_for_path(path: str) -> str:
+    """The scope an API key needs for ``/api/ollama{path}``."""
+    if path in _MODEL_WRITE_PATHS or path.startswith(_BLOBS):
+        return MODELS_WRITE
+    return INFERENCE
 
 
 def choose_bridge(

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.bridge_api.stream import RelayStream
-from cloudtolocalllm.core.auth import AuthError, TokenVerifier
+from cloudtolocalllm.core.auth import AuthError, Verifier
 from cloudtolocalllm.core.protocol import (
     BridgeStatus,
     Cancel,
@@ -66,7 +67,7 @@ class BridgeSession:
         user: str,
         token_expires_at: float,
         settings: ApiSettings,
-        verifier: TokenVerifier,
+        verifier: Verifier,
         metrics: TunnelMetrics,
     ) -> None:
         self.websocket = websocket
@@ -98,6 +99,8 @@ class BridgeSession:
         self._reauth_timer: asyncio.TimerHandle | None = None
         self._timer_tasks: set[asyncio.Task[None]] = set()  # a Ping being sent, a close in progress
         self.close_code: int | None = None
+        # The API key this bridge connected with (None: a signed-in user's token); its revocation closes us.
+        self.key_id: str | None = None
         # Set by the registry: told when what the directory publishes about this bridge changed.
         self.on_change: Callable[[BridgeSession], None] | None = None
 
@@ -291,6 +294,10 @@ class BridgeSession:
             # A bridge may refresh its token, never change whose bridge it is.
             await self.close(CloseCode.UNAUTHORIZED, close_reason(CloseCode.UNAUTHORIZED, "token is for another user"))
             return
+        if refusal := missing_scope(principal, BRIDGE):
+            await self.close(CloseCode.UNAUTHORIZED, close_reason(CloseCode.UNAUTHORIZED, str(refusal)))
+            return
+        self.key_id = key_id_of(principal)  # a bridge may move between its sign-in and an API key
         self.token_expires_at = principal.expires_at
         self._schedule_reauth_deadline()
         await self.send_frame(ReauthOk(expires_at=principal.expires_at))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 from typing import Annotated, Final
 from urllib.parse import urlsplit
 
@@ -11,7 +13,7 @@ import msgspec
 from cloudtolocalllm.core.protocol import DEFAULT_LIMITS
 from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
 
-__all__ = ["ApiSettings", "replica_url_for"]
+__all__ = ["ApiSettings", "data_dir_for", "replica_url_for"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -65,6 +67,15 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     # A replica refreshes its bridges' records every refresh interval; a dead replica's expire after the TTL.
     directory_ttl_s: Positive = 10.0
     directory_refresh_s: Positive = 3.0
+    # API keys: the SQLite database lives here unless DATABASE_URL names another (PostgreSQL for replicas).
+    # Unset: $XDG_DATA_HOME/cloudtolocalllm/api-backend (~/.local/share/...); containers mount a volume.
+    data_dir: str = ""
+    database_timeout_s: Positive = 2.0
+    # A verified key is re-read from the database after this long at most; a revocation reaches every
+    # replica at once through the broadcast, this only bounds staleness when a broadcast is lost.
+    key_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    key_usage_flush_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    max_keys_per_user: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
 
     def __post_init__(self) -> None:
         if self.redis_url and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:
@@ -95,3 +106,11 @@ def replica_url_for(settings: ApiSettings, port: int) -> str:
     if host in ("", "0.0.0.0", "::"):  # noqa: S104 (recognising a wildcard bind, not binding)
         host = socket.gethostbyname(socket.gethostname())
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def data_dir_for(settings: ApiSettings) -> Path:
+    """Where this replica keeps its SQLite database (API_DATA_DIR, else the user's XDG data folder)."""
+    if settings.data_dir:
+        return Path(settings.data_dir)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cloudtolocalllm" / "api-backend"

@@ -6,6 +6,7 @@ from cloudtolocalllm.core.auth.backend import (
     BearerAuthBackend,
     auth_error_response,
     bearer_token,
+    deny_websocket,
     requires_auth,
 )
 from cloudtolocalllm.core.auth.config import AuthSettings, build_verifier, dev_issuer_from
@@ -18,7 +19,7 @@ from cloudtolocalllm.core.auth.errors import (
     MissingCredentials,
 )
 from cloudtolocalllm.core.auth.jwks import KeySource, RemoteJwks, StaticJwks
-from cloudtolocalllm.core.auth.verifier import Principal, TokenVerifier
+from cloudtolocalllm.core.auth.verifier import Principal, TokenVerifier, Verifier
 
 __all__ = [
     "AuthError",
@@ -36,9 +37,11 @@ __all__ = [
     "RemoteJwks",
     "StaticJwks",
     "TokenVerifier",
+    "Verifier",
     "auth_error_response",
     "bearer_token",
     "build_verifier",
+    "deny_websocket",
     "dev_issuer_from",
     "requires_auth",
 ]

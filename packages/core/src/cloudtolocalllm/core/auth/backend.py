@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from cloudtolocalllm.core.auth.errors import AuthError, InsufficientScope, InvalidToken, MissingCredentials
-from cloudtolocalllm.core.auth.verifier import Principal, TokenVerifier
+from cloudtolocalllm.core.auth.verifier import Principal, Verifier
 
 __all__ = [
     "AuthMiddleware",
@@ -33,6 +33,7 @@ __all__ = [
     "BearerAuthBackend",
     "auth_error_response",
     "bearer_token",
+    "deny_websocket",
     "requires_auth",
 ]
 
@@ -74,7 +75,7 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 
 
 class BearerAuthBackend(AuthenticationBackend):
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: Verifier) -> None:
         self.verifier = verifier
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
@@ -107,7 +108,8 @@ def auth_error_response(error: AuthError, *, status: int | None = None, scope: s
     return JSONResponse({"error": str(error) or "authentication required"}, status_code=status, headers=headers)
 
 
-async def _deny_websocket(websocket: WebSocket, response: Response) -> None:
+async def deny_websocket(websocket: WebSocket, response: Response) -> None:
+    """Refuse a WebSocket handshake with ``response`` (a real HTTP answer where the server supports it)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(response)
     else:  # servers without the extension can only refuse with a bare 403
@@ -118,7 +120,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, response: Response
     if scope["type"] == "http":
         await response(scope, receive, send)
     else:
-        await _deny_websocket(WebSocket(scope, receive, send), response)
+        await deny_websocket(WebSocket(scope, receive, send), response)
 
 
 class AuthMiddleware:
@@ -163,7 +165,7 @@ def requires_auth(*scopes: str) -> Callable[[Endpoint], Endpoint]:
             if response is None:
                 return await endpoint(conn, *args, **kwargs)
             if isinstance(conn, WebSocket):
-                await _deny_websocket(conn, response)
+                await deny_websocket(conn, response)
                 return None
             return response
 

@@ -17,7 +17,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import jwt
 import msgspec
@@ -25,7 +25,7 @@ import msgspec
 from cloudtolocalllm.core.auth.errors import AuthError, InvalidToken
 from cloudtolocalllm.core.auth.jwks import KeySource
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "Principal", "TokenVerifier"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "Principal", "TokenVerifier", "Verifier"]
 
 ASYMMETRIC_ALGORITHMS: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -41,6 +41,15 @@ class Principal(msgspec.Struct, frozen=True):
     scopes: frozenset[str]
     expires_at: float
     claims: dict[str, Any]
+
+
+class Verifier(Protocol):
+    """Turns a bearer token into the :class:`Principal` it speaks for, or raises an ``AuthError``.
+
+    :class:`TokenVerifier` (JWTs) is one; a service may put others in front of it (e.g. API keys).
+    """
+
+    async def verify(self, token: str) -> Principal: ...
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
