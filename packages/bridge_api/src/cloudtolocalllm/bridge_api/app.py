@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from cloudtolocalllm.bridge_api.bridge_socket import bridge_socket_endpoint
+from cloudtolocalllm.bridge_api.discovery import DISCOVERY_PATH, discovery_endpoint
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory, DirectoryUnavailable, InMemoryDirectory
 from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
@@ -83,6 +84,7 @@ def build_app(
     routes: list[BaseRoute] = [
         Route("/api/ollama/{path:path}", RelayEndpoint(registry, settings, metrics, forwarder)),
         Route("/api/bridge/status", status_endpoint(registry), methods=["GET"]),
+        Route(DISCOVERY_PATH, discovery_endpoint(settings, auth), methods=["GET"]),
         WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, verifier, metrics)),
     ]
     dev_flow: DevCodeFlow | None = None
