@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from cloudtolocalllm.bridge_api.bridge_socket import bridge_socket_endpoint
-from cloudtolocalllm.bridge_api.discovery import DISCOVERY_PATH, discovery_endpoint
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory, DirectoryUnavailable, InMemoryDirectory
+from cloudtolocalllm.bridge_api.discovery import DISCOVERY_PATH, discovery_endpoint
 from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.redis_directory import RedisDirectory

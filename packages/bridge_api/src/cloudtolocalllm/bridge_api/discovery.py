@@ -17,7 +17,7 @@ from starlette.responses import Response
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.auth import AuthSettings
 
-__all__ = ["DISCOVERY_PATH", "BRIDGE_SCOPE", "CloudDocument", "discovery_endpoint"]
+__all__ = ["BRIDGE_SCOPE", "DISCOVERY_PATH", "CloudDocument", "discovery_endpoint"]
 
 DISCOVERY_PATH: Final = "/.well-known/cloudtolocalllm"
 BRIDGE_SCOPE: Final = "openid profile offline_access"
