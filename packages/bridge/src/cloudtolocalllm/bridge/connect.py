@@ -195,7 +195,7 @@ class ClientMode:
 
     def _sign_in_over(self, reason: str) -> web.Response:
         hint = sign_in_hint(self.cloud_url)
-        self.exit_message = reason if hint in reason else f"{reason}\n{hint}"
+        self.exit_message = f"{reason.removesuffix(': ' + hint)}\n{hint}"  # the advice alone on the last line
         logger.error(reason)
         self.stop(EXIT_SIGN_IN)
         return _error(401, self.exit_message.replace("\n", ": "))

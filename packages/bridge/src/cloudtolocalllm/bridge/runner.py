@@ -357,7 +357,7 @@ class Bridge:
     def _sign_in_over(self, reason: str) -> int:
         """Stop for good: only the user can fix this. The last line says how (exit status 3)."""
         hint = sign_in_hint(cloud_origin_or_empty(self.settings.cloud_url))
-        message = reason if hint in reason else f"{reason}\n{hint}"
+        message = f"{reason.removesuffix(': ' + hint)}\n{hint}"  # the advice alone on the last line
         self.exit_message = message
         logger.error(reason)
         self.status.update(state="stopped", session_id=None, last_error=reason, force=True)
