@@ -85,9 +85,13 @@ def laptop(logs: Path, tmp_path: Path, local_model: str) -> Iterator[str]:
         assert connect.wait(20) == 0
     finally:
         for proc in (login, connect):
-            if proc is not None and proc.poll() is None:
+            if proc is None:
+                continue
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
         bridge.stop()
         api.stop()
 

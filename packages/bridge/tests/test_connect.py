@@ -238,3 +238,17 @@ def test_the_command_refuses_what_it_cannot_serve(tmp_path: Path, args: list[str
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == EXIT_CONFIG
     assert message in err
+
+
+def test_a_port_in_use_is_explained(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {"CLOUDTOLOCALLLM_BRIDGE_KEY": "ctllm_x", "CLOUDTOLOCALLLM_BRIDGE_STATE_DIR": str(tmp_path / "state")}
+        proc = _command("--port", str(port), "--cloud", "https://app.example.com", env=env)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err

@@ -520,7 +520,8 @@ async def _serve_client_mode(
         host, port = await mode.start(args.host, args.port)
     except OSError as exc:
         await mode.aclose()
-        return EXIT_CONFIG, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        hint = " (is Ollama running here? pass another --port)" if args.port == 11434 else ""
+        return EXIT_FATAL, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}"
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:

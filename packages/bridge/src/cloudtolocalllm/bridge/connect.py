@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from cloudtolocalllm.bridge.config import is_loopback_host
@@ -103,7 +104,7 @@ class ClientMode:
         # handler_cancellation: a client that goes away cancels its handler, which closes the cloud request.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=False)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         bound = self._runner.addresses[0]
         self.address = (str(bound[0]), int(bound[1]))
@@ -148,7 +149,9 @@ class ClientMode:
             return self._sign_in_over(str(exc))
         except TokenError as exc:
             return _error(503, f"no usable sign-in: {exc}")
-        headers = {name: value for name, value in request.headers.items() if name.lower() in _REQUEST_HEADERS}
+        headers = CIMultiDict(
+            (name, value) for name, value in request.headers.items() if name.lower() in _REQUEST_HEADERS
+        )
         headers.setdefault("Accept-Encoding", "identity")  # not aiohttp's default gzip: pass bytes through
         headers["Authorization"] = f"Bearer {token}"
         url = URL(self.api_base + request.raw_path, encoded=True)
