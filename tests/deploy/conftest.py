@@ -205,7 +205,6 @@ timeouts = {{ read = 3600, send = 3600 }}
 path = "/.well-known/cloudtolocalllm"
 upstream = "api-backend"
 exact = true
-rate_limit = "api"
 json_errors = true
 cache_rules = false
 """

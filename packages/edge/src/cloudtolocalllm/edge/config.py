@@ -400,7 +400,6 @@ def _default_sites() -> list[Site]:
                     path="/.well-known/cloudtolocalllm",
                     upstream="api-backend",
                     exact=True,
-                    rate_limit="api",
                     json_errors=True,
                     cache_rules=False,
                 ),
