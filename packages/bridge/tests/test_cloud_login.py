@@ -230,3 +230,36 @@ async def test_a_revoked_refresh_token_ends_run_with_the_sign_in_status(tmp_path
         -1
     ] == f"sign in again with: cloudtolocalllm-bridge login {cloud.url}"
     assert bridge.sessions == []  # it never dialled the cloud with a token it knew was dead
+
+
+def test_flags_and_variables_win_over_the_discovery_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cloudtolocalllm.bridge.cloud import CloudConfig
+
+    document = CloudConfig(
+        cloud_url="https://app.example.com",
+        issuer="https://tenant.auth0.com/",
+        client_id="from-cloud",
+        audience="https://api.example",
+        websocket_url="wss://app.example.com/ws/bridge",
+        api_base="https://app.example.com/api/ollama",
+    )
+
+    async def fetched(url: str) -> CloudConfig:
+        return document
+
+    monkeypatch.setattr(cli, "fetch_cloud_config", fetched)
+    for name in ("ISSUER_URL", "CLIENT_ID", "AUDIENCE"):
+        monkeypatch.delenv(f"CLOUDTOLOCALLLM_BRIDGE_{name}", raising=False)
+    args = cli._parser().parse_args(["login", "https://app.example.com"])
+    settings, cloud, scope = cli._login_settings(args)
+    assert (settings.issuer_url, settings.client_id, settings.audience) == (
+        "https://tenant.auth0.com/",
+        "from-cloud",
+        "https://api.example",
+    )
+    assert cloud == document and scope == "openid profile offline_access"
+
+    monkeypatch.setenv("CLOUDTOLOCALLLM_BRIDGE_CLIENT_ID", "from-env")
+    args = cli._parser().parse_args(["login", "https://app.example.com", "--audience", "flag-api", "--scope", "s"])
+    settings, _, scope = cli._login_settings(args)
+    assert (settings.client_id, settings.audience, scope) == ("from-env", "flag-api", "s")

@@ -451,11 +451,13 @@ def _login_settings(args: argparse.Namespace) -> tuple[BridgeSettings, CloudConf
     cloud = asyncio.run(fetch_cloud_config(args.cloud))
     if is_plain_http_remote(cloud.cloud_url):
         print(f"{PROG}: warning: {cloud.cloud_url} is not encrypted (http://): use https://", file=sys.stderr)
+    # Flags and variables (already in ``settings``) win over the document; client_id has a default, so only
+    # a flag or its variable counts as an override.
     settings = msgspec.structs.replace(
         settings,
-        issuer_url=args.issuer or cloud.issuer,
-        client_id=args.client_id or cloud.client_id,
-        audience=args.audience or cloud.audience,
+        issuer_url=settings.issuer_url or cloud.issuer,
+        client_id=args.client_id or os.environ.get(f"{ENV_PREFIX}CLIENT_ID") or cloud.client_id,
+        audience=settings.audience or cloud.audience,
     )
     return settings, cloud, args.scope or cloud.scope
 
