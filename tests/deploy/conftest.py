@@ -200,6 +200,13 @@ rate_limit = "api"
 json_errors = true
 cache_rules = false
 timeouts = {{ read = 3600, send = 3600 }}
+
+[[sites.routes]]
+path = "/.well-known/cloudtolocalllm"
+upstream = "api-backend"
+exact = true
+json_errors = true
+cache_rules = false
 """
 
 

@@ -142,7 +142,7 @@ def test_installs_runs_and_removes_cleanly(chroot: Path, deb: Path, version: str
     # the unit's RestartPreventExitStatus= names) rather than with an ImportError.
     run = in_chroot(chroot, "cloudtolocalllm-bridge run", check=False)
     assert run.returncode == 2, run.stderr
-    assert "CLOUD_URL" in run.stderr
+    assert "CLOUD_URL" in run.stderr and "cloudtolocalllm-bridge login https://" in run.stderr
     in_chroot(chroot, "/opt/cloudtolocalllm-bridge/bin/python3 -c 'import cloudtolocalllm.bridge.runner'")
     site = in_chroot(chroot, "ls /opt/cloudtolocalllm-bridge/lib/python3*/site-packages").stdout
     assert "msgspec" in site and "websockets" in site
@@ -167,6 +167,8 @@ def test_user_unit_is_valid(tmp_path: Path, deb: Path) -> None:
     service = parser["Service"]
     assert service["ExecStart"] == "/usr/bin/cloudtolocalllm-bridge run"
     assert service["Restart"] == "on-failure"
+    # 2: bad configuration; 3: the sign-in is over. Restarting cannot fix either (docs/bridge.md).
+    assert service["RestartPreventExitStatus"].split() == ["2", "3"]
     assert service["EnvironmentFile"] == "-%h/.config/cloudtolocalllm/bridge.env"
     assert service["NoNewPrivileges"] == "yes"
     assert parser["Install"]["WantedBy"] == "default.target"

@@ -33,7 +33,7 @@ from cloudtolocalllm.bridge.credentials import (
 )
 from cloudtolocalllm.bridge.oauth import discover, issuer_session, poll_for_token, start_device_flow
 from cloudtolocalllm.bridge.runner import Bridge
-from cloudtolocalllm.bridge.token import TOKEN_ENV, TokenError, TokenSource
+from cloudtolocalllm.bridge.token import KEY_ENV, TOKEN_ENV, SignInRefused, TokenError, TokenSource
 from cloudtolocalllm.bridge_api.app import build_app
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.app import ServiceInfo, create_app
@@ -293,12 +293,13 @@ async def test_refresh_token_refused_says_log_in_again(make_issuer: IssuerFactor
         save_credentials(
             path, _credentials("old", refresh="never-issued", ttl=-1, endpoint=issuer.url + "/oauth/token")
         )
-        source = StoredCredentialsSource(path)
-        with pytest.raises(TokenError, match="log in again"):
+        source = StoredCredentialsSource(path, cloud_url="https://app.example.com")
+        hint = "sign in again with: cloudtolocalllm-bridge login https://app.example.com"
+        with pytest.raises(SignInRefused, match=hint):
             await source.fresh()
-        with pytest.raises(TokenError, match="log in again"):
+        with pytest.raises(SignInRefused, match=hint):
             await source.fresh()  # remembered: no second request with a refused token
-        assert "login" in (source.renew_hint() or "")
+        assert source.renew_hint() == hint
 
 
 async def test_issuer_unreachable_keeps_a_valid_token_and_explains_an_expired_one(tmp_path: Path) -> None:
@@ -334,14 +335,20 @@ def test_token_precedence(tmp_path: Path) -> None:
     source, warnings = cli.select_token_source(with_file, token_flag="from-flag", environ=env)
     assert source.read() == "from-flag" and source.describe() == "--token"
     assert any("visible to every user" in w for w in warnings)
-    assert any(TOKEN_ENV in w and "--token-file" in w for w in warnings if w.startswith("warning: using"))
+    assert any(TOKEN_ENV in w and "--key-file" in w for w in warnings if w.startswith("warning: using"))
 
     source, warnings = cli.select_token_source(with_file, token_flag=None, environ=env)
     assert source.read() == "from-env" and not source.can_change
-    assert warnings == [f"warning: using environment variable {TOKEN_ENV}; ignoring --token-file"]
+    assert warnings == [f"warning: using environment variable {TOKEN_ENV}; ignoring --key-file"]
 
     source, warnings = cli.select_token_source(with_file, token_flag=None, environ={})
     assert isinstance(source, TokenSource) and source.read() == "from-file" and warnings == []
+
+    source, warnings = cli.select_token_source(with_file, token_flag=None, environ={KEY_ENV: "ctllm_key"})
+    assert source.read() == "ctllm_key" and KEY_ENV in source.describe() and not source.can_change
+    assert warnings == [f"warning: using environment variable {KEY_ENV}; ignoring --key-file"]
+    source, _ = cli.select_token_source(no_file, token_flag=None, environ={KEY_ENV: "ctllm_key", **env})
+    assert source.read() == "from-env"
 
     source, warnings = cli.select_token_source(no_file, token_flag=None, environ={TOKEN_ENV: "  "})
     assert isinstance(source, StoredCredentialsSource) and source.read() == "from-login" and warnings == []

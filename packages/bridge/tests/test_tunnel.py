@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from cloudtolocalllm.bridge.backend import BackendState
+from cloudtolocalllm.bridge.exits import EXIT_SIGN_IN
 from cloudtolocalllm.core.protocol import (
     BridgeStatus,
     CloseCode,
@@ -333,10 +334,11 @@ async def test_version_mismatch_stops_without_redialling(cloud: FakeCloud, start
 async def test_401_with_env_token_stops_with_a_clear_message(cloud: FakeCloud, start_bridge: Any) -> None:
     cloud.tokens = {"another"}
     running = await start_bridge()
-    assert await asyncio.wait_for(running.task, 5) == 1
+    assert await asyncio.wait_for(running.task, 5) == EXIT_SIGN_IN
     message = running.bridge.exit_message or ""
     assert message.startswith("token invalid or expired (the cloud answered HTTP 401: token expired)")
-    assert "CLOUDTOLOCALLLM_TOKEN" in message
+    assert "CLOUDTOLOCALLLM_BRIDGE_KEY" in message
+    assert message.splitlines()[-1].startswith("sign in again with: cloudtolocalllm-bridge login http")
     assert len(cloud.attempts) == 1
 
 
@@ -468,7 +470,7 @@ async def test_reauth_refused_close_4001_stops_an_env_token_bridge(cloud: FakeCl
     running = await start_bridge()
     link = await cloud.next_link()
     await link.ws.close(CloseCode.UNAUTHORIZED, "bridge token is invalid or expired; sign in again")
-    assert await asyncio.wait_for(running.task, 5) == 1
+    assert await asyncio.wait_for(running.task, 5) == EXIT_SIGN_IN
     assert (running.bridge.exit_message or "").startswith("token invalid or expired (the cloud closed the connection")
     assert len(cloud.attempts) == 1
 

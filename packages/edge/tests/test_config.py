@@ -28,6 +28,7 @@ def test_defaults_reproduce_the_seed_routing_table_on_the_dev_domains() -> None:
         ("app.localhost", "/", "flutter-app"),
         ("app.localhost", "/api/", "api-backend"),
         ("app.localhost", "/ws/", "api-backend"),
+        ("app.localhost", "/.well-known/cloudtolocalllm", "api-backend"),
     }
     assert set(config.upstreams) == {"static-site", "flutter-app", "api-backend"}
 

@@ -22,6 +22,11 @@ from edge_harness import Edge
         ("docs.localhost", "/api/reference.html", "static-site"),
         # "/api" without the slash is not under /api/ (the seed's /api/* pattern).
         ("app.localhost", "/apiary", "flutter-app"),
+        # The bridge's discovery document, exactly that path; other well-known paths stay with the app.
+        ("app.localhost", "/.well-known/cloudtolocalllm", "api-backend"),
+        ("app.localhost", "/.well-known/cloudtolocalllm/x", "flutter-app"),
+        ("app.localhost", "/.well-known/openid-configuration", "flutter-app"),
+        ("localhost", "/.well-known/cloudtolocalllm", "static-site"),
     ],
 )
 def test_host_and_path_route_to_the_seed_pools(edge: Edge, host: str, path: str, pool: str) -> None:

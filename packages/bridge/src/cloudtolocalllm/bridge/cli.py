@@ -1,17 +1,22 @@
 """``cloudtolocalllm-bridge``: connect a local LLM server to CloudToLocalLLM.
 
-    cloudtolocalllm-bridge login --issuer https://tenant.auth0.com/ --client-id ID --audience API
-    cloudtolocalllm-bridge run --cloud https://app.example.com
+    cloudtolocalllm-bridge login https://app.example.com     sign in; remembers the cloud
+    cloudtolocalllm-bridge run                               serve the local Ollama to the cloud
+    cloudtolocalllm-bridge connect [--port 11434]            client mode: the cloud on 127.0.0.1:11434
     cloudtolocalllm-bridge status
     cloudtolocalllm-bridge logout
     cloudtolocalllm-bridge --version
 
+``login <cloud>`` reads the cloud's discovery document (``/.well-known/cloudtolocalllm``) for everything else
+(issuer, client id, audience, WebSocket URL); the older ``login --issuer ... --audience ...`` still works.
 Every ``run`` option can also come from an environment variable (``CLOUDTOLOCALLLM_BRIDGE_<OPTION>``, e.g.
-CLOUDTOLOCALLLM_BRIDGE_CLOUD_URL); flags win. The token comes, first match wins, from ``--token`` or
-CLOUDTOLOCALLLM_TOKEN (headless), ``--token-file`` (re-read whenever it is needed, so it can be renewed
-without a restart), or the credentials ``login`` stored (renewed with the refresh token). Exit status: 0 after a
-normal stop (SIGTERM/SIGINT), 1 when the bridge had to give up (protocol version mismatch, token refused
-with no way to renew it, replaced by another instance), 2 for bad configuration.
+CLOUDTOLOCALLLM_BRIDGE_CLOUD_URL); flags win; the cloud defaults to the one ``login`` stored. The token comes,
+first match wins, from ``--token``, CLOUDTOLOCALLLM_TOKEN or CLOUDTOLOCALLLM_BRIDGE_KEY (headless: a bridge
+key), ``--key-file``/``--token-file`` (re-read whenever it is needed, so it can be renewed without a
+restart), or the stored login (renewed with the refresh token). Exit status (``exits``): 0 after a normal
+stop (SIGTERM/SIGINT), 1 when the bridge had to give up (protocol version mismatch, replaced by another
+instance), 2 for bad configuration, 3 when the sign-in is over (expired or revoked, its renewal refused, the
+key refused): sign in again.
 """
 
 from __future__ import annotations
@@ -22,18 +27,29 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from cloudtolocalllm.bridge.cloud import (
+    CloudConfig,
+    CloudUnavailable,
+    cloud_origin,
+    cloud_origin_or_empty,
+    fetch_cloud_config,
+    is_plain_http_remote,
+    load_cloud_config,
+    save_cloud_config,
+)
 from cloudtolocalllm.bridge.config import (
     ENV_PREFIX,
     BackendKindSetting,
     BridgeSettings,
     ConfigError,
     backend_base_url,
+    is_loopback_host,
     tunnel_url,
 )
 from cloudtolocalllm.bridge.credentials import (
@@ -44,17 +60,25 @@ from cloudtolocalllm.bridge.credentials import (
     save_credentials,
     token_expiry,
 )
+from cloudtolocalllm.bridge.exits import EXIT_CONFIG, EXIT_FATAL
 from cloudtolocalllm.bridge.state import BridgeStatusFile, StatusSnapshot, pid_alive
-from cloudtolocalllm.bridge.token import TOKEN_ENV, TokenError, TokenSource, fingerprint, unverified_expiry
+from cloudtolocalllm.bridge.token import (
+    KEY_ENV,
+    TOKEN_ENV,
+    TokenError,
+    TokenSource,
+    account_of,
+    fingerprint,
+    unverified_expiry,
+)
 from cloudtolocalllm.bridge.version import __version__
 from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.logging import configure_logging
 from cloudtolocalllm.core.settings import SettingsError, load_settings
 
-__all__ = ["PROG", "build_settings", "format_status", "main", "select_token_source"]
+__all__ = ["PROG", "build_settings", "format_status", "main", "resolve_cloud", "select_token_source"]
 
 PROG = "cloudtolocalllm-bridge"
-EXIT_CONFIG = 2
 
 # CLI flag -> BridgeSettings field, for flags that override a setting.
 _OVERRIDES = {
@@ -75,7 +99,11 @@ _OVERRIDES = {
 DEFAULT_SCOPE = "openid offline_access"
 PS_WARNING = (
     "warning: a token on the command line is visible to every user of this machine (ps, /proc) and may "
-    f"land in your shell history; prefer {TOKEN_ENV} or --token-file"
+    f"land in your shell history; prefer {KEY_ENV} or --key-file"
+)
+NO_CLOUD = (
+    "no cloud URL: sign in with `cloudtolocalllm-bridge login https://app.example.com` (it remembers the "
+    f"cloud), or pass --cloud URL, or set {ENV_PREFIX}CLOUD_URL"
 )
 
 
@@ -87,9 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     env = ENV_PREFIX
     run = commands.add_parser("run", help="connect to the cloud and forward requests to the local backend")
-    run.add_argument("--cloud", metavar="URL", help=f"the cloud's URL, e.g. https://app.example.com ({env}CLOUD_URL)")
     run.add_argument(
-        "--token-file", metavar="FILE", help=f"file holding the bridge token ({env}TOKEN_FILE; or {TOKEN_ENV})"
+        "--cloud", metavar="URL", help=f"the cloud's URL; default: the one `login` stored ({env}CLOUD_URL)"
+    )
+    run.add_argument(
+        "--key-file",
+        "--token-file",
+        dest="token_file",
+        metavar="FILE",
+        help=f"file holding a bridge key (or token); headless machines ({env}TOKEN_FILE; or {KEY_ENV})",
     )
     run.add_argument(
         "--token", metavar="TOKEN", help=f"the token itself (visible in ps: prefer {TOKEN_ENV}); beats --token-file"
@@ -129,14 +163,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"on SIGTERM, how long in-flight requests may finish; default 30 ({env}DRAIN_TIMEOUT_S)",
     )
-    login = commands.add_parser("login", help="sign in with the device flow and store a refresh token")
-    login.add_argument("--issuer", metavar="URL", help=f"https://<AUTH0_DOMAIN>/ or the dev issuer ({env}ISSUER_URL)")
-    login.add_argument(
-        "--client-id", metavar="ID", help=f"OAuth client id; default cloudtolocalllm-bridge ({env}CLIENT_ID)"
+    login = commands.add_parser(
+        "login", help="sign in (opens the browser, or prints a URL and code) and remember the cloud"
     )
-    login.add_argument("--audience", metavar="API", help=f"the API identifier the cloud verifies ({env}AUDIENCE)")
-    login.add_argument("--scope", default=DEFAULT_SCOPE, help=f"default {DEFAULT_SCOPE!r} (offline_access: refresh)")
-    login.add_argument("--state-dir", metavar="DIR", help=f"where credentials.json is written ({env}STATE_DIR)")
+    login.add_argument(
+        "cloud", nargs="?", metavar="CLOUD_URL", help="the cloud's URL, e.g. https://app.example.com: all it needs"
+    )
+    login.add_argument("--no-browser", action="store_true", help="only print the URL and code to open elsewhere")
+    login.add_argument("--issuer", metavar="URL", help=f"override the cloud's OIDC issuer ({env}ISSUER_URL)")
+    login.add_argument("--client-id", metavar="ID", help=f"override the cloud's bridge client id ({env}CLIENT_ID)")
+    login.add_argument("--audience", metavar="API", help=f"override the cloud's API identifier ({env}AUDIENCE)")
+    login.add_argument("--scope", help=f"default: the cloud's, else {DEFAULT_SCOPE!r} (offline_access: renewal)")
+    login.add_argument("--state-dir", metavar="DIR", help=f"where the login is stored ({env}STATE_DIR)")
+    connect = commands.add_parser(
+        "connect", help="client mode: serve the cloud's Ollama API on 127.0.0.1 for tools that take only a URL"
+    )
+    connect.add_argument("--port", type=int, default=11434, help="port to listen on; default 11434 (0: any free)")
+    connect.add_argument("--host", default="127.0.0.1", help="address to listen on; default 127.0.0.1 (loopback)")
+    connect.add_argument(
+        "--allow-remote-clients",
+        action="store_true",
+        help="allow a non-loopback --host: anyone who reaches the port uses your account",
+    )
+    connect.add_argument("--cloud", metavar="URL", help=f"default: the one `login` stored ({env}CLOUD_URL)")
+    connect.add_argument(
+        "--key-file", "--token-file", dest="token_file", metavar="FILE", help=f"an API key's file (or {KEY_ENV})"
+    )
+    connect.add_argument("--state-dir", metavar="DIR", help=f"where the login is stored ({env}STATE_DIR)")
+    connect.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=f"({env}LOG_LEVEL)")
     logout = commands.add_parser("logout", help="delete the stored login")
     logout.add_argument("--state-dir", metavar="DIR", help=f"the bridge's state dir ({env}STATE_DIR)")
     status = commands.add_parser("status", help="print the running bridge's connection and backend state")
@@ -166,34 +220,53 @@ def credentials_path(settings: BridgeSettings) -> Path:
     return settings.state_path() / CREDENTIALS_FILE
 
 
+def resolve_cloud(settings: BridgeSettings) -> tuple[BridgeSettings, CloudConfig | None]:
+    """The cloud to use: ``--cloud``/CLOUD_URL when given, else the one ``login`` stored (its WebSocket URL).
+    ConfigError when there is neither."""
+    stored = load_cloud_config(settings.state_path())
+    if settings.cloud_url:
+        if stored is not None and cloud_origin_or_empty(settings.cloud_url) != stored.cloud_url:
+            stored = None  # another cloud than the stored one: its discovery values do not apply
+        return settings, stored
+    if stored is None:
+        raise ConfigError(NO_CLOUD)
+    return msgspec.structs.replace(settings, cloud_url=stored.websocket_url), stored
+
+
 def select_token_source(
     settings: BridgeSettings, *, token_flag: str | None, environ: dict[str, str] | None = None
 ) -> tuple[TokenSource, list[str]]:
-    """Where ``run`` gets its token, first match wins: ``--token``, CLOUDTOLOCALLLM_TOKEN, the token file,
-    the stored login. Returns the source and warnings to print (a token on argv; sources ignored)."""
+    """Where ``run`` and ``connect`` get their token, first match wins: ``--token``, CLOUDTOLOCALLLM_TOKEN,
+    CLOUDTOLOCALLLM_BRIDGE_KEY, the key/token file, the stored login. Returns the source and warnings to
+    print (a token on argv; sources ignored)."""
     environ = dict(os.environ) if environ is None else environ
-    env_token = (environ.get(TOKEN_ENV) or "").strip() or None
+    env_name, env_token = next(
+        ((name, value.strip()) for name in (TOKEN_ENV, KEY_ENV) if (value := environ.get(name) or "").strip()),
+        (TOKEN_ENV, None),
+    )
     token_file = Path(settings.token_file).expanduser() if settings.token_file else None
     warnings: list[str] = []
     source: TokenSource
     if token_flag:
         warnings.append(PS_WARNING)
         source = TokenSource(env_token=token_flag, label="--token")
-        ignored = [name for name, on in ((TOKEN_ENV, env_token), ("--token-file", token_file)) if on]
+        ignored = [name for name, on in ((env_name, env_token), ("--key-file", token_file)) if on]
     elif env_token:
-        source = TokenSource(env_token=env_token)
-        ignored = ["--token-file"] if token_file else []
+        source = TokenSource(env_token=env_token, label=f"environment variable {env_name}")
+        ignored = ["--key-file"] if token_file else []
     elif token_file is not None:
         return TokenSource(token_file=token_file), warnings
     else:
-        return StoredCredentialsSource(credentials_path(settings), margin_s=settings.reauth_margin_s), warnings
+        cloud = cloud_origin_or_empty(settings.cloud_url)
+        path = credentials_path(settings)
+        return StoredCredentialsSource(path, margin_s=settings.reauth_margin_s, cloud_url=cloud), warnings
     if ignored:
         warnings.append(f"warning: using {source.describe()}; ignoring {' and '.join(ignored)}")
     return source, warnings
 
 
 def _configure(args: argparse.Namespace) -> tuple[BridgeSettings, TokenSource, list[str]]:
-    settings = build_settings(args)
+    settings, _ = resolve_cloud(build_settings(args))
     tunnel_url(settings.cloud_url)
     backend_base_url(settings.backend_url)
     source, warnings = select_token_source(settings, token_flag=getattr(args, "token", None))
@@ -280,35 +353,42 @@ def _cmd_status(args: argparse.Namespace) -> int:
     snap = BridgeStatusFile.read(state_dir)
     if snap is None:
         print(f"{PROG}: no status in {state_dir}: the bridge has not run with this state dir", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     running = snap.state != "stopped" and pid_alive(snap.pid)
     if args.json:
         document = msgspec.structs.asdict(snap) | {"running": running}
         print(msgspec.json.format(msgspec.json.encode(document)).decode())
     else:
         print(format_status(snap, running=running))
-    return 0 if running and snap.state == "connected" else 1
+    return 0 if running and snap.state == "connected" else EXIT_FATAL
 
 
 # --- login / logout ---------------------------------------------------------------------------------
 
 
 async def login(
-    settings: BridgeSettings, *, scope: str = DEFAULT_SCOPE, out: Any = None, timeout_s: float = 15.0
+    settings: BridgeSettings,
+    *,
+    scope: str = DEFAULT_SCOPE,
+    out: Any = None,
+    timeout_s: float = 15.0,
+    open_browser: Callable[[str], bool] | None = None,
 ) -> Credentials:
-    """The device flow: print where to approve, poll until approved, store the credentials (0600)."""
+    """The device flow: say where to approve (and open the browser when ``open_browser`` can), poll until
+    approved, store the credentials (0600)."""
     from cloudtolocalllm.bridge.oauth import discover, issuer_session, poll_for_token, start_device_flow
 
     out = out or sys.stdout
     if not settings.issuer_url:
         raise ConfigError(
-            "no issuer: pass --issuer https://<AUTH0_DOMAIN>/ (in development the dev issuer's URL, e.g. "
-            f"http://localhost:8080/dev-issuer) or set {ENV_PREFIX}ISSUER_URL"
+            "no issuer: give the cloud's URL (`cloudtolocalllm-bridge login https://app.example.com`), or pass "
+            f"--issuer https://<AUTH0_DOMAIN>/ and --audience, or set {ENV_PREFIX}ISSUER_URL"
         )
     if not settings.audience:
         raise ConfigError(
-            "no audience: pass --audience with the API identifier the cloud verifies tokens for "
-            f"(AUTH0_AUDIENCE on the server; cloudtolocalllm-dev for the dev issuer) or set {ENV_PREFIX}AUDIENCE"
+            "no audience: give the cloud's URL, or pass --audience with the API identifier the cloud verifies "
+            f"tokens for (AUTH0_AUDIENCE on the server; cloudtolocalllm-dev for the dev issuer) or set "
+            f"{ENV_PREFIX}AUDIENCE"
         )
     async with issuer_session(timeout_s) as http:
         endpoints = await discover(http, settings.issuer_url)
@@ -317,8 +397,11 @@ async def login(
         )
         print(f"To sign in, open {authorization.verification_uri}", file=out)
         print(f"and enter the code {authorization.user_code}", file=out)
-        if authorization.verification_uri_complete:
-            print(f"(or open {authorization.verification_uri_complete})", file=out)
+        complete = authorization.verification_uri_complete
+        if complete:
+            print(f"(or open {complete})", file=out)
+        if complete and open_browser is not None and open_browser(complete):
+            print("Opened your browser: check that it shows the same code, then approve.", file=out)
         print(f"Waiting for approval (the code expires in {authorization.expires_in / 60:.0f} min)...", file=out)
         out.flush()
         answer = await poll_for_token(
@@ -344,30 +427,74 @@ async def login(
     return credentials
 
 
+def open_browser(url: str) -> bool:
+    """Open ``url`` in a graphical browser if this session has one; never fails, never blocks the terminal.
+
+    On Linux without DISPLAY/WAYLAND_DISPLAY (SSH, servers, containers) nothing is opened: Python's
+    webbrowser would fall back to a text browser (lynx, w3m) in this very terminal.
+    """
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        return bool(webbrowser.open(url, new=2))
+    except Exception:
+        return False
+
+
+def _login_settings(args: argparse.Namespace) -> tuple[BridgeSettings, CloudConfig | None, str]:
+    """The settings for ``login``: the cloud's discovery document first, flags over it."""
+    settings = build_settings(args)
+    if not args.cloud:
+        return settings, None, args.scope or DEFAULT_SCOPE
+    cloud = asyncio.run(fetch_cloud_config(args.cloud))
+    if is_plain_http_remote(cloud.cloud_url):
+        print(f"{PROG}: warning: {cloud.cloud_url} is not encrypted (http://): use https://", file=sys.stderr)
+    # Flags and variables (already in ``settings``) win over the document; client_id has a default, so only
+    # a flag or its variable counts as an override.
+    settings = msgspec.structs.replace(
+        settings,
+        issuer_url=settings.issuer_url or cloud.issuer,
+        client_id=args.client_id or os.environ.get(f"{ENV_PREFIX}CLIENT_ID") or cloud.client_id,
+        audience=settings.audience or cloud.audience,
+    )
+    return settings, cloud, args.scope or cloud.scope
+
+
 def _cmd_login(args: argparse.Namespace) -> int:
     from cloudtolocalllm.bridge.oauth import IssuerUnreachable, OAuthError
 
     try:
-        settings = build_settings(args)
-        credentials = asyncio.run(login(settings, scope=args.scope))
+        settings, cloud, scope = _login_settings(args)
+        browser = None if args.no_browser else open_browser
+        credentials = asyncio.run(login(settings, scope=scope, open_browser=browser))
     except (SettingsError, ConfigError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except CloudUnavailable as exc:
+        print(f"{PROG}: login failed: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     except OAuthError as exc:
         reasons = {
             "access_denied": "the sign-in was denied",
             "expired_token": "the code expired before it was approved; run login again",
         }
         print(f"{PROG}: login failed: {reasons.get(exc.error, str(exc))}", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     except IssuerUnreachable as exc:
         print(f"{PROG}: login failed: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     except KeyboardInterrupt:
         print(f"{PROG}: login cancelled", file=sys.stderr)
-        return 1
+        return EXIT_FATAL
     path = credentials_path(settings)
-    print(f"Signed in (token {fingerprint(credentials.access_token)}); credentials saved to {path}")
+    if cloud is not None:
+        save_cloud_config(settings.state_path(), cloud)
+        print(f"Signed in to {cloud.cloud_url} as {account_of(credentials.access_token)}; saved in {path.parent}")
+        print(f"Next: `{PROG} run` serves your local Ollama; `{PROG} connect` serves the cloud on 127.0.0.1:11434")
+    else:
+        print(f"Signed in (token {fingerprint(credentials.access_token)}); credentials saved to {path}")
     if credentials.refresh_token is None:
         print(
             f"{PROG}: warning: the issuer sent no refresh token (offline_access not granted): the bridge cannot "
@@ -381,6 +508,63 @@ def _cmd_login(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+async def _serve_client_mode(
+    args: argparse.Namespace, settings: BridgeSettings, cloud: CloudConfig | None, source: TokenSource
+) -> tuple[int, str | None]:
+    from cloudtolocalllm.bridge.connect import ClientMode
+
+    origin = cloud_origin(settings.cloud_url)
+    api_base = cloud.api_base if cloud is not None else origin + "/api/ollama"
+    mode = ClientMode(api_base, source, cloud_url=origin, allow_remote_clients=args.allow_remote_clients)
+    try:
+        host, port = await mode.start(args.host, args.port)
+    except OSError as exc:
+        await mode.aclose()
+        hint = " (is Ollama running here? pass another --port)" if args.port == 11434 else ""
+        return EXIT_FATAL, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}"
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, mode.stop)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(mode.stop))
+    shown = f"[{host}]" if ":" in host else host
+    account = account_of(source.read())
+    print(f"Serving {origin} (as {account}) at http://{shown}:{port}", flush=True)
+    print(f"Use it as an Ollama server: OLLAMA_HOST={shown}:{port} ollama list", flush=True)
+    try:
+        code = await mode.wait()
+    finally:
+        await mode.aclose()
+    return code, mode.exit_message
+
+
+def _cmd_connect(args: argparse.Namespace) -> int:
+    try:
+        if not args.allow_remote_clients and not is_loopback_host(args.host):
+            raise ConfigError(
+                f"--host {args.host} is not a loopback address: anyone who reaches it would use your account. "
+                "Pass --allow-remote-clients if that is what you want"
+            )
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port {args.port}: expected 0-65535")
+        settings, cloud = resolve_cloud(build_settings(args))
+        source, warnings = select_token_source(settings, token_flag=None)
+        source.read()
+    except (SettingsError, ConfigError, TokenError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in warnings:
+        print(f"{PROG}: {warning}", file=sys.stderr)
+    if args.allow_remote_clients and not is_loopback_host(args.host):
+        print(f"{PROG}: warning: listening on {args.host}: anyone who reaches it uses your account", file=sys.stderr)
+    configure_logging(PROG, __version__, level=settings.log_level.upper(), stream=sys.stderr)
+    code, message = asyncio.run(_serve_client_mode(args, settings, cloud, source))
+    if message:
+        print(f"{PROG}: {message}", file=sys.stderr)
+    return code
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:
@@ -399,7 +583,13 @@ def _cmd_logout(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "login": _cmd_login, "logout": _cmd_logout, "status": _cmd_status}
+    handlers = {
+        "run": _cmd_run,
+        "login": _cmd_login,
+        "logout": _cmd_logout,
+        "status": _cmd_status,
+        "connect": _cmd_connect,
+    }
     raise SystemExit(handlers[args.command](args))
 
 

@@ -26,7 +26,14 @@ from pathlib import Path
 import msgspec
 
 from cloudtolocalllm.bridge.oauth import IssuerUnreachable, OAuthError, issuer_session, refresh_tokens
-from cloudtolocalllm.bridge.token import TOKEN_ENV, TokenError, TokenSource, fingerprint, unverified_expiry
+from cloudtolocalllm.bridge.token import (
+    KEY_ENV,
+    SignInRefused,
+    TokenError,
+    TokenSource,
+    fingerprint,
+    unverified_expiry,
+)
 
 __all__ = [
     "CREDENTIALS_FILE",
@@ -35,13 +42,22 @@ __all__ = [
     "delete_credentials",
     "load_credentials",
     "save_credentials",
+    "sign_in_hint",
     "token_expiry",
+    "write_private_file",
 ]
 
 logger = logging.getLogger(__name__)
 
 CREDENTIALS_FILE = "credentials.json"
 LOGIN_HINT = "run `cloudtolocalllm-bridge login`"
+
+
+def sign_in_hint(cloud_url: str = "") -> str:
+    """The one line that tells the user how to sign in again (the cloud's URL when it is known)."""
+    return f"sign in again with: cloudtolocalllm-bridge login {cloud_url or '<cloud URL>'}"
+
+
 _MAX_BYTES = 256 * 1024
 _FORCED_REFRESH_EVERY_S = 60.0
 _RETRY_CAP_S = 60.0
@@ -83,6 +99,11 @@ def load_credentials(path: Path) -> Credentials | None:
 
 
 def save_credentials(path: Path, credentials: Credentials) -> None:
+    """Write atomically, private to the user (see :func:`write_private_file`)."""
+    write_private_file(path, msgspec.json.encode(credentials))
+
+
+def write_private_file(path: Path, data: bytes) -> None:
     """Write atomically: a 0600 temp file in the same 0700 directory, fsynced, then renamed over ``path``."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -94,7 +115,7 @@ def save_credentials(path: Path, credentials: Credentials) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(msgspec.json.encode(credentials))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -142,8 +163,14 @@ async def _file_lock(path: Path, timeout_s: float = 30.0) -> AsyncIterator[None]
 class StoredCredentialsSource(TokenSource):
     """The access token from ``login``'s credentials file, refreshed with its refresh token when due."""
 
-    def __init__(self, path: Path, *, margin_s: float = 30.0, http_timeout_s: float = 15.0) -> None:
+    renews_itself = True
+
+    def __init__(
+        self, path: Path, *, margin_s: float = 30.0, http_timeout_s: float = 15.0, cloud_url: str = ""
+    ) -> None:
         self.path = path
+        self.cloud_url = cloud_url
+        """Named in the "sign in again" advice."""
         self.token_file = None
         self.margin_s = margin_s
         self._http_timeout_s = http_timeout_s
@@ -161,14 +188,14 @@ class StoredCredentialsSource(TokenSource):
         return f"the stored login ({self.path})"
 
     def renew_hint(self) -> str:
-        return f"{LOGIN_HINT} again; the running bridge picks up the new login"
+        return sign_in_hint(self.cloud_url)
 
     def _load(self) -> Credentials:
         credentials = load_credentials(self.path)
         if credentials is None:
             raise TokenError(
-                f"no token: not logged in (no {self.path}): {LOGIN_HINT}, or pass --token-file FILE or set "
-                f"{TOKEN_ENV} for headless use"
+                f"no token: not logged in (no {self.path}): {LOGIN_HINT} <cloud URL>, or use a bridge key "
+                f"({KEY_ENV} or --key-file FILE) on a headless machine"
             )
         with contextlib.suppress(OSError):
             self.world_readable = bool(self.path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
@@ -208,10 +235,12 @@ class StoredCredentialsSource(TokenSource):
         if not credentials.refresh_token:
             if valid:
                 return credentials.access_token
-            raise TokenError(f"the stored login expired and holds no refresh token: {LOGIN_HINT} again")
+            raise SignInRefused(f"the stored login expired and holds no refresh token: {self.renew_hint()}")
         refresh_fp = fingerprint(credentials.refresh_token)
         if refresh_fp in self._dead_refresh:
-            raise TokenError(f"the issuer refused the stored refresh token: log in again ({LOGIN_HINT})")
+            raise SignInRefused(
+                f"the issuer refused the stored refresh token (expired or revoked): {self.renew_hint()}"
+            )
         if time.monotonic() < self._retry_at:
             if valid:
                 return credentials.access_token
@@ -227,9 +256,9 @@ class StoredCredentialsSource(TokenSource):
         except OAuthError as exc:
             if exc.error in ("invalid_grant", "invalid_client", "unauthorized_client", "access_denied"):
                 self._dead_refresh.add(refresh_fp)
-                message = f"the issuer refused the stored refresh token ({exc}): log in again ({LOGIN_HINT})"
+                message = f"the issuer refused the stored refresh token ({exc.error}): {self.renew_hint()}"
                 logger.error(message, extra={"refresh_fp": refresh_fp})
-                raise TokenError(message) from None
+                raise SignInRefused(message) from None
             return self._unreachable(credentials, str(exc))
         except IssuerUnreachable as exc:
             return self._unreachable(credentials, str(exc))

@@ -35,6 +35,7 @@ __all__ = [
     "discover",
     "issuer_session",
     "poll_for_token",
+    "proxy_for",
     "refresh_tokens",
     "start_device_flow",
 ]
@@ -87,7 +88,7 @@ def issuer_session(timeout_s: float) -> aiohttp.ClientSession:
     ``timeout_s`` bounds connecting (waiting for a pooled connection included) and every wait for data;
     there is no total limit, so a slow but live issuer is not cut off. TLS verification is aiohttp's default
     and is never turned off. Not ``trust_env``: it would also send ``~/.netrc`` credentials to the issuer;
-    proxies come from :func:`_proxy_for` instead.
+    proxies come from :func:`proxy_for` instead.
     """
     timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s)
     return aiohttp.ClientSession(
@@ -95,7 +96,7 @@ def issuer_session(timeout_s: float) -> aiohttp.ClientSession:
     )
 
 
-def _proxy_for(url: str) -> str | None:
+def proxy_for(url: str) -> str | None:
     """The proxy for ``url`` from the environment (``https_proxy`` or ``http_proxy`` by its scheme, else
     ``all_proxy``; either case, lower case first), or None when there is none or ``NO_PROXY`` covers it."""
     target = URL(url)
@@ -126,7 +127,7 @@ async def _send(
 ) -> _Answer:
     """One request with its whole answer read; a transport failure or timeout is IssuerUnreachable."""
     try:
-        async with http.request(method, url, data=form, allow_redirects=False, proxy=_proxy_for(url)) as response:
+        async with http.request(method, url, data=form, allow_redirects=False, proxy=proxy_for(url)) as response:
             return _Answer(response.status, str(response.url), await response.read())
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise IssuerUnreachable(f"cannot reach the issuer at {url}: {_reason(exc)}") from None

@@ -10,8 +10,11 @@ refused with ``Retry-After`` / GoAway       wait at least the hint (plus jitter)
 GoAway on a live session                    dial a NEW session after the hint; the old one keeps
                                             serving its streams and closes once idle (or when the
                                             cloud closes it with GOING_AWAY)
-HTTP 401/403, or close UNAUTHORIZED         log how to get a new token; with a token file, wait until
-                                            the file holds a different token; with the env var, stop
+HTTP 401/403, or close UNAUTHORIZED         stored login: renew it once; if the issuer refuses, or the
+                                            cloud refuses the renewed token too, say "sign in again
+                                            with: cloudtolocalllm-bridge login <cloud>" and exit 3.
+                                            Token file: wait until it holds a different token. Key or
+                                            token from the environment: say so and exit 3
 close VERSION_INCOMPATIBLE / REPLACED       print the reason and stop (exit 1): redialling cannot help
 SIGTERM / SIGINT                            refuse new streams, drain in-flight ones up to
                                             ``drain_timeout_s``, close with 1000, exit 0
@@ -30,6 +33,7 @@ from websockets.asyncio.client import ClientConnection
 
 from cloudtolocalllm.bridge.backend import Backend, BackendState, detect_kind, make_backend
 from cloudtolocalllm.bridge.backoff import Backoff
+from cloudtolocalllm.bridge.cloud import cloud_origin_or_empty
 from cloudtolocalllm.bridge.config import (
     BackendKindSetting,
     BridgeSettings,
@@ -37,8 +41,10 @@ from cloudtolocalllm.bridge.config import (
     is_loopback_host,
     tunnel_url,
 )
+from cloudtolocalllm.bridge.credentials import sign_in_hint
+from cloudtolocalllm.bridge.exits import EXIT_FATAL, EXIT_OK, EXIT_SIGN_IN
 from cloudtolocalllm.bridge.state import BridgeStatusFile, load_or_create_bridge_id
-from cloudtolocalllm.bridge.token import TokenError, TokenSource, fingerprint, unverified_expiry
+from cloudtolocalllm.bridge.token import SignInRefused, TokenError, TokenSource, fingerprint, unverified_expiry
 from cloudtolocalllm.bridge.tunnel import (
     CloudUnreachable,
     HandshakeRefused,
@@ -51,12 +57,10 @@ from cloudtolocalllm.bridge.tunnel import (
 from cloudtolocalllm.bridge.version import __version__
 from cloudtolocalllm.core.protocol import BackendKind, CloseCode, Welcome, should_reconnect
 
-__all__ = ["EXIT_FATAL", "EXIT_OK", "Bridge"]
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_SIGN_IN", "Bridge"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FATAL = 1
 _Next = Literal["redial", "await_token"] | int
 _TOKEN_POLL_S = 2.0
 
@@ -182,6 +186,8 @@ class Bridge:
         while not self.stopping:
             try:
                 token = await self.token_source.fresh()
+            except SignInRefused as exc:
+                return self._sign_in_over(str(exc))
             except TokenError as exc:
                 logger.error("no usable token: %s", exc)
                 self.status.update(state="disconnected", last_error=str(exc))
@@ -201,8 +207,11 @@ class Bridge:
             except HandshakeRefused as exc:
                 if exc.status in (401, 403):
                     rejected = token
-                    if not self._token_refused(f"the cloud answered HTTP {exc.status}", exc.error):
-                        return EXIT_FATAL
+                    refused = await self._token_refused(token, f"the cloud answered HTTP {exc.status}", exc.error)
+                    if isinstance(refused, int):
+                        return refused
+                    if refused == "redial":
+                        rejected = None
                     continue
                 delay = self.backoff.next_delay(exc.retry_after_s)
                 self._disconnected(f"the cloud refused the connection ({exc}); retrying in {delay:.1f} s")
@@ -302,9 +311,8 @@ class Bridge:
             return EXIT_OK
         if code is not None and not should_reconnect(code):
             if code == CloseCode.UNAUTHORIZED:
-                if not self._token_refused(f"the cloud closed the connection ({code})", end.reason):
-                    return EXIT_FATAL
-                return "await_token"
+                what = f"the cloud closed the connection ({code})"
+                return await self._token_refused(self._last_token, what, end.reason)
             message = f"the cloud closed the connection for good ({code}): {end.reason}"
             self.exit_message = message
             logger.error(message)
@@ -319,15 +327,41 @@ class Bridge:
 
     # --- token handling ------------------------------------------------------------------------------
 
-    def _token_refused(self, what: str, detail: str) -> bool:
-        """Log the refusal; False if the bridge must stop (the token cannot change without a restart)."""
-        message = f"token invalid or expired ({what}{': ' + detail if detail else ''}): {renew_hint(self.token_source)}"
+    async def _token_refused(self, token: str | None, what: str, detail: str) -> _Next:
+        """The cloud refused ``token``. Redial with a renewed login, wait for a new token file, or stop with
+        EXIT_SIGN_IN: never redial with a token the cloud refused (no loop of refusals)."""
+        why = f"{what}{': ' + detail if detail else ''}"
+        source = self.token_source
+        if source.renews_itself:
+            try:
+                renewed = await source.fresh(rejected=token)
+            except SignInRefused as exc:
+                return self._sign_in_over(f"the cloud refused the sign-in ({why}) and {exc}")
+            except TokenError as exc:  # the issuer is unreachable: wait for it, without dialling the cloud
+                self._record_refusal(f"the cloud refused the sign-in ({why}); cannot renew it yet: {exc}")
+                return "await_token"
+            if renewed != token:
+                logger.info("renewed the sign-in after the cloud refused it", extra={"token_fp": fingerprint(renewed)})
+                return "redial"
+            return self._sign_in_over(f"the cloud refused the sign-in, renewed just before ({why})")
+        message = f"token invalid or expired ({why}): {renew_hint(source)}"
+        if not source.can_change:
+            return self._sign_in_over(message)
+        self._record_refusal(message)
+        return "await_token"
+
+    def _record_refusal(self, message: str) -> None:
         logger.error(message)
         self.status.update(state="disconnected", session_id=None, last_error=message, force=True)
-        if not self.token_source.can_change:
-            self.exit_message = message
-            return False
-        return True
+
+    def _sign_in_over(self, reason: str) -> int:
+        """Stop for good: only the user can fix this. The last line says how (exit status 3)."""
+        hint = sign_in_hint(cloud_origin_or_empty(self.settings.cloud_url))
+        message = f"{reason.removesuffix(': ' + hint)}\n{hint}"  # the advice alone on the last line
+        self.exit_message = message
+        logger.error(reason)
+        self.status.update(state="stopped", session_id=None, last_error=reason, force=True)
+        return EXIT_SIGN_IN
 
     def _warn_if_expired(self, token: str) -> None:
         expiry = unverified_expiry(token)

@@ -15,9 +15,21 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["TOKEN_ENV", "TokenError", "TokenSource", "fingerprint", "unverified_expiry"]
+__all__ = [
+    "KEY_ENV",
+    "TOKEN_ENV",
+    "SignInRefused",
+    "TokenError",
+    "TokenSource",
+    "account_of",
+    "fingerprint",
+    "unverified_claims",
+    "unverified_expiry",
+]
 
 TOKEN_ENV = "CLOUDTOLOCALLLM_TOKEN"  # noqa: S105 - a variable name, not a secret
+KEY_ENV = "CLOUDTOLOCALLLM_BRIDGE_KEY"
+"""A bridge key (``ctllm_...``) for headless machines; sent exactly like a token."""
 _MAX_TOKEN_BYTES = 64 * 1024
 
 
@@ -25,13 +37,19 @@ class TokenError(Exception):
     """No usable token: the message says what to do."""
 
 
+class SignInRefused(TokenError):
+    """The sign-in is over (expired with no way to renew it, or its renewal refused): only signing in
+    again helps, so the bridge stops instead of retrying (exit status 3)."""
+
+
 def fingerprint(token: str) -> str:
     """A short, non-reversible tag for logs: tells tokens apart without revealing them."""
     return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
-def unverified_expiry(token: str) -> float | None:
-    """The ``exp`` claim of a JWT, read WITHOUT verifying it (only to explain an expired token early)."""
+def unverified_claims(token: str) -> dict[str, object] | None:
+    """A JWT's claims, read WITHOUT verifying it (to explain an expired token, to name the account); None
+    for anything that is not a JWT (an API key)."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -40,7 +58,23 @@ def unverified_expiry(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(padded))
     except (ValueError, TypeError):
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def account_of(token: str) -> str:
+    """Who a token signs in as, for messages: the JWT's email and subject (unverified), or, for an opaque
+    API key, its fingerprint. Never the token itself."""
+    claims = unverified_claims(token)
+    if claims is None:
+        return f"an API key ({fingerprint(token)})"
+    subject = str(claims.get("sub") or "?")
+    email = claims.get("email")
+    return f"{email} ({subject})" if isinstance(email, str) and email and email != subject else subject
+
+
+def unverified_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read WITHOUT verifying it (only to explain an expired token early)."""
+    exp = (unverified_claims(token) or {}).get("exp")
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
@@ -62,6 +96,9 @@ class TokenSource:
     def can_change(self) -> bool:
         """Whether a later read may return another token (a file can be rewritten; the env cannot)."""
         return self.token_file is not None
+
+    renews_itself: bool = False
+    """Whether ``fresh(rejected=...)`` can get a new token by itself (the stored login's refresh token)."""
 
     def describe(self) -> str:
         """Where the token comes from, for messages (never the token itself)."""

@@ -799,11 +799,10 @@ def renew_hint(source: TokenSource) -> str:
         return own
     if source.token_file is not None:
         return (
-            f"get a new token (in the web app, or with `cloudtolocalllm-dev-issuer token` in development) "
-            f"and write it to {source.token_file}; the running bridge picks it up"
+            f"write a new bridge key (one with the 'bridge' scope) or token to {source.token_file}; the running "
+            "bridge picks it up"
         )
     return (
-        "get a new token (in the web app, or with `cloudtolocalllm-dev-issuer token` in development) and "
-        "restart the bridge with it in CLOUDTOLOCALLLM_TOKEN, or use --token-file so it can be renewed "
-        "without a restart"
+        "create a new bridge key (one with the 'bridge' scope) and restart the bridge with it in "
+        "CLOUDTOLOCALLLM_BRIDGE_KEY or --key-file (a file can be renewed without a restart)"
     )

@@ -14,6 +14,7 @@ from cloudtolocalllm.bridge_api.auth import ApiAuthBackend, CredentialVerifier
 from cloudtolocalllm.bridge_api.bridge_socket import bridge_socket_endpoint
 from cloudtolocalllm.bridge_api.database import DatabaseSettings
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory, DirectoryUnavailable, InMemoryDirectory
+from cloudtolocalllm.bridge_api.discovery import DISCOVERY_PATH, discovery_endpoint
 from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
 from cloudtolocalllm.bridge_api.keys.endpoints import key_routes
 from cloudtolocalllm.bridge_api.keys.service import KeyService
@@ -105,6 +106,7 @@ def build_app(
     routes: list[BaseRoute] = [
         Route("/api/ollama/{path:path}", relay),
         Route("/api/bridge/status", status_endpoint(registry), methods=["GET"]),
+        Route(DISCOVERY_PATH, discovery_endpoint(settings, auth), methods=["GET"]),
         WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, credentials, metrics)),
         *key_routes(keys),
     ]

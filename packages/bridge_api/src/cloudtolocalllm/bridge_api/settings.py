@@ -76,6 +76,13 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     key_cache_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     key_usage_flush_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     max_keys_per_user: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    # The cloud's public origin as users type it (https://app.example.com), published in the discovery
+    # document (/.well-known/cloudtolocalllm). Unset: the origin each request arrived at (right when
+    # api-backend is reached directly; behind a proxy set it, as api-backend reads no X-Forwarded-* headers).
+    public_url: str = ""
+    # The bridge's public OAuth client (an Auth0 Native application with the Device Code grant), published
+    # in the discovery document so that `cloudtolocalllm-bridge login <cloud>` needs nothing else.
+    bridge_client_id: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,200}$")] = "cloudtolocalllm-bridge"
 
     def __post_init__(self) -> None:
         if self.redis_url and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:
@@ -87,6 +94,19 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"API_REPLICA_URL must be an http(s)://host:port URL (got {self.replica_url!r})")
         if self.max_json_bytes_per_account < self.max_json_body_bytes:
             raise ValueError("API_MAX_JSON_BYTES_PER_ACCOUNT must be at least API_MAX_JSON_BODY_BYTES")
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.username
+                or parts.password
+                or parts.query
+                or parts.fragment
+            ):
+                raise ValueError(
+                    f"API_PUBLIC_URL must be a plain https://host[:port][/prefix] URL (got {self.public_url!r})"
+                )
         if self.directory_refresh_s >= self.directory_ttl_s:
             raise ValueError("API_DIRECTORY_REFRESH_S must be shorter than API_DIRECTORY_TTL_S")
 

@@ -397,6 +397,15 @@ def _default_sites() -> list[Site]:
                     cache_rules=False,
                     timeouts=ws_timeouts,
                 ),
+                # What `cloudtolocalllm-bridge login <cloud>` reads (issuer, client id, WebSocket URL).
+                # api-backend sends Cache-Control: public, max-age=300; the edge does not store it.
+                Route(
+                    path="/.well-known/cloudtolocalllm",
+                    upstream="api-backend",
+                    exact=True,
+                    json_errors=True,
+                    cache_rules=False,
+                ),
             ],
         ),
     ]
