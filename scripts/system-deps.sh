@@ -17,6 +17,12 @@ APT_PACKAGES=(
   docker-compose   # docker-compose.multi.yml, the seed's `docker-compose -f ...` commands (v1.29)
   docker-registry  # a real registry on 127.0.0.1 for publish-<image> round trips
 )
+# Node.js + npm build the chat web app (npm ci from apps/chat/package-lock.json, then esbuild). Debian
+# bookworm's own packages (Node 18, npm 9) are enough; a machine that already has a node and npm (e.g.
+# NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package) keeps its own.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  APT_PACKAGES+=(nodejs npm)
+fi
 
 export PATH="$HOME/.local/bin:$PATH"
 missing=()
