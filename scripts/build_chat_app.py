@@ -82,7 +82,7 @@ def hashed_name(name: str, content: bytes) -> str:
     return f"{stem}.{hashlib.sha256(content).hexdigest()[:10]}.{suffix}"
 
 
-def build(out: Path, app: Path = SOURCE) -> dict[str, int]:
+def build(out: Path, app: Path = SOURCE) -> tuple[dict[str, int], int]:
     npm_ci(app)
     if out.exists():
         shutil.rmtree(out)
@@ -128,20 +128,31 @@ def build(out: Path, app: Path = SOURCE) -> dict[str, int]:
             stat = path.stat()
             os.utime(gz, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # never older than its source
 
-    return {name: (out / f"{name}.gz").stat().st_size for name in sorted(first_load)}
+    def sent(name: str) -> int:  # what the static server sends: the .gz sibling when there is one
+        gz = out / f"{name}.gz"
+        return (gz if gz.exists() else out / name).stat().st_size
+
+    first = {name: sent(name) for name in sorted(first_load)}
+    shell_files = ["index.html" if name == "./" else name for name in shell] + ["sw.js"]
+    return first, sum(sent(name) for name in shell_files)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    sizes = build(args.out.resolve())
+    sizes, shell = build(args.out.resolve())
     total = sum(sizes.values())
-    report = {"first_load_gzip_bytes": total, "budget_bytes": BUDGET_BYTES, "files": sizes}
+    report = {
+        "first_load_gzip_bytes": total,
+        "app_shell_gzip_bytes": shell,  # everything the service worker caches, plus the worker itself
+        "budget_bytes": BUDGET_BYTES,
+        "files": sizes,
+    }
     (args.out / "build-report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    if total > BUDGET_BYTES:
-        sys.exit(f"first load is {total} bytes compressed, over the {BUDGET_BYTES}-byte budget")
+    if max(total, shell) > BUDGET_BYTES:
+        sys.exit(f"first load {total} / app shell {shell} bytes compressed: over the {BUDGET_BYTES}-byte budget")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-// The chat app: sign-in, model picker, streaming chat, bridge status, conversations in IndexedDB.
+// The chat app: sign-in, model picker with details, streaming chat with stop/regenerate/edit, per-chat
+// system prompt and parameters, image input for vision models, answer speed, conversations in IndexedDB
+// (search, rename, delete, export, import), bridges, API keys, a shell-only service worker.
 import { Api, ApiError, explain } from "./api.js";
 import { Auth } from "./auth.js";
+import { showBridges } from "./bridges.js";
+import { Keys } from "./keys.js";
 import { render } from "./markdown.js";
-import { newConversation, Store } from "./store.js";
+import { exportJson, exportMarkdown, IMPORT_LIMIT_BYTES, ImportError, newConversation, parseImport, Store } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -10,18 +14,27 @@ const ui = {
   pill: $("bridge-pill"), banner: $("banner"), bannerText: $("banner-text"), bannerAction: $("banner-action"),
   model: $("model"), messages: $("messages"), form: $("composer"), prompt: $("prompt"), send: $("send"),
   stop: $("stop"), list: $("conversations"), newChat: $("new-chat"), sidebar: $("sidebar"),
-  toggle: $("toggle-sidebar"),
+  toggle: $("toggle-sidebar"), search: $("search"), noResults: $("no-results"), importButton: $("import"),
+  importFile: $("import-file"), views: $("views"), modelInfo: $("model-info"), detailsToggle: $("toggle-details"),
+  details: $("chat-details"), system: $("system-prompt"), temperature: $("temperature"), numCtx: $("num-ctx"),
+  numPredict: $("num-predict"), attach: $("attach"), attachFile: $("attach-file"), attachments: $("attachments"),
+  live: $("live"),
 };
+const VIEWS = ["chat", "bridges", "settings"];
+const MAX_IMAGES = 4;
+const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
 
-let config, auth, api, store;
+let config, auth, api, store, keys;
 let current = null; // the open conversation
 let streaming = null; // AbortController of the answer in flight
 let statusTimer = null;
 let lastBridgeKey = "";
+let pendingImages = []; // base64 (no data: prefix), as Ollama's `images` field takes them
+const modelCache = new Map(); // model name -> details from /api/show
 
 // --- banner: one message at a time, with an optional action ------------------------------------------
 
-function banner(text, { kind = "warn", action = null, code = null } = {}) {
+function banner(text, { kind = "warn", action = null, code = null, link = null } = {}) {
   if (!text) {
     ui.banner.hidden = true;
     ui.banner.dataset.kind = "";
@@ -37,6 +50,14 @@ function banner(text, { kind = "warn", action = null, code = null } = {}) {
     c.textContent = code;
     ui.bannerText.append(c);
   }
+  if (link) {
+    ui.bannerText.append(" ");
+    const a = document.createElement("a");
+    a.href = link.href;
+    a.textContent = link.label;
+    a.rel = "noopener";
+    ui.bannerText.append(a);
+  }
   ui.bannerAction.hidden = !action;
   if (action) {
     ui.bannerAction.textContent = action.label;
@@ -45,6 +66,29 @@ function banner(text, { kind = "warn", action = null, code = null } = {}) {
 }
 
 const signInAgain = { label: "Sign in", run: () => auth.signIn() };
+
+/** The docs' "Get started" page: config.docsUrl, else the docs host next to this app (app. -> docs.). */
+function getStartedUrl() {
+  if (config.docsUrl) return config.docsUrl.replace(/\/$/, "") + "/get-started/";
+  const host = location.hostname.startsWith("app.") ? `docs.${location.hostname.slice(4)}` : location.hostname;
+  return `${location.protocol}//${host}${location.port ? `:${location.port}` : ""}/docs/get-started/`;
+}
+
+// --- views: chat, bridges, settings (the URL hash; the OIDC redirect keeps the query) -----------------
+
+function showView() {
+  const wanted = location.hash.slice(1);
+  const view = VIEWS.includes(wanted) ? wanted : "chat";
+  for (const name of VIEWS) {
+    $(`view-${name}`).hidden = name !== view;
+    const link = $(`nav-${name}`);
+    if (name === view) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  document.body.dataset.view = view;
+  if (view === "settings" && keys) keys.load();
+  if (view === "bridges" && api) pollStatus();
+}
 
 // --- bridge status ---------------------------------------------------------------------------------
 
@@ -57,6 +101,7 @@ function showStatus(bridges) {
     ui.pill.textContent = "No bridge";
     banner("No bridge is connected. Start the bridge on your computer, signed in as you:", {
       code: "cloudtolocalllm-bridge run",
+      link: { href: getStartedUrl(), label: "Get started" },
     });
   } else if (!reachable.length) {
     state = "unreachable";
@@ -72,6 +117,7 @@ function showStatus(bridges) {
   }
   ui.pill.className = `pill ${state === "connected" ? "ok" : state === "none" ? "err" : "warn"}`;
   ui.pill.dataset.state = state;
+  showBridges(bridges, getStartedUrl());
   const key = reachable.map((b) => `${b.id}:${(b.models || []).join(",")}`).join("|");
   if (key !== lastBridgeKey) {
     lastBridgeKey = key;
@@ -86,7 +132,7 @@ async function pollStatus() {
   } catch (error) {
     handleApiError(error);
   }
-  statusTimer = setTimeout(pollStatus, config.statusIntervalMs || 5000);
+  if (!document.hidden) statusTimer = setTimeout(pollStatus, config.statusIntervalMs || 5000);
 }
 
 function handleApiError(error) {
@@ -122,40 +168,231 @@ async function loadModels() {
   if (models.includes(wanted)) ui.model.value = wanted;
   ui.model.disabled = !models.length;
   updateSend();
+  showModel();
+}
+
+function formatNumber(n) {
+  return n >= 1024 && n % 1024 === 0 ? `${n / 1024}K` : String(n);
+}
+
+/** Family, size, quantisation and context of the picked model (from /api/show), and whether it sees. */
+async function showModel() {
+  const model = ui.model.value;
+  if (!model) {
+    ui.modelInfo.textContent = "";
+    setVision(false);
+    return;
+  }
+  let details = modelCache.get(model);
+  if (!details) {
+    try {
+      details = await api.show(model);
+      modelCache.set(model, details);
+    } catch (error) {
+      ui.modelInfo.textContent = `No details for ${model} (${explain(error)})`;
+      ui.modelInfo.dataset.vision = "false";
+      setVision(false);
+      return;
+    }
+  }
+  if (ui.model.value !== model) return;
+  const parts = [
+    details.family && `family ${details.family}`,
+    details.parameterSize && `${details.parameterSize} parameters`,
+    details.quantization && details.quantization,
+    details.context && `context ${formatNumber(details.context)} tokens`,
+    details.vision && "sees images",
+  ].filter(Boolean);
+  ui.modelInfo.textContent = parts.length ? parts.join(" · ") : "No details published for this model.";
+  ui.modelInfo.dataset.vision = String(details.vision);
+  setVision(details.vision);
+}
+
+function setVision(vision) {
+  ui.attach.hidden = !vision;
+  if (!vision && pendingImages.length) {
+    pendingImages = [];
+    showAttachments();
+  }
+}
+
+// --- images ----------------------------------------------------------------------------------------
+
+const MIME_BY_PREFIX = { iVBOR: "image/png", "/9j/": "image/jpeg", R0lG: "image/gif", UklG: "image/webp" };
+
+function imageSrc(base64) {
+  const prefix = Object.keys(MIME_BY_PREFIX).find((p) => base64.startsWith(p));
+  return `data:${prefix ? MIME_BY_PREFIX[prefix] : "image/png"};base64,${base64}`;
+}
+
+function readImage(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1]);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function addImages(files) {
+  for (const file of files) {
+    if (pendingImages.length >= MAX_IMAGES) {
+      banner(`At most ${MAX_IMAGES} images per message.`, { kind: "error" });
+      break;
+    }
+    if (!file.type.startsWith("image/") || file.size > MAX_IMAGE_BYTES) {
+      banner(`${file.name}: only images up to ${MAX_IMAGE_BYTES / 1024 / 1024} MB can be attached.`, { kind: "error" });
+      continue;
+    }
+    pendingImages.push(await readImage(file));
+  }
+  showAttachments();
+}
+
+function showAttachments() {
+  ui.attachments.hidden = !pendingImages.length;
+  ui.attachments.replaceChildren(
+    ...pendingImages.map((image, i) => {
+      const figure = document.createElement("div");
+      figure.className = "thumb";
+      const img = document.createElement("img");
+      img.src = imageSrc(image);
+      img.alt = `Attached image ${i + 1}`;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", `Remove image ${i + 1}`);
+      remove.onclick = () => {
+        pendingImages.splice(i, 1);
+        showAttachments();
+      };
+      figure.append(img, remove);
+      return figure;
+    }),
+  );
 }
 
 // --- conversations ---------------------------------------------------------------------------------
 
+function download(name, type, text) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function fileName(title, ext) {
+  return `${(title || "chat").replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "").slice(0, 60) || "chat"}.${ext}`;
+}
+
+/** A button whose visible label starts its accessible name; `more` (screen readers only) completes it. */
+function actionButton(label, more, run, className = "") {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.append(label);
+  if (more) {
+    const span = document.createElement("span");
+    span.className = "visually-hidden";
+    span.textContent = ` ${more}`;
+    button.append(span);
+  }
+  if (className) button.className = className;
+  button.onclick = run;
+  return button;
+}
+
 async function showList() {
-  const items = await store.list();
+  const query = ui.search.value;
+  const items = await store.search(query);
+  ui.noResults.hidden = Boolean(items.length) || !query.trim();
   ui.list.replaceChildren(
     ...items.map((c) => {
       const li = document.createElement("li");
-      const open = document.createElement("button");
-      open.type = "button";
-      open.textContent = c.title;
+      const open = actionButton(c.title, null, () => openConversation(c.id), "open");
       open.dataset.id = c.id;
       open.setAttribute("aria-current", String(Boolean(current && current.id === c.id)));
-      open.onclick = () => openConversation(c.id);
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.className = "delete";
-      remove.textContent = "×";
-      remove.setAttribute("aria-label", `Delete “${c.title}”`);
-      remove.onclick = async () => {
-        await store.delete(c.id);
-        if (current && current.id === c.id) startNew();
-        showList();
-      };
-      li.append(open, remove);
+      const menu = document.createElement("details");
+      menu.className = "menu";
+      const summary = document.createElement("summary");
+      summary.textContent = "⋯";
+      summary.setAttribute("aria-label", `Actions for “${c.title}”`);
+      const actions = document.createElement("div");
+      actions.className = "menu-items";
+      actions.append(
+        actionButton("Rename", `“${c.title}”`, () => renameConversation(c, li)),
+        actionButton("Export as Markdown", `“${c.title}”`, () =>
+          download(fileName(c.title, "md"), "text/markdown", exportMarkdown(c))),
+        actionButton("Export as JSON", `“${c.title}”`, () =>
+          download(fileName(c.title, "json"), "application/json", exportJson([c]))),
+        actionButton("Delete", `“${c.title}”`, async () => {
+          if (!confirm(`Delete “${c.title}”? It is stored only in this browser: this cannot be undone.`)) return;
+          await store.delete(c.id);
+          if (current && current.id === c.id) startNew();
+          showList();
+        }, "danger"),
+      );
+      menu.append(summary, actions);
+      li.append(open, menu);
       return li;
     }),
   );
 }
 
-function messageNode(message) {
+function renameConversation(c, li) {
+  const form = document.createElement("form");
+  form.className = "rename";
+  const input = document.createElement("input");
+  input.value = c.title;
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "New name");
+  const save = actionButton("Save", null, null);
+  save.type = "submit";
+  form.append(input, save);
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const renamed = await store.rename(c.id, input.value);
+    if (renamed && current && current.id === c.id) current.title = renamed.title;
+    showList();
+  };
+  input.onkeydown = (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      showList();
+    }
+  };
+  li.replaceChildren(form);
+  input.focus();
+  input.select();
+}
+
+async function importConversations(file) {
+  try {
+    if (file.size > IMPORT_LIMIT_BYTES) throw new ImportError(`the file is over ${IMPORT_LIMIT_BYTES / 1024 / 1024} MB`);
+    const count = await store.import(parseImport(await file.text()));
+    banner(`Imported ${count} conversation${count === 1 ? "" : "s"} into this browser.`, { kind: "info" });
+    showList();
+  } catch (error) {
+    banner(`Cannot import ${file.name}: ${error instanceof ImportError ? error.message : "unreadable file"}.`, { kind: "error" });
+  }
+}
+
+function statsText(stats) {
+  if (!stats) return "";
+  const parts = [];
+  if (stats.tokensPerSecond) parts.push(`${stats.tokensPerSecond.toFixed(1)} tokens/s`);
+  if (stats.ttft !== null && stats.ttft !== undefined) parts.push(`first token ${stats.ttft.toFixed(2)} s`);
+  if (stats.tokens) parts.push(`${stats.tokens} tokens`);
+  return parts.join(" · ");
+}
+
+function messageNode(message, index) {
   const li = document.createElement("li");
   li.className = `msg ${message.role}`;
+  li.dataset.index = String(index);
   const body = document.createElement("div");
   body.className = "body";
   li.append(body);
@@ -164,30 +401,96 @@ function messageNode(message) {
 }
 
 function fill(li, message) {
+  const index = Number(li.dataset.index);
   const body = li.querySelector(".body");
   if (message.role === "assistant") body.replaceChildren(render(message.content));
   else body.textContent = message.content;
   li.dataset.state = message.state || "done";
-  li.querySelector(".note")?.remove();
+  for (const old of li.querySelectorAll(".note, .images, .stats, .actions, form.edit")) old.remove();
+  body.hidden = false;
+  if (message.images && message.images.length) {
+    const images = document.createElement("div");
+    images.className = "images";
+    message.images.forEach((image, i) => {
+      const img = document.createElement("img");
+      img.src = imageSrc(image);
+      img.alt = `Image ${i + 1} sent with this message`;
+      images.append(img);
+    });
+    li.insertBefore(images, body);
+  }
   if (message.note) {
     const note = document.createElement("p");
     note.className = `note${message.state === "error" ? " error" : ""}`;
     note.textContent = message.note;
     li.append(note);
   }
+  if (message.role === "assistant" && message.stats && message.state === "done") {
+    const stats = document.createElement("p");
+    stats.className = "stats";
+    stats.textContent = statsText(message.stats);
+    if (stats.textContent) li.append(stats);
+  }
+  if (message.state === "streaming") return;
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  if (message.role === "user") {
+    actions.append(actionButton("Edit", "and resend this message", () => editMessage(index)));
+  } else if (message.role === "assistant") {
+    const copy = actionButton("Copy", "this answer", async () => {
+      await navigator.clipboard.writeText(message.content).catch(() => {});
+      copy.firstChild.nodeValue = "Copied";
+      setTimeout(() => (copy.firstChild.nodeValue = "Copy"), 1500);
+    });
+    actions.append(copy);
+    if (index === current.messages.length - 1) {
+      actions.append(actionButton("Regenerate", "this answer", regenerate));
+    }
+  }
+  li.append(actions);
 }
 
 function showConversation() {
   ui.messages.replaceChildren(...current.messages.map(messageNode));
   ui.messages.scrollTop = ui.messages.scrollHeight;
+  showSettings();
+}
+
+function showSettings() {
+  const settings = current.settings || {};
+  ui.system.value = settings.system || "";
+  ui.temperature.value = settings.temperature ?? "";
+  ui.numCtx.value = settings.num_ctx ?? "";
+  ui.numPredict.value = settings.num_predict ?? "";
+}
+
+function readSettings() {
+  const number = (input) => (input.value === "" || !input.checkValidity() ? undefined : Number(input.value));
+  const settings = {
+    system: ui.system.value.trim() || undefined,
+    temperature: number(ui.temperature),
+    num_ctx: number(ui.numCtx),
+    num_predict: number(ui.numPredict),
+  };
+  current.settings = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined));
+  if (current.messages.length) store.put(current);
+}
+
+function toggleDetails(open = ui.details.hidden) {
+  ui.details.hidden = !open;
+  ui.detailsToggle.setAttribute("aria-expanded", String(open));
+  if (open) ui.system.focus();
 }
 
 async function openConversation(id) {
   if (streaming) return;
   const found = await store.get(id);
   if (!found) return;
-  current = found;
-  if ([...ui.model.options].some((o) => o.value === current.model)) ui.model.value = current.model;
+  current = { settings: {}, ...found };
+  if ([...ui.model.options].some((o) => o.value === current.model)) {
+    ui.model.value = current.model;
+    showModel();
+  }
   sessionStorage.setItem("ctllm.open", id);
   showConversation();
   showList();
@@ -199,9 +502,12 @@ function startNew() {
   if (streaming) return;
   current = newConversation(ui.model.value);
   sessionStorage.removeItem("ctllm.open");
+  pendingImages = [];
+  showAttachments();
   showConversation();
   showList();
   closeSidebar();
+  if (location.hash && location.hash !== "#chat") location.hash = "#chat";
   ui.prompt.focus();
 }
 
@@ -213,19 +519,46 @@ function updateSend() {
   ui.stop.hidden = !streaming;
 }
 
+function requestMessages() {
+  const history = current.messages
+    .filter((m) => m.state !== "error" && (m.role !== "assistant" || m.content))
+    .map(({ role, content, images }) => (images && images.length ? { role, content, images } : { role, content }));
+  const system = current.settings && current.settings.system;
+  return system ? [{ role: "system", content: system }, ...history] : history;
+}
+
+function requestOptions() {
+  const { temperature, num_ctx, num_predict } = current.settings || {};
+  return Object.fromEntries(Object.entries({ temperature, num_ctx, num_predict }).filter(([, v]) => v !== undefined));
+}
+
 async function send() {
   const text = ui.prompt.value.trim();
-  if (!text || streaming || !ui.model.value) return;
+  if ((!text && !pendingImages.length) || streaming || !ui.model.value) return;
+  if (!current.messages.length) {
+    const title = text || "Image";
+    current.title = title.length > 48 ? `${title.slice(0, 47)}…` : title;
+  }
+  const user = { role: "user", content: text, ...(pendingImages.length ? { images: pendingImages } : {}) };
+  pendingImages = [];
+  showAttachments();
+  current.messages.push(user);
+  ui.prompt.value = "";
+  ui.messages.append(messageNode(user, current.messages.length - 1));
+  await answer();
+}
+
+/** Stream the model's answer to the conversation as it stands (it ends with the user's message). */
+async function answer() {
   const model = ui.model.value;
   current.model = model;
-  if (!current.messages.length) current.title = text.length > 48 ? `${text.slice(0, 47)}…` : text;
-  const history = current.messages.filter((m) => m.state !== "error").map(({ role, content }) => ({ role, content }));
-  const user = { role: "user", content: text };
-  const answer = { role: "assistant", content: "", state: "streaming" };
-  current.messages.push(user, answer);
-  ui.prompt.value = "";
-  ui.messages.append(messageNode(user));
-  const node = messageNode(answer);
+  const messages = requestMessages();
+  const reply = { role: "assistant", content: "", state: "streaming" };
+  current.messages.push(reply);
+  // The previous answer loses its Regenerate button: only the last one can be regenerated.
+  const previous = [...ui.messages.querySelectorAll("li.msg.assistant")].pop();
+  if (previous) fill(previous, current.messages[Number(previous.dataset.index)]);
+  const node = messageNode(reply, current.messages.length - 1);
   node.classList.add("streaming");
   ui.messages.append(node);
   ui.messages.scrollTop = ui.messages.scrollHeight;
@@ -238,28 +571,78 @@ async function send() {
   let frame = 0;
   const paint = () => {
     frame = 0;
-    fill(node, answer);
+    fill(node, reply);
     ui.messages.scrollTop = ui.messages.scrollHeight;
   };
   try {
-    await api.chat(model, [...history, user], (delta) => {
-      answer.content += delta;
+    const final = await api.chat(model, messages, (delta) => {
+      reply.content += delta;
       if (!frame) frame = requestAnimationFrame(paint);
-    }, streaming.signal);
-    answer.state = "done";
+    }, streaming.signal, requestOptions());
+    reply.state = "done";
+    reply.stats = final.stats;
+    ui.live.textContent = "Answer complete.";
   } catch (error) {
-    answer.state = error.name === "AbortError" ? "stopped" : "error";
-    answer.note = explain(error);
+    reply.state = error.name === "AbortError" ? "stopped" : "error";
+    reply.note = explain(error);
     if (error instanceof ApiError && error.status === 401) banner(explain(error), { kind: "error", action: signInAgain });
   } finally {
     cancelAnimationFrame(frame);
     streaming = null;
     node.classList.remove("streaming");
-    fill(node, answer);
+    fill(node, reply);
     updateSend();
     await store.put(current);
     ui.prompt.focus();
   }
+}
+
+async function regenerate() {
+  if (streaming || !ui.model.value) return;
+  const last = current.messages[current.messages.length - 1];
+  if (!last || last.role !== "assistant") return;
+  current.messages.pop();
+  ui.messages.lastElementChild.remove();
+  await answer();
+}
+
+function editMessage(index) {
+  if (streaming) return;
+  const message = current.messages[index];
+  const li = ui.messages.querySelector(`li[data-index="${index}"]`);
+  const form = document.createElement("form");
+  form.className = "edit";
+  const area = document.createElement("textarea");
+  area.value = message.content;
+  area.rows = Math.min(10, message.content.split("\n").length + 1);
+  area.setAttribute("aria-label", "Edit your message");
+  const save = actionButton("Send", null, null, "primary");
+  save.type = "submit";
+  const cancel = actionButton("Cancel", null, () => fill(li, message));
+  form.append(area, save, cancel);
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const text = area.value.trim();
+    if (!text || streaming) return;
+    // Edit and resend: the conversation continues from the edited message; later turns are replaced.
+    current.messages.splice(index);
+    const edited = { role: "user", content: text, ...(message.images ? { images: message.images } : {}) };
+    current.messages.push(edited);
+    showConversation();
+    await answer();
+  };
+  area.onkeydown = (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    } else if (event.key === "Escape") {
+      event.stopPropagation();
+      fill(li, message);
+    }
+  };
+  for (const old of li.querySelectorAll(".body, .actions")) old.hidden = true;
+  li.append(form);
+  area.focus();
 }
 
 function stop() {
@@ -273,6 +656,35 @@ function closeSidebar() {
   ui.toggle.setAttribute("aria-expanded", "false");
 }
 
+// --- keyboard: desktop shortcuts (the Settings page lists them) -------------------------------------
+
+function shortcut(event) {
+  const mod = event.ctrlKey || event.metaKey;
+  if (event.key === "Escape" && event.shiftKey) {
+    event.preventDefault();
+    location.hash = "#chat";
+    ui.prompt.focus();
+  } else if (event.key === "Escape" && streaming) {
+    event.preventDefault();
+    stop();
+  } else if (mod && event.shiftKey && event.key.toLowerCase() === "o") {
+    event.preventDefault();
+    startNew();
+  } else if (mod && !event.shiftKey && event.key.toLowerCase() === "k") {
+    event.preventDefault();
+    ui.sidebar.classList.add("open");
+    ui.toggle.setAttribute("aria-expanded", "true");
+    ui.search.focus();
+  } else if (mod && event.shiftKey && event.key === "Enter") {
+    event.preventDefault();
+    regenerate();
+  } else if (mod && event.shiftKey && event.key.toLowerCase() === "s") {
+    event.preventDefault();
+    location.hash = "#chat";
+    toggleDetails();
+  }
+}
+
 // --- start -----------------------------------------------------------------------------------------
 
 function wire() {
@@ -280,28 +692,48 @@ function wire() {
   ui.signOut.onclick = () => auth.signOut();
   ui.newChat.onclick = startNew;
   ui.stop.onclick = stop;
-  ui.model.onchange = () => localStorage.setItem("ctllm.model", ui.model.value);
+  ui.model.onchange = () => {
+    localStorage.setItem("ctllm.model", ui.model.value);
+    showModel();
+  };
   ui.form.onsubmit = (event) => {
     event.preventDefault();
     send();
   };
   ui.prompt.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key === "Enter" && !event.shiftKey && !event.ctrlKey && !event.metaKey && !event.isComposing) {
       event.preventDefault();
       send();
     }
   });
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && streaming) {
+  ui.prompt.addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
+    if (files.length && !ui.attach.hidden) {
       event.preventDefault();
-      stop();
+      addImages(files);
     }
   });
+  document.addEventListener("keydown", shortcut);
   ui.toggle.hidden = false;
   ui.toggle.onclick = () => {
     const open = ui.sidebar.classList.toggle("open");
     ui.toggle.setAttribute("aria-expanded", String(open));
   };
+  ui.search.oninput = () => showList();
+  ui.importButton.onclick = () => ui.importFile.click();
+  ui.importFile.onchange = () => {
+    const [file] = ui.importFile.files;
+    if (file) importConversations(file);
+    ui.importFile.value = "";
+  };
+  ui.attach.onclick = () => ui.attachFile.click();
+  ui.attachFile.onchange = () => {
+    addImages([...ui.attachFile.files]);
+    ui.attachFile.value = "";
+  };
+  ui.detailsToggle.onclick = () => toggleDetails();
+  for (const input of [ui.system, ui.temperature, ui.numCtx, ui.numPredict]) input.onchange = readSettings;
+  window.addEventListener("hashchange", showView);
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && api) pollStatus();
   });
@@ -312,16 +744,20 @@ async function signedIn() {
   ui.app.hidden = false;
   ui.signOut.hidden = false;
   ui.user.hidden = false;
+  ui.views.hidden = false;
   ui.user.textContent = auth.user;
   api = new Api(config.apiBase || "", () => auth.accessToken());
+  keys = new Keys(api);
   store = await new Store(auth.subject).open();
   const open = sessionStorage.getItem("ctllm.open");
-  current = (open && (await store.get(open))) || newConversation("");
+  const found = open && (await store.get(open));
+  current = found ? { settings: {}, ...found } : newConversation("");
   showConversation();
   showList();
   updateSend();
+  showView();
   pollStatus();
-  ui.prompt.focus();
+  if (document.body.dataset.view === "chat") ui.prompt.focus();
 }
 
 function signedOut(message) {
@@ -330,9 +766,17 @@ function signedOut(message) {
   ui.signOut.hidden = true;
   ui.user.hidden = true;
   ui.pill.hidden = true;
+  ui.views.hidden = true;
   ui.signedOut.hidden = false;
   banner(message || null, { kind: "error" });
   ui.signIn.focus();
+}
+
+function registerServiceWorker() {
+  // The app shell only (sw.js says what it caches); never on a page served without the built worker.
+  if ("serviceWorker" in navigator && config.serviceWorker !== false) {
+    navigator.serviceWorker.register("sw.js").catch(() => {});
+  }
 }
 
 async function main() {
@@ -345,6 +789,7 @@ async function main() {
     banner(`This app is not configured (${error.message}).`, { kind: "error" });
     return;
   }
+  registerServiceWorker();
   auth = new Auth(config, (message) => {
     if (!auth.session) signedOut(message);
     else ui.user.textContent = auth.user;

@@ -57,21 +57,29 @@ md.renderer.rules.image = (tokens, i, options, env, self) => {
     : md.utils.escapeHtml(alt);
 };
 
+// markdown-it aligns table cells with a style attribute, which the CSP (no inline style) would refuse:
+// a class instead.
+md.core.ruler.push("align_class", (state) => {
+  for (const token of state.tokens) {
+    const style = token.attrGet && token.attrGet("style");
+    const align = style && /text-align:(left|right|center)/.exec(style);
+    if (align) {
+      token.attrs = token.attrs.filter(([name]) => name !== "style");
+      token.attrJoin("class", `align-${align[1]}`);
+    }
+  }
+});
+
 const PURIFY = {
   ALLOWED_TAGS: [
     "a", "p", "br", "hr", "strong", "em", "s", "del", "code", "pre", "span", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td",
   ],
-  ALLOWED_ATTR: ["href", "rel", "target", "class", "start", "style"],
+  ALLOWED_ATTR: ["href", "rel", "target", "class", "start"],
   ALLOWED_URI_REGEXP: /^https?:\/\//i,
 };
-// The only style markdown-it writes is text-align on table cells: keep that, drop everything else.
+// Classes: only highlight.js's, the code language and the table alignment.
 DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
-  if (data.attrName === "style") {
-    const align = /^text-align:(left|right|center)$/.exec(data.attrValue.replace(/\s/g, ""));
-    data.keepAttr = false;
-    if (align) node.classList.add(`align-${align[1]}`);
-  }
   if (data.attrName === "class" && !/^(hljs[\w-]*|language-[\w+-]+|align-\w+)(\s+(hljs[\w-]*|language-[\w+-]+|align-\w+))*$/.test(data.attrValue)) {
     data.keepAttr = false;
   }
@@ -97,16 +105,20 @@ export function addCopyButtons(root) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "copy";
-    button.textContent = "Copy";
-    button.setAttribute("aria-label", `Copy ${label.textContent} code`);
+    // The visible word leads the accessible name ("Copy python code"), so speech input finds it.
+    const word = document.createTextNode("Copy");
+    const what = document.createElement("span");
+    what.className = "visually-hidden";
+    what.textContent = ` ${label.textContent} code`;
+    button.append(word, what);
     button.onclick = async () => {
       try {
         await navigator.clipboard.writeText(pre.textContent);
-        button.textContent = "Copied";
+        word.nodeValue = "Copied";
       } catch {
-        button.textContent = "Copy failed";
+        word.nodeValue = "Copy failed";
       }
-      setTimeout(() => (button.textContent = "Copy"), 1500);
+      setTimeout(() => (word.nodeValue = "Copy"), 1500);
     };
     bar.append(label, button);
     pre.replaceWith(wrap);
