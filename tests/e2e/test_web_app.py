@@ -73,7 +73,7 @@ def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebAp
     page = web.page
     expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "connected")
     expect(page.locator("#model option", has_text=REAL_MODEL)).to_have_count(1)
-    page.get_by_label("Model").select_option(REAL_MODEL)
+    page.get_by_label("Model", exact=True).select_option(REAL_MODEL)
 
     page.evaluate(RECORD_GROWTH)
     web.send("Write three sentences about the sea.")
@@ -88,7 +88,9 @@ def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebAp
     growing = [n for _, n, state in lengths if state == "streaming" and n > 0]
     # Token by token: the answer was seen at many increasing lengths before it was done.
     assert len(set(growing)) >= 5, lengths
-    assert growing == sorted(growing)
+    # It only grows, but for Markdown syntax shown as text until its closing half arrives (e.g. `**`).
+    drops = [a - b for a, b in zip(growing, growing[1:], strict=False) if b < a]
+    assert all(d <= 3 for d in drops) and growing[-1] > growing[0], growing
     screenshot(page, "chat-desktop.png")
 
     page.set_viewport_size({"width": 390, "height": 844})
@@ -132,7 +134,7 @@ def test_stop_cancels_the_backend_generation(web: WebApp) -> None:
         frozen = body.inner_text()
         time.sleep(0.5)
         assert body.inner_text() == frozen, "the answer kept growing after stop"
-        expect(page.get_by_role("button", name="Send")).to_be_visible()
+        expect(page.get_by_role("button", name="Send", exact=True)).to_be_visible()
         expect(web.answer().locator(".note")).to_have_text("Stopped.")
 
 

@@ -335,6 +335,7 @@ async function showList() {
           showList();
         }, "danger"),
       );
+      actions.addEventListener("click", () => (menu.open = false)); // an action closes the menu
       menu.append(summary, actions);
       li.append(open, menu);
       return li;
