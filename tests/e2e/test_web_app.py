@@ -4,6 +4,7 @@ character split across network chunks, session renewal, and screenshots (desktop
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -89,7 +90,7 @@ def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebAp
     # Token by token: the answer was seen at many increasing lengths before it was done.
     assert len(set(growing)) >= 5, lengths
     # It only grows, but for Markdown syntax shown as text until its closing half arrives (e.g. `**`).
-    drops = [a - b for a, b in zip(growing, growing[1:], strict=False) if b < a]
+    drops = [a - b for a, b in itertools.pairwise(growing) if b < a]
     assert all(d <= 3 for d in drops) and growing[-1] > growing[0], growing
     screenshot(page, "chat-desktop.png")
 
