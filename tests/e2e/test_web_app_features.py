@@ -483,6 +483,11 @@ def test_pwa_dark_mode_shortcuts_and_budgets(logs: Path, tmp_path: Path, build: 
             assert {("192x192", "any"), ("512x512", "any"), ("512x512", "maskable")} <= sizes
             for icon in manifest["icons"]:
                 assert page.request.get(f"{web.url}/{icon['src']}").ok
+            # Chromium's own verdict: nothing about the app stops installing it (a test's browser context is
+            # incognito, which Chromium always reports).
+            cdp = page.context.new_cdp_session(page)
+            errors = cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]
+            assert [e["errorId"] for e in errors if e["errorId"] != "in-incognito"] == []
 
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
