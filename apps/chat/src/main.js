@@ -4,9 +4,12 @@
 import { Api, ApiError, explain } from "./api.js";
 import { Auth } from "./auth.js";
 import { showBridges } from "./bridges.js";
+import { ConversationList } from "./conversations.js";
+import { actionButton } from "./dom.js";
+import { Attachments } from "./images.js";
 import { Keys } from "./keys.js";
-import { render } from "./markdown.js";
-import { exportJson, exportMarkdown, IMPORT_LIMIT_BYTES, ImportError, newConversation, parseImport, Store } from "./store.js";
+import { fill as fillMessage, messageNode as newMessageNode } from "./messages.js";
+import { newConversation, Store } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -21,15 +24,13 @@ const ui = {
   live: $("live"),
 };
 const VIEWS = ["chat", "bridges", "settings"];
-const MAX_IMAGES = 4;
-const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
 
-let config, auth, api, store, keys;
+let config, auth, api, store, keys, conversations;
 let current = null; // the open conversation
 let streaming = null; // AbortController of the answer in flight
 let statusTimer = null;
 let lastBridgeKey = "";
-let pendingImages = []; // base64 (no data: prefix), as Ollama's `images` field takes them
+const attachments = new Attachments(ui.attachments, (text) => banner(text, { kind: "error" }));
 const modelCache = new Map(); // model name -> details from /api/show
 
 // --- banner: one message at a time, with an optional action ------------------------------------------
@@ -210,246 +211,24 @@ async function showModel() {
 
 function setVision(vision) {
   ui.attach.hidden = !vision;
-  if (!vision && pendingImages.length) {
-    pendingImages = [];
-    showAttachments();
-  }
+  if (!vision && attachments.images.length) attachments.clear();
 }
 
-// --- images ----------------------------------------------------------------------------------------
+// --- messages and conversations --------------------------------------------------------------------
 
-const MIME_BY_PREFIX = { iVBOR: "image/png", "/9j/": "image/jpeg", R0lG: "image/gif", UklG: "image/webp" };
+const messageActions = {
+  isLast: (index) => index === current.messages.length - 1,
+  onEdit: (index) => editMessage(index),
+  onRegenerate: () => regenerate(),
+};
+const messageNode = (message, index) => newMessageNode(message, index, messageActions);
+const fill = (li, message) => fillMessage(li, message, messageActions);
 
-function imageSrc(base64) {
-  const prefix = Object.keys(MIME_BY_PREFIX).find((p) => base64.startsWith(p));
-  return `data:${prefix ? MIME_BY_PREFIX[prefix] : "image/png"};base64,${base64}`;
-}
-
-function readImage(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result).split(",", 2)[1]);
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
-}
-
-async function addImages(files) {
-  for (const file of files) {
-    if (pendingImages.length >= MAX_IMAGES) {
-      banner(`At most ${MAX_IMAGES} images per message.`, { kind: "error" });
-      break;
-    }
-    if (!file.type.startsWith("image/") || file.size > MAX_IMAGE_BYTES) {
-      banner(`${file.name}: only images up to ${MAX_IMAGE_BYTES / 1024 / 1024} MB can be attached.`, { kind: "error" });
-      continue;
-    }
-    pendingImages.push(await readImage(file));
-  }
-  showAttachments();
-}
-
-function showAttachments() {
-  ui.attachments.hidden = !pendingImages.length;
-  ui.attachments.replaceChildren(
-    ...pendingImages.map((image, i) => {
-      const figure = document.createElement("div");
-      figure.className = "thumb";
-      const img = document.createElement("img");
-      img.src = imageSrc(image);
-      img.alt = `Attached image ${i + 1}`;
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.textContent = "×";
-      remove.setAttribute("aria-label", `Remove image ${i + 1}`);
-      remove.onclick = () => {
-        pendingImages.splice(i, 1);
-        showAttachments();
-      };
-      figure.append(img, remove);
-      return figure;
-    }),
-  );
+function showList() {
+  return conversations.show();
 }
 
 // --- conversations ---------------------------------------------------------------------------------
-
-function download(name, type, text) {
-  const url = URL.createObjectURL(new Blob([text], { type }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
-}
-
-function fileName(title, ext) {
-  return `${(title || "chat").replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-|-$/g, "").slice(0, 60) || "chat"}.${ext}`;
-}
-
-/** A button whose visible label starts its accessible name; `more` (screen readers only) completes it. */
-function actionButton(label, more, run, className = "") {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.append(label);
-  if (more) {
-    const span = document.createElement("span");
-    span.className = "visually-hidden";
-    span.textContent = ` ${more}`;
-    button.append(span);
-  }
-  if (className) button.className = className;
-  button.onclick = run;
-  return button;
-}
-
-async function showList() {
-  const query = ui.search.value;
-  const items = await store.search(query);
-  ui.noResults.hidden = Boolean(items.length) || !query.trim();
-  ui.list.replaceChildren(
-    ...items.map((c) => {
-      const li = document.createElement("li");
-      const open = actionButton(c.title, null, () => openConversation(c.id), "open");
-      open.dataset.id = c.id;
-      open.setAttribute("aria-current", String(Boolean(current && current.id === c.id)));
-      const menu = document.createElement("details");
-      menu.className = "menu";
-      const summary = document.createElement("summary");
-      summary.textContent = "⋯";
-      summary.setAttribute("aria-label", `Actions for “${c.title}”`);
-      const actions = document.createElement("div");
-      actions.className = "menu-items";
-      actions.append(
-        actionButton("Rename", `“${c.title}”`, () => renameConversation(c, li)),
-        actionButton("Export as Markdown", `“${c.title}”`, () =>
-          download(fileName(c.title, "md"), "text/markdown", exportMarkdown(c))),
-        actionButton("Export as JSON", `“${c.title}”`, () =>
-          download(fileName(c.title, "json"), "application/json", exportJson([c]))),
-        actionButton("Delete", `“${c.title}”`, async () => {
-          if (!confirm(`Delete “${c.title}”? It is stored only in this browser: this cannot be undone.`)) return;
-          await store.delete(c.id);
-          if (current && current.id === c.id) startNew();
-          showList();
-        }, "danger"),
-      );
-      actions.addEventListener("click", () => (menu.open = false)); // an action closes the menu
-      menu.append(summary, actions);
-      li.append(open, menu);
-      return li;
-    }),
-  );
-}
-
-function renameConversation(c, li) {
-  const form = document.createElement("form");
-  form.className = "rename";
-  const input = document.createElement("input");
-  input.value = c.title;
-  input.maxLength = 200;
-  input.setAttribute("aria-label", "New name");
-  const save = actionButton("Save", null, null);
-  save.type = "submit";
-  form.append(input, save);
-  form.onsubmit = async (event) => {
-    event.preventDefault();
-    const renamed = await store.rename(c.id, input.value);
-    if (renamed && current && current.id === c.id) current.title = renamed.title;
-    showList();
-  };
-  input.onkeydown = (event) => {
-    if (event.key === "Escape") {
-      event.stopPropagation();
-      showList();
-    }
-  };
-  li.replaceChildren(form);
-  input.focus();
-  input.select();
-}
-
-async function importConversations(file) {
-  try {
-    if (file.size > IMPORT_LIMIT_BYTES) throw new ImportError(`the file is over ${IMPORT_LIMIT_BYTES / 1024 / 1024} MB`);
-    const count = await store.import(parseImport(await file.text()));
-    banner(`Imported ${count} conversation${count === 1 ? "" : "s"} into this browser.`, { kind: "info" });
-    showList();
-  } catch (error) {
-    banner(`Cannot import ${file.name}: ${error instanceof ImportError ? error.message : "unreadable file"}.`, { kind: "error" });
-  }
-}
-
-function statsText(stats) {
-  if (!stats) return "";
-  const parts = [];
-  if (stats.tokensPerSecond) parts.push(`${stats.tokensPerSecond.toFixed(1)} tokens/s`);
-  if (stats.ttft !== null && stats.ttft !== undefined) parts.push(`first token ${stats.ttft.toFixed(2)} s`);
-  if (stats.tokens) parts.push(`${stats.tokens} tokens`);
-  return parts.join(" · ");
-}
-
-function messageNode(message, index) {
-  const li = document.createElement("li");
-  li.className = `msg ${message.role}`;
-  li.dataset.index = String(index);
-  const body = document.createElement("div");
-  body.className = "body";
-  li.append(body);
-  fill(li, message);
-  return li;
-}
-
-function fill(li, message) {
-  const index = Number(li.dataset.index);
-  const body = li.querySelector(".body");
-  if (message.role === "assistant") body.replaceChildren(render(message.content));
-  else body.textContent = message.content;
-  li.dataset.state = message.state || "done";
-  for (const old of li.querySelectorAll(".note, .images, .stats, .actions, form.edit")) old.remove();
-  body.hidden = false;
-  if (message.images && message.images.length) {
-    const images = document.createElement("div");
-    images.className = "images";
-    message.images.forEach((image, i) => {
-      const img = document.createElement("img");
-      img.src = imageSrc(image);
-      img.alt = `Image ${i + 1} sent with this message`;
-      images.append(img);
-    });
-    li.insertBefore(images, body);
-  }
-  if (message.note) {
-    const note = document.createElement("p");
-    note.className = `note${message.state === "error" ? " error" : ""}`;
-    note.textContent = message.note;
-    li.append(note);
-  }
-  if (message.role === "assistant" && message.stats && message.state === "done") {
-    const stats = document.createElement("p");
-    stats.className = "stats";
-    stats.textContent = statsText(message.stats);
-    if (stats.textContent) li.append(stats);
-  }
-  if (message.state === "streaming") return;
-  const actions = document.createElement("div");
-  actions.className = "actions";
-  if (message.role === "user") {
-    actions.append(actionButton("Edit", "and resend this message", () => editMessage(index)));
-  } else if (message.role === "assistant") {
-    const copy = actionButton("Copy", "this answer", async () => {
-      await navigator.clipboard.writeText(message.content).catch(() => {});
-      copy.firstChild.nodeValue = "Copied";
-      setTimeout(() => (copy.firstChild.nodeValue = "Copy"), 1500);
-    });
-    actions.append(copy);
-    if (index === current.messages.length - 1) {
-      actions.append(actionButton("Regenerate", "this answer", regenerate));
-    }
-  }
-  li.append(actions);
-}
 
 function showConversation() {
   ui.messages.replaceChildren(...current.messages.map(messageNode));
@@ -503,8 +282,7 @@ function startNew() {
   if (streaming) return;
   current = newConversation(ui.model.value);
   sessionStorage.removeItem("ctllm.open");
-  pendingImages = [];
-  showAttachments();
+  attachments.clear();
   showConversation();
   showList();
   closeSidebar();
@@ -535,14 +313,13 @@ function requestOptions() {
 
 async function send() {
   const text = ui.prompt.value.trim();
-  if ((!text && !pendingImages.length) || streaming || !ui.model.value) return;
+  if ((!text && !attachments.images.length) || streaming || !ui.model.value) return;
   if (!current.messages.length) {
     const title = text || "Image";
     current.title = title.length > 48 ? `${title.slice(0, 47)}…` : title;
   }
-  const user = { role: "user", content: text, ...(pendingImages.length ? { images: pendingImages } : {}) };
-  pendingImages = [];
-  showAttachments();
+  const images = attachments.take();
+  const user = { role: "user", content: text, ...(images.length ? { images } : {}) };
   current.messages.push(user);
   ui.prompt.value = "";
   ui.messages.append(messageNode(user, current.messages.length - 1));
@@ -711,7 +488,7 @@ function wire() {
     const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
     if (files.length && !ui.attach.hidden) {
       event.preventDefault();
-      addImages(files);
+      attachments.add(files);
     }
   });
   document.addEventListener("keydown", shortcut);
@@ -724,12 +501,12 @@ function wire() {
   ui.importButton.onclick = () => ui.importFile.click();
   ui.importFile.onchange = () => {
     const [file] = ui.importFile.files;
-    if (file) importConversations(file);
+    if (file) conversations.import(file);
     ui.importFile.value = "";
   };
   ui.attach.onclick = () => ui.attachFile.click();
   ui.attachFile.onchange = () => {
-    addImages([...ui.attachFile.files]);
+    attachments.add([...ui.attachFile.files]);
     ui.attachFile.value = "";
   };
   ui.detailsToggle.onclick = () => toggleDetails();
@@ -750,6 +527,17 @@ async function signedIn() {
   api = new Api(config.apiBase || "", () => auth.accessToken());
   keys = new Keys(api);
   store = await new Store(auth.subject).open();
+  conversations = new ConversationList(store, ui, {
+    currentId: () => (current ? current.id : null),
+    open: (id) => openConversation(id),
+    deleted: (id) => {
+      if (current && current.id === id) startNew();
+    },
+    renamed: (id, title) => {
+      if (current && current.id === id) current.title = title;
+    },
+    notify: (text, kind) => banner(text, { kind }),
+  });
   const open = sessionStorage.getItem("ctllm.open");
   const found = open && (await store.get(open));
   current = found ? { settings: {}, ...found } : newConversation("");
