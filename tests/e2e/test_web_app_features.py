@@ -468,9 +468,6 @@ def test_pwa_dark_mode_shortcuts_and_budgets(logs: Path, tmp_path: Path, build: 
                 "first_contentful_paint_ms": round(paint) if paint is not None else None,
                 "signed_out_screen_ready_ms": round(ready_s * 1000),
             }
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            (ARTIFACTS / "budgets.json").write_text(json.dumps(budgets, indent=2) + "\n")
-            print("web app budgets:", json.dumps(budgets))
             assert report["app_shell_gzip_bytes"] <= 150 * 1024
             assert 0 < transfer <= 150 * 1024, "the static server sends the .gz siblings"
 
@@ -517,8 +514,14 @@ def test_pwa_dark_mode_shortcuts_and_budgets(logs: Path, tmp_path: Path, build: 
             expect(page.locator("#banner")).to_be_visible()
             expect(page.locator("h1.brand")).to_have_text("CloudToLocalLLM")
             page.context.set_offline(False)
-            page.reload()
+            started = time.monotonic()
+            page.reload()  # signed in: the shell from the service worker, then a silent token renewal
             expect(page.locator("#user-name")).to_have_text("dev-user")
+            expect(page.locator("#messages li.msg.assistant")).to_have_count(1)
+            budgets["signed_in_reload_to_chat_ms"] = round((time.monotonic() - started) * 1000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "budgets.json").write_text(json.dumps(budgets, indent=2) + "\n")
+            print("web app budgets:", json.dumps(budgets))
 
             # Dark mode follows the system.
             light = page.evaluate("getComputedStyle(document.body).backgroundColor")
