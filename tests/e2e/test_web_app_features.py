@@ -305,6 +305,10 @@ def test_bridges_view_and_get_started_link(
             page.get_by_role("link", name="Bridges").click()
             empty = page.locator("#bridges-empty")
             expect(empty).to_contain_text("No bridge is connected")
+            api_origin = json.loads(page.request.get(web.url + "/config.json").text())["apiBase"]
+            expect(page.locator("#bridge-commands")).to_have_text(
+                f"cloudtolocalllm-bridge login {api_origin}\ncloudtolocalllm-bridge run"
+            )
             expect(empty.get_by_role("link", name="Read “Get started”")).to_have_attribute(
                 "href", web.url + "/docs/get-started/"
             )

@@ -17,8 +17,10 @@ function field(list, term, value) {
   list.append(dt, dd);
 }
 
-export function showBridges(bridges, getStartedUrl) {
+/** @param {string} cloudUrl what `login` is given: the cloud publishes the rest at a well-known URL */
+export function showBridges(bridges, getStartedUrl, cloudUrl) {
   $("get-started").href = getStartedUrl;
+  $("bridge-commands").textContent = `cloudtolocalllm-bridge login ${cloudUrl}\ncloudtolocalllm-bridge run`;
   $("bridges-empty").hidden = bridges.length > 0;
   $("bridges").replaceChildren(
     ...bridges.map((bridge) => {

@@ -118,7 +118,7 @@ function showStatus(bridges) {
   }
   ui.pill.className = `pill ${state === "connected" ? "ok" : state === "none" ? "err" : "warn"}`;
   ui.pill.dataset.state = state;
-  showBridges(bridges, getStartedUrl());
+  showBridges(bridges, getStartedUrl(), (config.apiBase || location.origin).replace(/\/$/, ""));
   const key = reachable.map((b) => `${b.id}:${(b.models || []).join(",")}`).join("|");
   if (key !== lastBridgeKey) {
     lastBridgeKey = key;

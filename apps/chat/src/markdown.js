@@ -121,6 +121,7 @@ export function addCopyButtons(root) {
       setTimeout(() => (word.nodeValue = "Copy"), 1500);
     };
     bar.append(label, button);
+    pre.tabIndex = 0; // a long line scrolls sideways: reachable from the keyboard
     pre.replaceWith(wrap);
     wrap.append(bar, pre);
   }
