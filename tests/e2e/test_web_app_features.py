@@ -107,6 +107,10 @@ def test_markdown_answer_with_highlighted_code_and_copy(
             expect(answer.locator("button.copy")).to_contain_text("Copied")
             assert page.evaluate("navigator.clipboard.readText()") == 'def greet(name):\n    return f"hi {name}"\n'
             assert not [c for c in web.console if "Content Security Policy" in c], web.console
+            # No eval_count in this backend's final chunk: the page measures the speed itself.
+            pieces = len(chunks) - 1
+            expect(answer.locator(".stats")).to_contain_text(f"{pieces} tokens")
+            expect(answer.locator(".stats")).to_contain_text("tokens/s")
             no_serious_violations(web, f"chat ({viewport})")
             web.screenshot(f"chat-{viewport}.png")
 
@@ -290,6 +294,42 @@ def test_conversations_search_rename_export_import_delete(
                 })"""
             )
             assert sorted(stored) == [["dev-user", "Fruit"], ["dev-user", "plums only"]]
+
+
+def test_conversations_saved_by_the_previous_version_open_and_continue(
+    logs: Path, tmp_path: Path, build: Path, browser: Browser
+) -> None:
+    with FakeOllama() as backend:
+        with web_app(logs, tmp_path, build, browser) as web:
+            web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+            web.sign_in()
+            page = web.page
+            # A record exactly as version 0.1 of the app wrote it (same database; no settings, no stats).
+            page.evaluate(
+                """() => new Promise((resolve, reject) => {
+                  const open = indexedDB.open("ctllm-chat", 1);
+                  open.onsuccess = () => {
+                    const tx = open.result.transaction("conversations", "readwrite");
+                    tx.objectStore("conversations").put({
+                      id: "old-1", owner: "dev-user", title: "From the old app", model: "llama3.2:1b",
+                      updated: 1, messages: [
+                        { role: "user", content: "hi" },
+                        { role: "assistant", content: "**hello**", state: "done" },
+                      ],
+                    });
+                    tx.oncomplete = () => resolve();
+                    tx.onerror = () => reject(tx.error);
+                  };
+                })"""
+            )
+            page.reload()
+            page.locator("#conversations button.open", has_text="From the old app").click()
+            expect(page.locator("#messages li.msg.assistant strong")).to_have_text("hello")
+            set_number(web, "Max tokens (num_predict)", "2")
+            web.send("and again")
+            expect(web.answer()).to_have_attribute("data-state", "done")
+            sent = backend.event_data("chat-body")[-1]
+            assert [m["content"] for m in sent["messages"]] == ["hi", "**hello**", "and again"]
 
 
 def test_bridges_view_and_get_started_link(
