@@ -131,7 +131,9 @@ def build_content(content: Path, logs: Path, app_url: str) -> tuple[Path, Path]:
     def build_app(out: Path) -> None:
         _run_quiet([sys.executable, "scripts/build_chat_app.py", str(out)], log)
 
-    _build_if_stale("chat app", app_dir, [ROOT / "apps" / "chat", ROOT / "scripts" / "build_chat_app.py"], build_app)
+    chat = ROOT / "apps" / "chat"  # not node_modules: `npm ci` fills it from package-lock.json
+    chat_sources = [p for p in chat.iterdir() if p.name != "node_modules"] + [ROOT / "scripts" / "build_chat_app.py"]
+    _build_if_stale("chat app", app_dir, chat_sources, build_app)
 
     downloads = ROOT / "dist" / "downloads"
     if not (downloads / "index.json").is_file():

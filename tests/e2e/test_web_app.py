@@ -4,6 +4,7 @@ character split across network chunks, session renewal, and screenshots (desktop
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from .fake_ollama import MODEL as FAKE_MODEL
 from .fake_ollama import FakeOllama
@@ -73,18 +74,24 @@ def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebAp
     page = web.page
     expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "connected")
     expect(page.locator("#model option", has_text=REAL_MODEL)).to_have_count(1)
-    page.get_by_label("Model").select_option(REAL_MODEL)
+    page.get_by_label("Model", exact=True).select_option(REAL_MODEL)
 
     page.evaluate(RECORD_GROWTH)
     web.send("Write three sentences about the sea.")
     expect(web.answer()).to_have_attribute("data-state", "done", timeout=60_000)
     text = web.answer().locator(".body").inner_text()
     assert len(text) > 20
+    # Answer speed under the answer (from the final chunk, else measured by the page), model details.
+    expect(web.answer().locator(".stats")).to_contain_text("tokens/s")
+    expect(web.answer().locator(".stats")).to_contain_text("first token")
+    expect(page.locator("#model-info")).not_to_be_empty()
     lengths: list[list[Any]] = page.evaluate("window.__lengths")
     growing = [n for _, n, state in lengths if state == "streaming" and n > 0]
     # Token by token: the answer was seen at many increasing lengths before it was done.
     assert len(set(growing)) >= 5, lengths
-    assert growing == sorted(growing)
+    # It only grows, but for Markdown syntax shown as text until its closing half arrives (e.g. `**`).
+    drops = [a - b for a, b in itertools.pairwise(growing) if b < a]
+    assert all(d <= 3 for d in drops) and growing[-1] > growing[0], growing
     screenshot(page, "chat-desktop.png")
 
     page.set_viewport_size({"width": 390, "height": 844})
@@ -93,7 +100,7 @@ def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebAp
 
     page.reload()
     expect(page.locator("#user-name")).to_have_text("dev-user")
-    expect(page.locator("#conversations button[aria-current=true]")).to_have_text(
+    expect(page.locator("#conversations button.open[aria-current=true]")).to_have_text(
         "Write three sentences about the sea."
     )
     expect(web.answer()).to_have_attribute("data-state", "done")
@@ -128,7 +135,7 @@ def test_stop_cancels_the_backend_generation(web: WebApp) -> None:
         frozen = body.inner_text()
         time.sleep(0.5)
         assert body.inner_text() == frozen, "the answer kept growing after stop"
-        expect(page.get_by_role("button", name="Send")).to_be_visible()
+        expect(page.get_by_role("button", name="Send", exact=True)).to_be_visible()
         expect(web.answer().locator(".note")).to_have_text("Stopped.")
 
 
@@ -218,42 +225,9 @@ def test_utf8_character_split_across_network_chunks(logs: Path, tmp_path: Path, 
             assert set(cuts) & boundaries, f"no multi-byte split reached the browser: {[len(c) for c in chunks]}"
 
 
-def test_error_messages_for_401_429_503_and_the_ndjson_decoder(web: WebApp) -> None:
+def test_error_messages_for_401_429_and_503(web: WebApp) -> None:
     web.sign_in()
     page = web.page
-    result = page.evaluate(
-        """async () => {
-          const main = document.querySelector('script[type=module]').src;
-          // The build hashes module names: follow the imports to find them.
-          const find = async (from, name) => {
-            const source = await (await fetch(from)).text();
-            const start = source.indexOf(`"./${name}.`) + 1;
-            return new URL(source.slice(start, source.indexOf('"', start)), from).href;
-          };
-          const apiUrl = await find(main, "api");
-          const api = await import(apiUrl);
-          const nd = await import(await find(apiUrl, "ndjson"));
-          const bytes = new TextEncoder().encode('{"t":"€"}\\n{"t":"😀"}\\n');
-          const stream = new ReadableStream({ start(c) {
-            c.enqueue(bytes.slice(0, 8)); c.enqueue(bytes.slice(8, 20)); c.enqueue(bytes.slice(20)); c.close();
-          } });
-          const lines = [];
-          for await (const line of nd.ndjsonLines(stream)) lines.push(line.t);
-          return {
-            lines,
-            e401: api.explain(new api.ApiError(401, "token expired")),
-            e429: api.explain(new api.ApiError(429, "too many requests", 7)),
-            e503: api.explain(new api.ApiError(503, "no bridge connected", 2)),
-            offline: api.explain(new TypeError("Failed to fetch")),
-          };
-        }"""
-    )
-    assert result["lines"] == ["€", "😀"]
-    assert "Sign in again" in result["e401"]
-    assert "Slow down" in result["e429"] and "7 s" in result["e429"]
-    assert "Start the bridge" in result["e503"]
-    assert "Cannot reach" in result["offline"]
-
     # A real 503 from the relay: no bridge is connected when the user sends.
     page.evaluate(
         """() => {
@@ -267,23 +241,50 @@ def test_error_messages_for_401_429_503_and_the_ndjson_decoder(web: WebApp) -> N
     expect(web.answer()).to_have_attribute("data-state", "error")
     expect(web.answer().locator(".note")).to_contain_text("Start the bridge")
 
+    # 429 and 401 as api-backend sends them (Ollama-shaped JSON), through the page's network layer.
+    def answer_with(status: int, error: str, headers: dict[str, str]) -> None:
+        def fulfil(route: Route) -> None:
+            origin = route.request.headers.get("origin", "")
+            cors = {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Retry-After",
+                "Access-Control-Allow-Headers": "authorization, content-type",
+            }
+            if route.request.method == "OPTIONS":
+                route.fulfill(status=204, headers=cors)
+            else:
+                route.fulfill(status=status, json={"error": error}, headers={**cors, **headers})
+
+        page.unroute("**/api/ollama/api/chat")
+        page.route("**/api/ollama/api/chat", fulfil)
+
+    answer_with(429, "too many requests", {"Retry-After": "7"})
+    web.answer().get_by_role("button", name="Regenerate this answer").click()
+    expect(web.answer().locator(".note")).to_contain_text("Slow down. Try again in 7 s.")
+    answer_with(401, "token expired", {})
+    web.answer().get_by_role("button", name="Regenerate this answer").click()
+    expect(web.answer().locator(".note")).to_contain_text("Sign in again")
+    expect(page.locator("#banner")).to_contain_text("Your session has expired")
+
 
 def test_session_renews_silently_and_sign_out(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
     with web_app(logs, tmp_path, build, browser, DEV_ACCESS_TOKEN_TTL_S="3") as web:
         web.sign_in()
         page = web.page
-        first = page.evaluate("JSON.parse(sessionStorage.getItem('ctllm.auth'))")
+        # The access token is in memory only; the rotating refresh token is all sessionStorage holds.
+        first = page.evaluate("sessionStorage.getItem('ctllm.refresh')")
+        assert first
+        page.wait_for_function("(old) => sessionStorage.getItem('ctllm.refresh') !== old", arg=first, timeout=10_000)
         page.wait_for_function(
-            "(old) => JSON.parse(sessionStorage.getItem('ctllm.auth')).refresh_token !== old",
-            arg=first["refresh_token"],
+            "(old) => sessionStorage.getItem('ctllm.refresh') !== old",
+            arg=page.evaluate("sessionStorage.getItem('ctllm.refresh')"),
             timeout=10_000,
-        )
-        renewed = page.evaluate("JSON.parse(sessionStorage.getItem('ctllm.auth'))")
-        assert renewed["expires_at"] > first["expires_at"]
+        )  # renewed twice: each renewal scheduled the next
+        time.sleep(1)
         expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "none")  # the API still answers
         page.get_by_role("button", name="Sign out").click()
         expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-        assert page.evaluate("sessionStorage.getItem('ctllm.auth')") is None
+        assert page.evaluate("sessionStorage.getItem('ctllm.refresh')") is None
 
 
 def test_phone_layout_and_keyboard(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
@@ -304,4 +305,4 @@ def test_phone_layout_and_keyboard(logs: Path, tmp_path: Path, build: Path, brow
             assert page.evaluate("document.documentElement.scrollWidth") <= 390
             page.get_by_role("button", name="Chats").click()
             expect(page.locator("#sidebar")).to_be_visible()
-            expect(page.locator("#conversations button").first).to_have_text("hello from a phone")
+            expect(page.locator("#conversations button.open").first).to_have_text("hello from a phone")

@@ -37,6 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "artifacts" / "web-app"
+DOCS_IMAGES = REPO / "docs" / "img" / "web-app"  # screenshots the docs show (docs/web-app.md)
+AXE = REPO / "apps" / "chat" / "node_modules" / "axe-core" / "axe.min.js"  # installed by the app build (npm ci)
+VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
 
 
 def build_app(out: Path) -> dict[str, Any]:
@@ -61,6 +64,7 @@ class WebApp:
     page: Page
     dialogs: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
+    accept_dialogs: bool = False  # confirm() answers: dismissed (Cancel) unless a test says otherwise
 
     def sign_in(self, user: str = "dev-user") -> None:
         page = self.page
@@ -80,6 +84,31 @@ class WebApp:
     def send(self, text: str) -> None:
         self.page.get_by_label("Message", exact=True).fill(text)
         self.page.get_by_label("Message", exact=True).press("Enter")
+
+    def axe(self, context: str = "main") -> list[dict[str, Any]]:
+        """axe-core (from the app's locked npm packages) on the page: the serious and critical violations.
+        Injected through the DevTools protocol, which the page's CSP does not govern (the app's CSP stays)."""
+        page = self.page
+        if not page.evaluate("typeof window.axe === 'object'"):
+            page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")
+        result: dict[str, Any] = page.evaluate(
+            """async () => await axe.run(document, {
+                 runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] },
+               })"""
+        )
+        serious = [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
+        return [
+            {"context": context, "id": v["id"], "help": v["help"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+            for v in serious
+        ]
+
+    def screenshot(self, name: str, *, docs: bool = True) -> Path:
+        """A screenshot of the viewport: into docs/img/web-app/ (the docs show it) or artifacts/."""
+        folder = DOCS_IMAGES if docs else ARTIFACTS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        self.page.screenshot(path=str(path), animations="disabled", caret="hide")
+        return path
 
 
 def start_static(logs: Path, root: Path, api_origin: str, port: int) -> Proc:
@@ -137,14 +166,24 @@ def web_app(
     context = None
     try:
         static = start_static(logs, root, api_url, app_port)
-        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        context = browser.new_context(
+            viewport={"width": viewport[0], "height": viewport[1]},
+            accept_downloads=True,
+            has_touch=viewport[0] < 700,
+            is_mobile=viewport[0] < 700,
+            device_scale_factor=1,
+        )
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app_url)
         page = context.new_page()
         page.set_default_timeout(20_000)
         running = WebApp(stack=stack, url=app_url, static=static, page=page)
 
         def on_dialog(dialog: Dialog) -> None:
             running.dialogs.append(dialog.message)
-            dialog.dismiss()
+            if running.accept_dialogs:
+                dialog.accept()
+            else:
+                dialog.dismiss()
 
         def on_console(message: ConsoleMessage) -> None:
             running.console.append(f"{message.type}: {message.text}")

@@ -45,7 +45,9 @@ async def api_backend(keys: Path, **overrides: Any) -> AsyncIterator[Cloud]:
     auth = AuthSettings(
         dev_auth=True, dev_issuer_dir=str(keys), dev_issuer_url=url + "/dev-issuer", dev_audience=AUDIENCE
     )
-    app = build_app(msgspec.structs.replace(ApiSettings(reconnect_grace_s=0), **overrides), auth)
+    # Its SQLite database for API keys beside the issuer's keys, never in the user's data folder.
+    defaults = ApiSettings(reconnect_grace_s=0, data_dir=str(keys.parent / "api-data"))
+    app = build_app(msgspec.structs.replace(defaults, **overrides), auth)
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, sock=sock, graceful_timeout_s=1.0, shutdown_trigger=stop.wait))
     try:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 from starlette.routing import Mount
 
@@ -145,7 +144,7 @@ async def test_login_through_api_backend_with_the_code_flow_behind_it(tmp_path: 
     auth = AuthSettings(
         dev_auth=True, dev_issuer_dir=str(tmp_path / "issuer"), dev_issuer_url=ISSUER, dev_audience=AUDIENCE
     )
-    async with running_server(build_app(ApiSettings(), auth)) as url:
+    async with running_server(build_app(ApiSettings(data_dir=str(tmp_path / "api-data")), auth)) as url:
         credentials, _ = await _login_approving(_settings(tmp_path, url + "/dev-issuer"), subject="bob")
         code, document = await _bridge_status(url, credentials.access_token)
         assert code == 200, document
@@ -232,7 +231,7 @@ async def test_run_renews_the_login_and_the_tunnel_stays_up(make_issuer: IssuerF
             dev_audience=AUDIENCE,
             auth_leeway_s=0,
         )
-        api = msgspec.structs.replace(ApiSettings(), reauth_grace_s=0.0)
+        api = ApiSettings(reauth_grace_s=0.0, data_dir=str(tmp_path / "api-data"))
         async with running_server(build_app(api, auth)) as cloud_url:
             settings = _settings(
                 tmp_path,

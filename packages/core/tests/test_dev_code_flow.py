@@ -79,6 +79,7 @@ async def sign_in(client: httpx.AsyncClient, challenge: str, subject: str = "dev
     assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
     query = parse_qs(location.query)
     assert query["state"] == ["st4te"]
+    assert query["iss"] == [ISSUER], "RFC 9207: the response names its issuer"
     return query["code"][0]
 
 
@@ -164,6 +165,7 @@ async def test_bad_requests(client: httpx.AsyncClient) -> None:
     assert parse_qs(urlsplit(plain.headers["location"]).query)["error"] == ["invalid_request"]
     silent = await client.get("/dev-issuer/authorize", params=authorize_params(challenge, prompt="none"))
     assert parse_qs(urlsplit(silent.headers["location"]).query)["error"] == ["login_required"]
+    assert parse_qs(urlsplit(silent.headers["location"]).query)["iss"] == [ISSUER], "error responses too"
     other_audience = await client.get("/dev-issuer/authorize", params=authorize_params(challenge, audience="x"))
     assert "unknown audience" in parse_qs(urlsplit(other_audience.headers["location"]).query)["error_description"][0]
     grant = await client.post("/dev-issuer/oauth/token", data={"grant_type": "password"})
@@ -192,6 +194,7 @@ async def test_discovery_logout_and_cors(client: httpx.AsyncClient, flow: DevCod
     assert doc["token_endpoint"] == ISSUER + "/oauth/token"
     assert doc["end_session_endpoint"] == ISSUER + "/logout"
     assert doc["code_challenge_methods_supported"] == ["S256"]
+    assert doc["authorization_response_iss_parameter_supported"] is True
     assert doc["jwks_uri"] == ISSUER + "/.well-known/jwks.json"
     assert (await client.get(doc["jwks_uri"].removeprefix("http://testserver"))).json() == flow.issuer.jwks()
 

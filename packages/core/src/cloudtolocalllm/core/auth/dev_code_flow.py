@@ -176,6 +176,7 @@ class DevCodeFlow:
             "response_modes_supported": ["query"],
             "grant_types_supported": sorted(self._grants),
             "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
             "token_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "id_token_signing_alg_values_supported": [ALGORITHM],
@@ -192,8 +193,10 @@ class DevCodeFlow:
             raise _AuthorizeError("redirect_uri is not in DEV_REDIRECT_URIS")
         return redirect_uri
 
-    @staticmethod
-    def _redirect(redirect_uri: str, **params: str | None) -> RedirectResponse:
+    def _redirect(self, redirect_uri: str, **params: str | None) -> RedirectResponse:
+        # RFC 9207: every authorization response names its issuer, so a client can tell a response
+        # from another issuer (a mix-up attack) apart from ours.
+        params["iss"] = self.issuer.issuer
         query = urlencode({k: v for k, v in params.items() if v is not None})
         sep = "&" if urlsplit(redirect_uri).query else "?"
         return RedirectResponse(redirect_uri + sep + query, status_code=303, headers={"Cache-Control": "no-store"})

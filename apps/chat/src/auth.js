@@ -1,9 +1,14 @@
 // OIDC authorization code + PKCE (S256) for a public browser client: Auth0 in production (always with
 // the API `audience`, or Auth0 hands out a token no API accepts) and the dev issuer locally.
-// Tokens live in sessionStorage (this tab only, survives a reload); the refresh token renews the
-// access token before it expires and is rotated by the issuer on every use.
+// The access token and ID token live in memory only (this module's object): script on another origin,
+// a browser extension reading storage, or a copied profile never finds them at rest. The refresh token
+// is the one thing kept in sessionStorage (this tab only, gone when the tab closes): a reload renews the
+// session silently with it instead of sending the user through the sign-in page again. The issuer
+// rotates it on every use and (Auth0 reuse detection) revokes the whole family if an old one comes back.
+// The authorization response is checked for `state`, the ID token's `nonce`, and the `iss` parameter
+// (RFC 9207, mix-up defence) against the configured issuer.
 
-const KEY = "ctllm.auth";
+const KEY = "ctllm.refresh";
 const PENDING = "ctllm.auth.pending";
 const RENEW_MARGIN_S = 60;
 
@@ -38,7 +43,7 @@ export class Auth {
     this.config = config;
     this.onChange = onChange;
     this.redirectUri = location.origin + "/";
-    this.session = JSON.parse(sessionStorage.getItem(KEY) || "null");
+    this.session = null; // {access_token, id_token, refresh_token, expires_at}: memory only
     this.discovery = null;
     this.timer = null;
     this.renewing = null;
@@ -84,6 +89,21 @@ export class Auth {
     location.assign(`${meta.authorization_endpoint}?${params}`);
   }
 
+  /** RFC 9207: the response's `iss` must be our issuer; required when the issuer says it sends one. */
+  async checkIssuer(iss) {
+    const meta = await this.metadata();
+    const expected = meta.issuer || this.config.issuer;
+    if (iss === null) {
+      if (meta.authorization_response_iss_parameter_supported) {
+        throw new AuthError("the sign-in response did not say which issuer sent it; sign in again");
+      }
+      return;
+    }
+    if (iss !== expected || expected.replace(/\/$/, "") !== this.config.issuer.replace(/\/$/, "")) {
+      throw new AuthError(`the sign-in response came from another issuer (${iss}); sign in again`);
+    }
+  }
+
   /** On load: finish a sign-in redirect if the URL carries one. Returns true when signed in. */
   async start() {
     const url = new URL(location.href);
@@ -93,6 +113,7 @@ export class Auth {
       const pending = JSON.parse(sessionStorage.getItem(PENDING) || "null");
       sessionStorage.removeItem(PENDING);
       history.replaceState(null, "", (pending && pending.path) || "/");
+      await this.checkIssuer(url.searchParams.get("iss"));
       if (error) throw new AuthError(url.searchParams.get("error_description") || error);
       if (!pending || pending.state !== url.searchParams.get("state")) {
         throw new AuthError("the sign-in response did not match this tab's request; sign in again");
@@ -107,8 +128,13 @@ export class Auth {
         throw new AuthError("the sign-in response was not for this request; sign in again");
       }
       this.store(tokens);
-    } else if (this.session && this.expiresIn() < 5) {
-      await this.renew().catch(() => this.clear());
+    } else {
+      const refresh = sessionStorage.getItem(KEY);
+      if (refresh) {
+        // A reload: the tokens were in memory only; the refresh token brings the session back silently.
+        this.session = { refresh_token: refresh, expires_at: 0 };
+        await this.renew().catch(() => this.clear());
+      }
     }
     this.schedule();
     return Boolean(this.session);
@@ -133,7 +159,7 @@ export class Auth {
       refresh_token: tokens.refresh_token || (this.session && this.session.refresh_token),
       expires_at: Date.now() / 1000 + Number(tokens.expires_in || 3600),
     };
-    sessionStorage.setItem(KEY, JSON.stringify(this.session));
+    if (this.session.refresh_token) sessionStorage.setItem(KEY, this.session.refresh_token);
     this.schedule();
     this.onChange();
   }
