@@ -3,18 +3,20 @@ Markdown answers with highlighted code and a Copy button; stop/regenerate/edit; 
 parameters; model details from /api/show; image input for a vision model; answer speed; conversations in
 IndexedDB (search, rename, delete, export, import); the PWA (manifest, shell-only service worker); dark
 mode; keyboard shortcuts; bridges; the `iss` check; tokens kept out of storage; the API keys page (against
-a route stub until the endpoint is merged). Every main screen is checked with axe-core (0 serious or
-critical violations) and photographed into docs/img/web-app/. The budgets are measured and reported."""
+the real api-backend, the key then used by the official ollama client). Every main screen is checked with
+axe-core (0 serious or critical violations) and photographed into docs/img/web-app/. The budgets are measured and reported."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import httpx
+import ollama
 import pytest
 from playwright.sync_api import Browser, Route, expect, sync_playwright
 
@@ -368,82 +370,51 @@ def test_bridges_view_and_get_started_link(
             web.screenshot(f"bridges-{viewport}.png")
 
 
-class KeyStub:
-    """/api/keys as contracts.md fixes it, in the page's network layer, until api-backend serves it."""
-
-    def __init__(self) -> None:
-        self.keys: list[dict[str, Any]] = []
-        self.calls: list[tuple[str, str, str | None]] = []
-
-    def handle(self, route: Route) -> None:
-        request = route.request
-        if request.method == "OPTIONS":  # the dev topology's CORS preflight
-            route.fulfill(status=204, headers=self.cors(request.headers.get("origin", "")))
-            return
-        self.calls.append((request.method, request.url, request.headers.get("authorization")))
-        headers = {"Content-Type": "application/json", **self.cors(request.headers.get("origin", ""))}
-        if request.method == "GET":
-            route.fulfill(status=200, headers=headers, body=json.dumps({"keys": self.keys}))
-        elif request.method == "POST":
-            body = request.post_data_json
-            key = {
-                "id": f"k{len(self.keys) + 1}",
-                "name": body["name"],
-                "prefix": "ctllm_Ab3d",
-                "scopes": body["scopes"],
-                "created_at": "2026-12-06T05:00:00Z",
-                "last_used_at": None,
-                "use_count": 0,
-            }
-            self.keys.append(key)
-            route.fulfill(status=201, headers=headers, body=json.dumps({**key, "key": "ctllm_Ab3dSECRETpart0k9x"}))
-        elif request.method == "DELETE":
-            key_id = request.url.rsplit("/", 1)[1]
-            self.keys = [k for k in self.keys if k["id"] != key_id]
-            route.fulfill(status=204, headers=self.cors(request.headers.get("origin", "")))
-
-    @staticmethod
-    def cors(origin: str) -> dict[str, str]:
-        return {
-            "Access-Control-Allow-Origin": origin,
-            "Access-Control-Allow-Headers": "authorization, content-type",
-            "Access-Control-Allow-Methods": "GET, POST, DELETE",
-        }
-
-
-def test_api_keys_settings_page_against_a_route_stub(
+def test_api_keys_settings_page_creates_a_key_the_ollama_client_uses_then_revokes_it(
     logs: Path, tmp_path: Path, build: Path, browser: Browser, viewport: str
 ) -> None:
-    with web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
-        stub = KeyStub()
-        web.page.route("**/api/keys**", stub.handle)
+    """The Settings page against the real api-backend: the key it shows once works with the official ollama
+    client (scope inference), is refused for model management (403 naming the scope), and is 401 once revoked."""
+    with FakeOllama() as backend, web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
+        web.stack.bridge(backend.url, user="dev-user", kind="ollama", name="laptop")
         web.sign_in()
         page = web.page
         page.get_by_role("link", name="Settings").click()
         expect(page.locator("#keys-empty")).to_be_visible()
         page.get_by_label("Name").fill("laptop scripts")
-        page.get_by_label("models:write").check()
         page.get_by_role("button", name="Create key").click()
-        expect(page.locator("#new-key-value")).to_have_text("ctllm_Ab3dSECRETpart0k9x")
+        shown = page.locator("#new-key-value")
+        expect(shown).to_have_text(re.compile(r"^ctllm_[0-9A-Za-z]{49}$"))
+        key = shown.inner_text()
         page.get_by_role("button", name="Copy", exact=True).click()
-        assert page.evaluate("navigator.clipboard.readText()") == "ctllm_Ab3dSECRETpart0k9x"
+        assert page.evaluate("navigator.clipboard.readText()") == key
         row = page.locator("#keys tr")
         expect(row).to_have_count(1)
         expect(row.locator("td").nth(0)).to_have_text("laptop scripts")
-        expect(row.locator("td").nth(1)).to_have_text("ctllm_Ab3d…")
-        expect(row.locator("td").nth(2)).to_have_text("inference, models:write")
-        expect(row.locator("td").nth(4)).to_have_text("never")
-        assert stub.calls[1][0] == "POST" and (stub.calls[1][2] or "").startswith("Bearer ey")
+        listed = httpx.get(web.stack.url + "/api/keys", headers=web.stack.headers("dev-user"), timeout=5).json()
+        (record,) = listed["keys"]
+        assert key.startswith(record["prefix"])
+        expect(row.locator("td").nth(1)).to_have_text(record["prefix"] + "…")
+        expect(row.locator("td").nth(2)).to_have_text("inference")
         no_serious_violations(web, f"settings ({viewport})")
         web.screenshot(f"settings-keys-{viewport}.png")
         page.get_by_role("button", name="Done").click()
         expect(page.locator("#new-key")).to_be_hidden()
-        assert page.locator("body").inner_text().count("SECRET") == 0, "the key is shown only once"
-        web.accept_dialogs = True
-        page.get_by_role("button", name="Revoke the key “laptop scripts”").click()
-        expect(page.locator("#keys-empty")).to_be_visible()
-        assert [c[0] for c in stub.calls] == ["GET", "POST", "GET", "DELETE", "GET"]
-        assert stub.calls[3][1].endswith("/api/keys/k1")
+        assert key not in page.locator("body").inner_text(), "the key is shown only once"
+
+        with ollama.Client(host=web.stack.url + "/api/ollama", headers={"Authorization": f"Bearer {key}"}) as client:
+            assert FAKE_MODEL in [m.model for m in client.list().models]
+            with pytest.raises(ollama.ResponseError) as wrong_scope:
+                client.delete(FAKE_MODEL)
+            assert wrong_scope.value.status_code == 403
+            assert "models:write" in wrong_scope.value.error
+
+            web.accept_dialogs = True
+            page.get_by_role("button", name="Revoke the key “laptop scripts”").click()
+            expect(page.locator("#keys-empty")).to_be_visible()
+            with pytest.raises(ollama.ResponseError) as revoked:
+                client.list()
+            assert revoked.value.status_code == 401
 
 
 def test_sign_in_checks_iss_and_keeps_tokens_out_of_storage(
