@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser
 
 from cloudtolocalllm.core.auth import DevIssuer
 
@@ -231,3 +232,28 @@ def replicas(logs: Path, tmp_path: Path) -> Iterator[Replicas]:
         for api in apis:
             api.stop()
         (running.redis if running else redis).stop()
+
+
+# The chat app built once per module, and Debian's Chromium, for the browser tests (test_web_app*.py).
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .web import build_app  # web.py imports this module: import it when the fixture runs
+
+    out = tmp_path_factory.mktemp("flutter-app")
+    report = build_app(out)
+    assert report["first_load_gzip_bytes"] <= 150 * 1024
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    from playwright.sync_api import sync_playwright
+
+    from .web import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()

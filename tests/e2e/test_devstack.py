@@ -52,6 +52,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _start_devstack(command: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Event, threading.Thread]:
+    """Start the dev stack; its output lines gather in a list, and the event is set once it says it runs."""
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    running = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            if "dev stack is running" in line:
+                running.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return proc, output, running, reader
+
+
 def _part_pids(root: int, marker: str) -> list[int]:
     """The processes under ``root`` whose command line contains ``marker``."""
     found = []
@@ -90,19 +108,7 @@ def test_devstack_restarts_a_part_that_exits_while_the_rest_keeps_running(tmp_pa
     ports = {name: free_port() for name in ("api", "model")}
     command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--no-edge", "--bundled-model"]
     command += ["--dev-dir", str(tmp_path), "--api-port", str(ports["api"]), "--model-port", str(ports["model"])]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    running = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if "dev stack is running" in line:
-                running.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, output, running, reader = _start_devstack(command)
     api = f"http://127.0.0.1:{ports['api']}"
     try:
         assert running.wait(150), "".join(output)[-4000:]
@@ -137,19 +143,7 @@ def test_devstack_serves_the_app_site_docs_and_chat_through_the_edge_and_stops_e
     command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--bundled-model", "--dev-dir", str(tmp_path)]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port)]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    running = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if "dev stack is running" in line:
-                running.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, output, running, reader = _start_devstack(command)
     children: set[int] = set()
     try:
         assert running.wait(150), "".join(output)[-4000:]

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from .fake_ollama import MODEL as FAKE_MODEL
 from .fake_ollama import FakeOllama
 from .procs import wait_for
-from .web import ARTIFACTS, WebApp, build_app, launch, web_app
+from .web import ARTIFACTS, WebApp, web_app
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +32,6 @@ RECORD_GROWTH = """() => {
     if (last) window.__lengths.push([performance.now(), last.textContent.length, state]);
   }).observe(list, { subtree: true, childList: true, characterData: true, attributes: true });
 }"""
-
-
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("flutter-app")
-    report = build_app(out)
-    assert report["first_load_gzip_bytes"] <= 150 * 1024
-    return out
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

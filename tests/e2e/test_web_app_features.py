@@ -13,18 +13,17 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import ollama
 import pytest
-from playwright.sync_api import Browser, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Route, expect
 
 from .fake_ollama import MODEL as FAKE_MODEL
 from .fake_ollama import FakeOllama
 from .procs import wait_for
-from .web import ARTIFACTS, VIEWPORTS, WebApp, build_app, launch, web_app
+from .web import ARTIFACTS, VIEWPORTS, WebApp, web_app
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +36,6 @@ MARKDOWN = (
     "Here is a table:\n\n| tool | speed |\n|:-----|------:|\n| ollama | fast |\n| llama.cpp | faster |\n\n"
     '> a quoted line\n\n- one\n- two\n\n```python\ndef greet(name):\n    return f"hi {name}"\n```\n'
 )
-
-
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("flutter-app")
-    report = build_app(out)
-    assert report["first_load_gzip_bytes"] <= 150 * 1024
-    return out
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(params=sorted(VIEWPORTS), ids=sorted(VIEWPORTS))
