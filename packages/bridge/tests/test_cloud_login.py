@@ -236,6 +236,7 @@ def test_flags_and_variables_win_over_the_discovery_document(monkeypatch: pytest
     from cloudtolocalllm.bridge.cloud import CloudConfig
 
     document = CloudConfig(
+        version=1,
         cloud_url="https://app.example.com",
         issuer="https://tenant.auth0.com/",
         client_id="from-cloud",

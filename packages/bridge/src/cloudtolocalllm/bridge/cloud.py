@@ -44,20 +44,9 @@ class CloudUnavailable(Exception):
     """The cloud's discovery document could not be fetched or is not one (the message says which)."""
 
 
-class CloudConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The discovery document, plus the URL the user typed."""
-
-    cloud_url: str
-    issuer: str
-    client_id: str
-    audience: str
-    websocket_url: str
-    api_base: str
-    scope: str = "openid profile offline_access"
-    version: int = 1
-
-
 class _Document(msgspec.Struct, frozen=True, kw_only=True):
+    """The discovery document as the cloud publishes it."""
+
     version: int
     issuer: str
     client_id: str
@@ -65,6 +54,12 @@ class _Document(msgspec.Struct, frozen=True, kw_only=True):
     websocket_url: str
     api_base: str
     scope: str = "openid profile offline_access"
+
+
+class CloudConfig(_Document, frozen=True, kw_only=True):
+    """The discovery document, plus the URL the user typed."""
+
+    cloud_url: str
 
 
 def cloud_origin(url: str) -> str:
