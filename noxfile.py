@@ -126,6 +126,19 @@ def tests_e2e(session: nox.Session) -> None:
     )
 
 
+@nox.session(name="docs-screenshots", default=False, requires=["package-bridge"])
+def docs_screenshots(session: nox.Session) -> None:
+    """Photograph the web app in Chromium into docs/img/web-app/ (the tests alone write to artifacts/)."""
+    _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e")
+    _ensure_local_model(session)
+    session.run(
+        "pytest",
+        "tests/e2e/test_web_app_features.py",
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT), "CTLLM_UPDATE_DOCS_SCREENSHOTS": "1"},
+    )
+
+
 @nox.session(name="tests-local-model", default=True)
 def tests_local_model(session: nox.Session) -> None:
     """scripts/local_model.py: its logic against fakes, then the real cached build (portable, answers a chat)."""

@@ -4,8 +4,8 @@ parameters; model details from /api/show; image input for a vision model; answer
 IndexedDB (search, rename, delete, export, import); the PWA (manifest, shell-only service worker); dark
 mode; keyboard shortcuts; bridges; the `iss` check; tokens kept out of storage; the API keys page (against
 the real api-backend, the key then used by the official ollama client). Every main screen is checked with
-axe-core (0 serious or critical violations) and photographed into docs/img/web-app/. The budgets are
-measured and reported."""
+axe-core (0 serious or critical violations) and photographed into artifacts/ (`nox -s docs-screenshots`
+updates the docs' pictures). The budgets are measured and reported."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ origin (``DEV_REDIRECT_URIS``). Behind the edge in production they share one ori
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,9 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO / "artifacts" / "web-app"
 DOCS_IMAGES = REPO / "docs" / "img" / "web-app"  # screenshots the docs show (docs/web-app.md)
+# Only `nox -s docs-screenshots` rewrites the docs' pictures: a test run never edits tracked files (a PNG
+# differs byte for byte from run to run, and publishing refuses a dirty tree).
+UPDATE_DOCS_IMAGES = os.environ.get("CTLLM_UPDATE_DOCS_SCREENSHOTS") == "1"
 AXE = REPO / "apps" / "chat" / "node_modules" / "axe-core" / "axe.min.js"  # installed by the app build (npm ci)
 VIEWPORTS = {"desktop": (1280, 800), "phone": (390, 844)}
 
@@ -103,8 +107,9 @@ class WebApp:
         ]
 
     def screenshot(self, name: str, *, docs: bool = True) -> Path:
-        """A screenshot of the viewport: into docs/img/web-app/ (the docs show it) or artifacts/."""
-        folder = DOCS_IMAGES if docs else ARTIFACTS
+        """A screenshot of the viewport into artifacts/, and into docs/img/web-app/ (the docs show it) when
+        the docs' pictures are being updated."""
+        folder = DOCS_IMAGES if docs and UPDATE_DOCS_IMAGES else ARTIFACTS
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
         self.page.screenshot(path=str(path), animations="disabled", caret="hide")

@@ -167,6 +167,7 @@ class Controller:
             "config": {
                 "generation": generation_of(self.live_text) if self.live_text else None,
                 "problem": self.config_problem,
+                "settled": self.settled(),
             },
             "certificate": {
                 "path": self.certificate()[0] if self.config.tls.enabled else None,
@@ -174,6 +175,17 @@ class Controller:
             },
             "upstreams": [instance.as_dict() for instance in self.checker.instances],
         }
+
+    def settled(self) -> bool:
+        """nginx serves what the configuration and the latest health checks say, and no old worker still
+        accepts connections: no reload is under way or failed, and rendering now gives the applied text."""
+        return (
+            self.nginx.running
+            and not self._lock.locked()
+            and not self.reload_failed
+            and self.live_text is not None
+            and self.render() == self.live_text
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
