@@ -172,6 +172,21 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs, env={"CTLLM_REPO_ROOT": str(ROOT)})
 
 
+@nox.session(name="tests-benchmarks", default=True)
+def tests_benchmarks(session: nox.Session) -> None:
+    """The benchmarks' own parts: the ssh -R peer forwards and is torn down, a tiny comparison reports every key."""
+    _uv_sync(session, "--all-packages", "--all-extras", "--group", "bench", "--group", "e2e")
+    session.run(
+        "pytest",
+        "benchmarks/tests",
+        # The benchmark modules import each other by name, as `python benchmarks/run.py` runs them.
+        "-o",
+        "pythonpath=benchmarks",
+        *session.posargs,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
+    )
+
+
 @nox.session(default=True)
 def docs(session: nox.Session) -> None:
     """Build the documentation site with MkDocs in strict mode (broken links fail)."""

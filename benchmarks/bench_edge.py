@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from proc_cpu import cpu_ms
 from stats import median, percentile
 
 from cloudtolocalllm.edge.certs import write_self_signed
@@ -146,28 +147,16 @@ def _overhead(direct: str, edge: str, *, verify: ssl.SSLContext | bool = True) -
     }
 
 
-def _cpu_s(server: Nginx) -> float:
-    """User + system CPU seconds of the server's worker processes so far."""
-    total = 0
-    for pid in server.worker_pids():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _wrk(url: str, server: Nginx) -> tuple[float, float, int]:
     """Requests/s, the server's CPU microseconds per request, and the non-2xx count of one wrk run."""
-    before = _cpu_s(server)
+    before = cpu_ms(server.worker_pids()) / 1000
     out = subprocess.run(
         ["wrk", "-t1", "-c32", f"-d{WRK_SECONDS}s", "-H", "Host: localhost", url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    cpu = _cpu_s(server) - before
+    cpu = cpu_ms(server.worker_pids()) / 1000 - before
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     count = re.search(r"(\d+) requests in", out)
     if not rps or not count:

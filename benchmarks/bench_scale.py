@@ -16,14 +16,14 @@ HTTP exchange on a pooled keep-alive connection and the token verified again by 
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from http_calls import ONE_CHUNK_CHAT, ttfb_ms
 from local_cloud import dev_auth, start_bench_bridge, start_fast_backend
+from proc_cpu import cpu_ms
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,24 +33,7 @@ from tests.e2e.procs import Proc, free_port, start_api_backend, start_redis  # n
 
 ROUNDS = 7
 PAIRS_PER_ROUND = 150
-PATH = "/api/ollama/api/chat?chunks=1"
-
-
-async def _ttfb(port: int, headers: dict[str, str]) -> float:
-    started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"POST {PATH} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    first = time.perf_counter() - started
-    if not head.startswith(b"HTTP/1.1 200"):
-        status_line = head.split(b"\r\n", 1)[0]
-        raise RuntimeError(f"unexpected answer: {status_line!r}")
-    while await reader.read(1 << 16):
-        pass
-    writer.close()
-    return first * 1000
+CHAT = "/api/ollama" + ONE_CHUNK_CHAT
 
 
 async def run() -> dict[str, object]:
@@ -89,7 +72,7 @@ async def run() -> dict[str, object]:
 async def _wait_served(port: int, auth: dict[str, str]) -> None:
     for _ in range(300):
         try:
-            await _ttfb(port, auth)
+            await ttfb_ms(port, CHAT, auth)
             return
         except RuntimeError:
             await asyncio.sleep(0.1)
@@ -98,16 +81,16 @@ async def _wait_served(port: int, auth: dict[str, str]) -> None:
 
 async def _measure(entry_port: int, owner_port: int, auth: dict[str, str]) -> dict[str, object]:
     for _ in range(50):  # warm up both paths (connection pool, token caches)
-        await _ttfb(entry_port, auth)
-        await _ttfb(owner_port, auth)
+        await ttfb_ms(entry_port, CHAT, auth)
+        await ttfb_ms(owner_port, CHAT, auth)
     p50s: list[tuple[float, float]] = []
     p99s: list[tuple[float, float]] = []
     for _ in range(ROUNDS):  # a shared machine drifts: interleave, and take the median over rounds
         owner: list[float] = []
         relayed: list[float] = []
         for _ in range(PAIRS_PER_ROUND):
-            owner.append(await _ttfb(owner_port, auth))
-            relayed.append(await _ttfb(entry_port, auth))
+            owner.append(await ttfb_ms(owner_port, CHAT, auth))
+            relayed.append(await ttfb_ms(entry_port, CHAT, auth))
         p50s.append((percentile(owner, 50), percentile(relayed, 50)))
         p99s.append((percentile(owner, 99), percentile(relayed, 99)))
     return {
@@ -120,22 +103,16 @@ async def _measure(entry_port: int, owner_port: int, auth: dict[str, str]) -> di
     }
 
 
-def _cpu_ms(proc: Proc) -> float:
-    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
-
-
 async def _cpu(entry: Proc, owner: Proc, entry_port: int, owner_port: int, auth: dict[str, str]) -> dict[str, object]:
     count = 1000
-    before = _cpu_ms(entry), _cpu_ms(owner)
+    before = cpu_ms([entry.pid]), cpu_ms([owner.pid])
     for _ in range(count):
-        await _ttfb(entry_port, auth)
-    relayed = (_cpu_ms(entry) - before[0] + _cpu_ms(owner) - before[1]) / count
-    before_owner = _cpu_ms(owner)
+        await ttfb_ms(entry_port, CHAT, auth)
+    relayed = (cpu_ms([entry.pid]) - before[0] + cpu_ms([owner.pid]) - before[1]) / count
+    before_owner = cpu_ms([owner.pid])
     for _ in range(count):
-        await _ttfb(owner_port, auth)
-    owned = (_cpu_ms(owner) - before_owner) / count
+        await ttfb_ms(owner_port, CHAT, auth)
+    owned = (cpu_ms([owner.pid]) - before_owner) / count
     return {
         "scale.relayed_cpu_ms_per_request": round(relayed, 3),
         "scale.owner_cpu_ms_per_request": round(owned, 3),

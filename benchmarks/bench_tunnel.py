@@ -6,13 +6,22 @@
   streams are always open and a new one starts every ~10 ms; every start is a sample. The same load is run
   directly against the backend, in interleaved rounds.
   tunnel.burst_ttfb_overhead_ms.p50/.p99: 100 requests sent in the same instant to an idle tunnel (queueing
-  behind ~1 ms of CPU each on 2 cores: a capacity figure, not the added latency of a stream);
-  tunnel.seq_ttfb_overhead_ms.p50: one request at a time
+  behind ~1 ms of CPU each on 2 cores: a capacity figure, not the added latency of a stream)
 - tunnel.chunks_per_s: NDJSON chunks relayed per second by one api-backend process, 100 streams [>= 20,000]
-- tunnel.bulk_ratio_vs_direct: a 256 MB upload through the tunnel vs direct (median of 3 each), throughput
-  ratio [>= 0.3]; tunnel.bulk_two_hop_relay_ratio: the same upload through two plain asyncio TCP relays in a
-  row (core's testing.tcp_relay: no HTTP, no framing) vs direct, the least any two-process Python relay costs
-  here, measured in the same interleaved rounds
+- Against the peer a user would pick instead (benchmarks/peer_comparison.py): the same four calls to the same
+  backend directly, through OpenSSH's ``ssh -R`` (a private sshd on loopback, benchmarks/ssh_peer.py) and
+  through the tunnel, in 3 interleaved rounds: a 256 MB upload (tunnel.bulk_<peer>_mb_s), one-chunk chats
+  one at a time (tunnel.<peer>_seq_ttfb_ms.p50) and 60 at once (tunnel.<peer>_burst_ttfb_ms.p50), NDJSON
+  lines/s over 60 streams of 2,000 lines (tunnel.<peer>_lines_per_s). Targets:
+  tunnel.bulk_ratio_vs_ssh [>= 1.0] and tunnel.chunks_ratio_vs_ssh [>= 1.0] (tunnel / ssh throughput),
+  tunnel.seq_ttfb_overhead_ratio_vs_ssh [<= 2] and tunnel.burst_ttfb_overhead_ratio_vs_ssh [<= 3] (the time
+  to first byte the tunnel adds over direct, divided by what ssh -R adds), tunnel.cpu_ms_per_request
+  [<= 0.5] (api-backend + bridge CPU per one-chunk chat, from /proc; tunnel.ssh_cpu_ms_per_request: sshd +
+  ssh). tunnel.seq_ttfb_overhead_ms.p50 (one request at a time vs direct) and tunnel.bulk_ratio_vs_direct
+  come from the same rounds; the latter is no longer a target: ssh -R itself carries ~0.15 of a direct
+  loopback upload, so ">= 0.3 of direct" measured the machine. tunnel.bulk_two_hop_relay_ratio: the same
+  upload through two plain asyncio TCP relays in a row (core's testing.tcp_relay: no HTTP, no framing) vs
+  direct, the least any two-process Python relay costs here, in the same rounds
 - tunnel.bulk_wan_mb_s / tunnel.bulk_wan_fixed_window_mb_s: a 64 MB upload when the bridge's WebSocket
   crosses a 20 ms round trip (core's testing.tcp_relay with a delay, no bandwidth limit), with receive-window
   auto-tuning (the default) and with the bridge's window capped at 1 MiB (at most 1 MiB per round trip:
@@ -41,8 +50,18 @@ import time
 from pathlib import Path
 
 import websockets
-from local_cloud import dev_auth, start_bench_bridge, start_fast_backend, start_tcp_relay
-from stats import percentile
+from http_calls import burst_ttfb_ms, lines_per_s, ttfb_ms, upload_seconds
+from local_cloud import (
+    dev_auth,
+    start_bench_bridge,
+    start_cloud_and_bridge,
+    start_fast_backend,
+    start_tcp_relay,
+    wait_bridge,
+)
+from peer_comparison import DIRECT, SSH, TUNNEL, Peer, Workload, measure, report
+from ssh_peer import ssh_reverse_tunnel
+from stats import median, percentile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -51,38 +70,6 @@ from tests.e2e.procs import Proc, start_api_backend  # noqa: E402
 
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
-
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def _request(port: int, method: str, path: str, headers: dict[str, str], body_size: int = 0) -> Conn:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-    # One request per connection: the reader knows the response ended when the server closes.
-    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", "connection: close"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    if body_size:
-        lines.append(f"content-length: {body_size}")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    if body_size:
-        block = b"x" * (1 << 20)
-        sent = 0
-        while sent < body_size:
-            piece = block[: min(len(block), body_size - sent)]
-            writer.write(piece)
-            await writer.drain()
-            sent += len(piece)
-    return reader, writer
-
-
-async def _ttfb(port: int, path: str, headers: dict[str, str]) -> float:
-    started = time.perf_counter()
-    reader, writer = await _request(port, "POST", path, headers)
-    await reader.readuntil(b"\r\n\r\n")
-    first = time.perf_counter() - started
-    while await reader.read(1 << 16):
-        pass
-    writer.close()
-    return first * 1000
 
 
 async def _steady_ttfb(port: int, path: str, headers: dict[str, str], streams: int, seconds: float) -> list[float]:
@@ -93,28 +80,10 @@ async def _steady_ttfb(port: int, path: str, headers: dict[str, str], streams: i
     async def client(index: int) -> None:
         await asyncio.sleep(index / streams)  # spread the starts, as independent users would
         while time.perf_counter() < deadline:
-            samples.append(await _ttfb(port, path, headers))
+            samples.append(await ttfb_ms(port, path, headers))
 
     await asyncio.gather(*(client(i) for i in range(streams)))
     return samples
-
-
-async def _count_chunks(port: int, path: str, headers: dict[str, str]) -> int:
-    reader, writer = await _request(port, "POST", path, headers)
-    count = 0
-    while data := await reader.read(1 << 16):
-        count += data.count(b'"done"')
-    writer.close()
-    return count
-
-
-async def _upload(port: int, path: str, headers: dict[str, str], size: int) -> float:
-    started = time.perf_counter()
-    reader, writer = await _request(port, "POST", path, headers, body_size=size)
-    await reader.readuntil(b"\r\n\r\n")
-    await reader.read(1 << 16)
-    writer.close()
-    return time.perf_counter() - started
 
 
 async def _slow_read(port: int, path: str, headers: dict[str, str], seconds: float) -> tuple[bytes, int]:
@@ -188,28 +157,24 @@ async def run() -> dict[str, object]:
         token_file.write_text(token)
         auth = {"authorization": f"Bearer {token}"}
 
-        def start_pair() -> tuple[Proc, Proc, int]:
-            api, url = start_api_backend(tmp, env)
-            bridge = start_bench_bridge(tmp, url, token_file, backend_port, "bench")
-            return api, bridge, int(url.rsplit(":", 1)[1])
-
-        api, bridge, api_port = start_pair()
+        api, bridge, api_port = start_cloud_and_bridge(tmp, env, token_file, backend_port)
         try:
-            await _wait_bridge(api_port, auth)
+            await wait_bridge(api_port, auth)
             results.update(await _ttfb_and_chunks(backend_port, api_port, auth))
-            results.update(await _bulk(tmp, backend_port, api_port, auth))
+            results.update(await _chunks(api_port, auth))
+            results.update(await _against_peers(tmp, backend_port, api_port, [api.pid, bridge.pid], auth))
             results.update(await _bulk_wan(tmp, api_port, issuer, backend_port))
             # Memory figures on fresh processes: buffers freed by earlier phases would be reused and hide
             # part of the cost.
             bridge.stop()
             api.stop()
-            api, bridge, api_port = start_pair()
-            await _wait_bridge(api_port, auth)
+            api, bridge, api_port = start_cloud_and_bridge(tmp, env, token_file, backend_port)
+            await wait_bridge(api_port, auth)
             results.update(await _slow_readers(api, api_port, auth))
             bridge.stop()
             api.stop()
-            api, bridge, api_port = start_pair()
-            await _wait_bridge(api_port, auth)
+            api, bridge, api_port = start_cloud_and_bridge(tmp, env, token_file, backend_port)
+            await wait_bridge(api_port, auth)
             results.update(await _big_json(api, api_port, auth))
             bridge.stop()
             api.stop()
@@ -222,37 +187,18 @@ async def run() -> dict[str, object]:
     return results
 
 
-async def _wait_bridge(api_port: int, auth: dict[str, str]) -> None:
-    for _ in range(200):
-        reader, writer = await _request(api_port, "GET", "/api/ollama/api/version", auth)
-        head = await reader.readuntil(b"\r\n\r\n")
-        writer.close()
-        if b" 200 " in head.split(b"\r\n", 1)[0]:
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the bridge never connected")
-
-
 async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
     direct: list[float] = []
     tunnel: list[float] = []
     burst_direct: list[float] = []
     burst_tunnel: list[float] = []
-    one_chunk = "/api/chat?chunks=1"
     answer = "/api/chat?chunks=25&delay_ms=40"
-    seq_direct = [await _ttfb(backend_port, one_chunk, {}) for _ in range(200)]
-    seq_tunnel = [await _ttfb(api_port, "/api/ollama" + one_chunk, auth) for _ in range(200)]
     for _ in range(3):  # interleaved rounds: a shared machine drifts
         direct += await _steady_ttfb(backend_port, answer, {}, streams=100, seconds=6)
         tunnel += await _steady_ttfb(api_port, "/api/ollama" + answer, auth, streams=100, seconds=6)
     for _ in range(5):
-        burst_direct += await asyncio.gather(*(_ttfb(backend_port, one_chunk, {}) for _ in range(100)))
-        burst_tunnel += await asyncio.gather(*(_ttfb(api_port, "/api/ollama" + one_chunk, auth) for _ in range(100)))
-    started = time.perf_counter()
-    counts = await asyncio.gather(
-        *(_count_chunks(api_port, "/api/ollama/api/chat?chunks=2000", auth) for _ in range(100))
-    )
-    elapsed = time.perf_counter() - started
+        burst_direct += await burst_ttfb_ms(backend_port, "", {}, 100)
+        burst_tunnel += await burst_ttfb_ms(api_port, "/api/ollama", auth, 100)
     return {
         "tunnel.direct_ttfb_ms.p50": round(percentile(direct, 50), 3),
         "tunnel.tunnel_ttfb_ms.p50": round(percentile(tunnel, 50), 3),
@@ -261,41 +207,39 @@ async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str
         "tunnel.ttfb_samples": len(tunnel),
         "tunnel.burst_ttfb_overhead_ms.p50": round(percentile(burst_tunnel, 50) - percentile(burst_direct, 50), 3),
         "tunnel.burst_ttfb_overhead_ms.p99": round(percentile(burst_tunnel, 99) - percentile(burst_direct, 99), 3),
-        "tunnel.seq_ttfb_overhead_ms.p50": round(percentile(seq_tunnel, 50) - percentile(seq_direct, 50), 3),
-        "tunnel.chunks_per_s": round(sum(counts) / elapsed),
-        "tunnel.chunks_relayed": sum(counts),
     }
 
 
-async def _bulk(tmp: Path, backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
-    size = 256 * 1024 * 1024
-    path = "/api/blobs/sha256:" + "0" * 64
+async def _chunks(api_port: int, auth: dict[str, str]) -> dict[str, object]:
+    streams, lines_each = 100, 2000
+    rate = await lines_per_s(api_port, "/api/ollama", auth, streams, lines_each)
+    return {"tunnel.chunks_per_s": round(rate), "tunnel.chunks_relayed": streams * (lines_each + 1)}
+
+
+async def _against_peers(
+    tmp: Path, backend_port: int, api_port: int, tunnel_pids: list[int], auth: dict[str, str]
+) -> dict[str, object]:
+    """The tunnel against the backend directly, ssh -R, and (uploads only) two plain TCP relays in a row."""
     second_hop, second_port = start_tcp_relay(tmp, backend_port)
     first_hop, relay_port = start_tcp_relay(tmp, second_port)
-    # Interleaved, median of three each: one upload of either kind varies by 2x on a shared machine.
-    directs: list[float] = []
-    tunnels: list[float] = []
-    relays: list[float] = []
     try:
-        for _ in range(3):
-            directs.append(await _upload(backend_port, path, {}, size))
-            tunnels.append(await _upload(api_port, "/api/ollama" + path, auth, size))
-            relays.append(await _upload(relay_port, path, {}, size))
+        with ssh_reverse_tunnel(backend_port, tmp / "ssh") as ssh:
+            peers = [
+                Peer(DIRECT, backend_port),
+                Peer(SSH, ssh.port, cpu_pids=ssh.pids),
+                Peer(TUNNEL, api_port, "/api/ollama", auth, cpu_pids=lambda: tunnel_pids),
+            ]
+            relays = [Peer("two_hop_relay", relay_port)]
+            workload = Workload()
+            samples = await measure(peers, workload, upload_only=relays)
+            results = report(samples, workload)
+            results["tunnel.ssh_version"] = ssh.version
     finally:
         first_hop.stop()
         second_hop.stop()
-    direct, tunnel, relay = sorted(directs)[1], sorted(tunnels)[1], sorted(relays)[1]
-    return {
-        "tunnel.bulk_direct_mb_s": round(size / direct / 1e6, 1),
-        "tunnel.bulk_tunnel_mb_s": round(size / tunnel / 1e6, 1),
-        "tunnel.bulk_ratio_vs_direct": round(direct / tunnel, 3),
-        "tunnel.bulk_two_hop_relay_mb_s": round(size / relay / 1e6, 1),
-        "tunnel.bulk_two_hop_relay_ratio": round(direct / relay, 3),
-        # Every round, to show how far the direct upload swings between runs on a shared two-core machine.
-        "tunnel.bulk_direct_mb_s.rounds": [round(size / t / 1e6) for t in directs],
-        "tunnel.bulk_tunnel_mb_s.rounds": [round(size / t / 1e6) for t in tunnels],
-        "tunnel.bulk_two_hop_relay_mb_s.rounds": [round(size / t / 1e6) for t in relays],
-    }
+    relay_s, direct_s = samples["two_hop_relay"].upload_s, samples[DIRECT].upload_s
+    results["tunnel.bulk_two_hop_relay_ratio"] = round(median(direct_s) / median(relay_s), 3)
+    return results
 
 
 WAN_RTT_MS = 20
@@ -317,9 +261,9 @@ async def _bulk_wan(tmp: Path, api_port: int, issuer: DevIssuer, backend_port: i
             bridge = start_bench_bridge(tmp, f"http://127.0.0.1:{proxy_port}", token_file, backend_port, user, env)
             try:
                 auth = {"authorization": f"Bearer {token}"}
-                await _wait_bridge(api_port, auth)
+                await wait_bridge(api_port, auth)
                 await asyncio.sleep(1)  # the bridge's round-trip probe has come back
-                seconds = await _upload(api_port, path, auth, WAN_UPLOAD_BYTES)
+                seconds = await upload_seconds(api_port, path, auth, WAN_UPLOAD_BYTES)
                 results[key] = round(WAN_UPLOAD_BYTES / seconds / 1e6, 1)
             finally:
                 bridge.stop()

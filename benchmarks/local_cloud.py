@@ -3,14 +3,17 @@ for api-backend."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from pathlib import Path
 
+from http_calls import request
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, dev_auth_env, start_bridge, wait_for  # noqa: E402
+from tests.e2e.procs import Proc, dev_auth_env, start_api_backend, start_bridge, wait_for  # noqa: E402
 
 from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
 
@@ -37,6 +40,28 @@ def start_bench_bridge(
         name=name,
         env=env,
     )
+
+
+def start_cloud_and_bridge(
+    log_dir: Path, env: dict[str, str], token_file: Path, backend_port: int, name: str = "bench"
+) -> tuple[Proc, Proc, int]:
+    """api-backend (with ``env``) and the real bridge connected to it, forwarding to the fast backend on
+    ``backend_port``: both processes and api-backend's port. :func:`wait_bridge` waits until it relays."""
+    api, url = start_api_backend(log_dir, env)
+    bridge = start_bench_bridge(log_dir, url, token_file, backend_port, name)
+    return api, bridge, int(url.rsplit(":", 1)[1])
+
+
+async def wait_bridge(api_port: int, auth: dict[str, str]) -> None:
+    """Wait until api-backend on ``api_port`` relays to the account's bridge."""
+    for _ in range(200):
+        reader, writer = await request(api_port, "GET", "/api/ollama/api/version", auth)
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        if b" 200 " in head.split(b"\r\n", 1)[0]:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the bridge never connected")
 
 
 def start_tcp_relay(log_dir: Path, target_port: int, one_way_ms: float = 0) -> tuple[Proc, int]:

