@@ -161,7 +161,7 @@ async def run() -> dict[str, object]:
         api, bridge, api_port = start_cloud_and_bridge(tmp, env, token_file, backend_port)
         try:
             await wait_bridge(api_port, auth)
-            results.update(await _ttfb_and_chunks(backend_port, api_port, auth))
+            results.update(await _steady_and_burst_ttfb(backend_port, api_port, auth))
             results.update(await _chunks(api_port, auth))
             results.update(await _against_peers(tmp, backend_port, api_port, [api.pid, bridge.pid], auth))
             results.update(await _bulk_wan(tmp, api_port, issuer, backend_port))
@@ -188,7 +188,7 @@ async def run() -> dict[str, object]:
     return results
 
 
-async def _ttfb_and_chunks(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
+async def _steady_and_burst_ttfb(backend_port: int, api_port: int, auth: dict[str, str]) -> dict[str, object]:
     direct: list[float] = []
     tunnel: list[float] = []
     burst_direct: list[float] = []

@@ -95,7 +95,7 @@ def ssh_reverse_tunnel(backend_port: int, folder: Path) -> Iterator[SshReverseTu
     host_key, client_key = folder / "host_key", folder / "client_key"
     for key in (host_key, client_key):
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)], check=True, stdin=None
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)], check=True
         )
     (folder / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
     sshd, sshd_port = _start_sshd(sshd_bin, folder)
