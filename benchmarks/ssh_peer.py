@@ -94,9 +94,7 @@ def ssh_reverse_tunnel(backend_port: int, folder: Path) -> Iterator[SshReverseTu
         PRIVSEP_DIR.mkdir(mode=0o755)
     host_key, client_key = folder / "host_key", folder / "client_key"
     for key in (host_key, client_key):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)], check=True
-        )
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)], check=True)
     (folder / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
     sshd, sshd_port = _start_sshd(sshd_bin, folder)
     ssh: subprocess.Popen[bytes] | None = None
