@@ -39,6 +39,8 @@ class Listing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiRoute:
+    """One path, and what every part of the system needs to know about it."""
+
     path: str
     """The exact path, or a template with one ``<digest>`` or ``<name>`` final segment."""
     family: RouteFamily
