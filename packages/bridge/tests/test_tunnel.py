@@ -408,6 +408,21 @@ async def test_bridge_status_on_backend_change(cloud: FakeCloud, backend: FakeBa
     assert status.backend_reachable is True and status.models == ["llama3:8b", "qwen3:4b", "smollm2:135m"]
 
 
+async def test_a_model_changing_request_reports_the_new_models_at_once(
+    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+) -> None:
+    await start_bridge()  # polls every 30 s: only the pull can explain a report within seconds
+    link = await cloud.next_link()
+    backend.pull_total = 1
+    backend.models = ["llama3:8b", "qwen3:4b", "smollm2:135m"]
+    stream = await link.open("POST", "/api/pull", body=b'{"model":"qwen3:4b"}')
+    head = await stream.head()
+    assert isinstance(head, ResponseHead) and head.status == 200
+    await stream.body()
+    status = await link.control_frame(BridgeStatus, timeout=3)
+    assert status.models == ["llama3:8b", "qwen3:4b", "smollm2:135m"]
+
+
 async def test_shutdown_drains_in_flight_streams(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
     backend.generate_chunks = 10  # half a second
     running = await start_bridge()

@@ -82,6 +82,18 @@ async def test_request_reaches_bridge_without_credentials_and_with_query(cloud: 
     assert ("x-custom", "kept") in sent.headers
 
 
+async def test_response_reaches_the_client_without_hop_by_hop_or_origin_headers(cloud: Cloud) -> None:
+    async def reply(open_frame: Open, body: bytes) -> Reply:
+        headers = [("content-type", "application/json"), ("Connection", "X-Private"), ("X-Private", "1")]
+        headers += [("Keep-Alive", "timeout=5"), ("Set-Cookie", "a=b"), ("X-Kept", "1")]
+        return Reply(headers=headers, chunks=chunks_of(b"{}"))
+
+    async with FakeBridge(cloud.url, cloud.token(), handler=reply), cloud.client() as client:
+        response = await client.get("/api/ollama/api/version")
+    assert response.status_code == 200 and response.headers["x-kept"] == "1"
+    assert not {"x-private", "keep-alive", "set-cookie"} & set(response.headers.keys())
+
+
 async def test_model_routing_and_404_for_unknown_model(cloud: Cloud) -> None:
     async with (
         FakeBridge(cloud.url, cloud.token(), bridge_id="a", models=["llama3:latest"]) as a,

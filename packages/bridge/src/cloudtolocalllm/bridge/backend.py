@@ -20,13 +20,13 @@ Implementations here:
   OpenAI-compatible server). It never follows redirects, ignores proxy environment variables and
   builds every URL from the configured base, so the cloud cannot steer it to another host.
 - :class:`OpenAIBackend`: for llama.cpp server, LM Studio, vLLM...: /v1 paths pass through; Ollama-native
-  paths go to a *translator* (``cloudtolocalllm.bridge.openai_compat.translate``, see :class:`Translator`)
-  when that module exists, else they fail with BACKEND_ERROR "translation not available yet".
+  paths go to a *translator* (``cloudtolocalllm.bridge.openai_compat.translate`` unless another is given,
+  see :class:`Translator`); an OpenAIBackend built without one fails them with BACKEND_ERROR "translation
+  not available yet".
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -37,12 +37,12 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
-from cloudtolocalllm.bridge.paths import RouteFamily, match_route
 from cloudtolocalllm.bridge.version import __version__
 from cloudtolocalllm.core.protocol import BackendKind, ErrorCode, Headers
+from cloudtolocalllm.core.protocol.hop_by_hop import drop_hop_by_hop
+from cloudtolocalllm.core.protocol.routes import RouteFamily, route_at
 
 __all__ = [
-    "HOP_BY_HOP",
     "Backend",
     "BackendError",
     "BackendResponse",
@@ -58,10 +58,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "trailers", "upgrade"})
-# Never forwarded to the backend, whatever the cloud sends: hop-by-hop fields, the cloud's own Host, and
-# credentials (the cloud strips the caller's; this is the second line of defence).
-_REQUEST_DROP = HOP_BY_HOP | {"host", "authorization", "cookie", "expect", "proxy-authorization"}
+# Never forwarded to the backend, whatever the cloud sends (besides hop-by-hop fields): the cloud's own Host,
+# and credentials (the cloud strips the caller's; this is the second line of defence).
+_REQUEST_DROP = frozenset({"host", "authorization", "cookie", "expect"})
 _PROBE_TIMEOUT = 10.0
 _MAX_MODELS = 1000
 _MAX_MODEL_NAME = 256
@@ -158,25 +157,16 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     Content-Length and Content-Encoding are kept: the body is relayed byte for byte, undecoded.
     """
     headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
-    named = {
-        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
-    }
-    return [
-        (name, value)
-        for name, value in headers
-        if (lower := name.lower()) not in HOP_BY_HOP and lower not in named and not lower.startswith("proxy-")
-    ]
+    return _without_proxy_fields(drop_hop_by_hop(headers))
+
+
+def _without_proxy_fields(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # Every Proxy-* field is about some proxy on the way, never for the backend or the caller.
+    return [(name, value) for name, value in headers if not name.lower().startswith("proxy-")]
 
 
 def _request_headers(headers: Headers) -> list[tuple[str, str]]:
-    named = {
-        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
-    }
-    kept = [
-        (name, value)
-        for name, value in headers
-        if (lower := name.lower()) not in _REQUEST_DROP and lower not in named and not lower.startswith("proxy-")
-    ]
+    kept = _without_proxy_fields(drop_hop_by_hop(headers, also=_REQUEST_DROP))
     if not any(name.lower() == "accept-encoding" for name, _ in kept):
         # The body is relayed undecoded: ask for what the caller asked for (nothing = identity), not
         # for the HTTP client's default gzip.
@@ -296,7 +286,7 @@ class HttpBackend:
             return BackendState(False, (), error.message)
         if status != 200:
             return BackendState(True, (), f"GET {path} answered {status}")
-        return BackendState(True, _model_names(document, self.kind))
+        return BackendState(True, _model_names(document, path))
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -313,9 +303,14 @@ def _closer(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
     return close
 
 
-def _model_names(document: Any, kind: BackendKind) -> tuple[str, ...]:
-    key, name_key = ("models", "name") if kind is BackendKind.OLLAMA else ("data", "id")
-    entries = document.get(key) if isinstance(document, dict) else None
+def _model_names(document: Any, path: str) -> tuple[str, ...]:
+    """The model names in the listing ``path`` answered (read as the cloud reads it when it merges)."""
+    route = route_at(path)
+    listing = route.merged if route is not None else None
+    if listing is None or not isinstance(document, dict):
+        return ()
+    name_key = listing.id_key
+    entries = document.get(listing.list_key)
     if not isinstance(entries, list):
         return ()
     names = {
@@ -341,7 +336,7 @@ class OpenAIBackend:
     async def request(
         self, method: str, path: str, query: str, headers: Headers, body: AsyncIterator[bytes] | None
     ) -> BackendResponse:
-        route = match_route(method, path)
+        route = route_at(path)
         if route is not None and route.family is RouteFamily.OPENAI:
             return await self.upstream.request(method, path, query, headers, body)
         if self.translator is None:
@@ -358,16 +353,11 @@ class OpenAIBackend:
         await self.upstream.aclose()
 
 
-def load_translator() -> Translator | None:
-    """``cloudtolocalllm.bridge.openai_compat.translate`` if that module exists, else None."""
-    name = "cloudtolocalllm.bridge.openai_compat"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
-    translate: Translator | None = getattr(module, "translate", None)
+def load_translator() -> Translator:
+    """``cloudtolocalllm.bridge.openai_compat.translate``, the translator every OpenAI backend gets."""
+    # Imported here, not at the top: openai_compat imports this module (BackendResponse, HttpBackend...).
+    from cloudtolocalllm.bridge.openai_compat import translate
+
     return translate
 
 

@@ -80,6 +80,7 @@ from cloudtolocalllm.core.protocol import (
 )
 from cloudtolocalllm.core.protocol.checks import check_headers
 from cloudtolocalllm.core.protocol.frames import MAX_FRAME_BYTES_LIMIT
+from cloudtolocalllm.core.protocol.routes import route_at
 
 __all__ = [
     "OUTBOX_HIGH_WATER",
@@ -301,10 +302,6 @@ class _Outbox:
         self._control.clear()
         self._data.clear()
         self._space.set()
-
-
-# Requests after which the backend's model list is likely different.
-MODEL_CHANGING_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
 
 
 class Session:
@@ -734,7 +731,8 @@ class Session:
         finally:
             self._streams.pop(sid, None)
             self.stats.streams_done += 1
-            if frame.path in MODEL_CHANGING_PATHS and status is not None and status < 400 and self._on_models_changed:
+            changed = (route := route_at(frame.path)) is not None and route.model_changing
+            if changed and status is not None and status < 400 and self._on_models_changed:
                 self._on_models_changed()  # tell the cloud about the new model list now, not next poll
             if not self._streams:
                 self._streams_idle.set()

@@ -19,10 +19,10 @@ from starlette.types import Receive, Scope, Send
 
 from cloudtolocalllm.bridge_api.directory import RemoteBridge
 from cloudtolocalllm.bridge_api.errors import RelayError, stream_error_tail
-from cloudtolocalllm.bridge_api.headers import HOP_BY_HOP
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER
 from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.core.protocol.hop_by_hop import drop_hop_by_hop
 
 __all__ = ["ClientGone", "ReplicaForwarder", "ReplicaUnreachable"]
 
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S: Final = 2.0
 _MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
-_NOT_TO_OWNER: Final = HOP_BY_HOP | {"host", BRIDGE_HEADER, FORWARDED_HEADER}
-_NOT_FROM: Final = HOP_BY_HOP | {"server", "date"}
+_NOT_TO_OWNER: Final = frozenset({"host", BRIDGE_HEADER, FORWARDED_HEADER})
+_NOT_FROM: Final = frozenset({"server", "date"})
 _LOST: Final = "the server holding your bridge stopped answering"
 
 
@@ -48,11 +48,8 @@ class ClientGone(Exception):
 
 
 def _headers_to_owner(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in raw
-        if name.decode("latin-1").lower() not in _NOT_TO_OWNER
-    ]
+    kept = drop_hop_by_hop(raw, also=_NOT_TO_OWNER)
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in kept]
 
 
 class ReplicaForwarder:
@@ -144,7 +141,7 @@ class ReplicaForwarder:
             raise RelayError(502, _LOST) from None
         content_type = response.headers.get("content-type", "")
         try:
-            out = [(k.lower(), v) for k, v in response.raw_headers if k.lower().decode("latin-1") not in _NOT_FROM]
+            out = [(k.lower(), v) for k, v in drop_hop_by_hop(response.raw_headers, also=_NOT_FROM)]
             await send({"type": "http.response.start", "status": response.status, "headers": out})
             try:
                 content = response.content

@@ -20,17 +20,12 @@ from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.stream import StreamFailed
+from cloudtolocalllm.core.protocol.routes import Listing
 
-__all__ = ["MERGED_PATHS", "fetch_from_bridge", "merged_response"]
+__all__ = ["fetch_from_bridge", "merged_response"]
 
 log = logging.getLogger(__name__)
 
-# path -> (list key, identity key of an entry); entries with the same identity are listed once.
-MERGED_PATHS: Final = {
-    "/api/tags": ("models", "name"),
-    "/api/ps": ("models", "name"),
-    "/v1/models": ("data", "id"),
-}
 _MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
 
 
@@ -63,10 +58,13 @@ async def merged_response(
     forwarder: ReplicaForwarder,
     user: str,
     path: str,
+    listing: Listing,
     settings: ApiSettings,
     authorization: str,
     local_only: bool,
 ) -> Response:
+    """``listing`` (the route table's column for ``path``) says where the entries are and what names one;
+    entries with the same name are listed once."""
     candidates, complete = await registry.candidates(
         user, local_only=local_only, reconnect_grace_s=settings.reconnect_grace_s
     )
@@ -83,7 +81,7 @@ async def merged_response(
         )
         return error_response(RelayError(503, message, retry_after_s=5))
     sources = [f"bridge {b.bridge_id}" for b in bridges] + [f"replica {r}" for r in replicas]
-    list_key, id_key = MERGED_PATHS[path]
+    list_key, id_key = listing.list_key, listing.id_key
     results = await asyncio.gather(
         *(fetch_from_bridge(b, path, settings.first_byte_timeout_s) for b in bridges),
         *(forwarder.listing(replica, path, authorization) for replica in replicas),

@@ -31,7 +31,7 @@ from cloudtolocalllm.bridge_api.errors import (
 from cloudtolocalllm.bridge_api.forward import ClientGone, ReplicaForwarder, ReplicaUnreachable
 from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, response_headers_for_client
 from cloudtolocalllm.bridge_api.keys.scopes import missing_scope
-from cloudtolocalllm.bridge_api.merge import MERGED_PATHS, merged_response
+from cloudtolocalllm.bridge_api.merge import merged_response
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.registry import Bridge, BridgeRegistry
 from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER, choose_bridge, scope_for_path
@@ -40,27 +40,11 @@ from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.stream import RelayStream, StreamFailed
 from cloudtolocalllm.core.auth import MissingCredentials, auth_error_response
 from cloudtolocalllm.core.protocol import ErrorCode, LocalProtocolError, ResponseHead, StreamClosedError
+from cloudtolocalllm.core.protocol.routes import route_for
 
 __all__ = ["RelayEndpoint"]
 
 log = logging.getLogger(__name__)
-
-# JSON bodies read whole (up to max_json_body_bytes) to route by the model they name.
-_MODEL_FIELD: Final = {
-    "/api/chat": "model",
-    "/api/generate": "model",
-    "/api/embed": "model",
-    "/api/embeddings": "model",
-    "/api/show": "model",
-    "/api/pull": "model",
-    "/api/push": "model",
-    "/api/create": "model",
-    "/api/delete": "model",
-    "/api/copy": "source",
-    "/v1/chat/completions": "model",
-    "/v1/completions": "model",
-    "/v1/embeddings": "model",
-}
 
 
 class _ModelProbe(msgspec.Struct):
@@ -144,10 +128,19 @@ class RelayEndpoint:
             return
         forwarded = _header(scope, _FORWARDED) is not None
         try:
-            if method == "GET" and path in MERGED_PATHS:
+            route = route_for(method, path)
+            # Only GET: a HEAD is answered by one bridge, as it has no listing to merge.
+            if method == "GET" and route is not None and route.merged is not None:
                 authorization = _header(scope, b"authorization") or ""
                 response = await merged_response(
-                    self.registry, self.forwarder, user.identity, path, self.settings, authorization, forwarded
+                    self.registry,
+                    self.forwarder,
+                    user.identity,
+                    path,
+                    route.merged,
+                    self.settings,
+                    authorization,
+                    forwarded,
                 )
                 await response(scope, receive, send)
                 return
@@ -161,8 +154,12 @@ class RelayEndpoint:
     async def _relay(
         self, scope: Scope, receive: Receive, send: Send, user: str, method: str, path: str, forwarded: bool
     ) -> None:
+        # A JSON body that names the model (the route table says which field) is read whole, up to
+        # max_json_body_bytes, to route by that model.
         has_body = _has_body(scope)
-        json_body = has_body and path in _MODEL_FIELD
+        route = route_for(method, path)
+        model_field = route.model_field if route is not None and has_body else None
+        json_body = model_field is not None
         limit = self.settings.max_json_body_bytes if json_body else self.settings.max_request_body_bytes
         length = _content_length(scope)
         if length is not None and length > limit:  # refused before a byte of the body is read
@@ -170,10 +167,10 @@ class RelayEndpoint:
         with self.json_budget.reservation(user) as reservation:
             body: bytes | None = None
             model: str | None = None
-            if json_body:
+            if model_field is not None:
                 reservation.take(length or 0)  # what it announces, before reading it (429 if over budget)
                 body = await _read_body(receive, limit, reservation)
-                model = _model_in(body, _MODEL_FIELD[path])
+                model = _model_in(body, model_field)
             await self._route(scope, receive, send, user, method, path, forwarded, has_body, body, model)
 
     async def _route(

@@ -11,8 +11,9 @@ from cloudtolocalllm.bridge_api.errors import RelayError
 from cloudtolocalllm.bridge_api.keys.scopes import INFERENCE, MODELS_WRITE
 from cloudtolocalllm.bridge_api.registry import Bridge
 from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.core.protocol.routes import route_at
 
-__all__ = ["BRIDGE_HEADER", "FORWARDED_HEADER", "MODEL_MANAGEMENT_PATHS", "choose_bridge", "scope_for_path"]
+__all__ = ["BRIDGE_HEADER", "FORWARDED_HEADER", "choose_bridge", "scope_for_path"]
 
 BRIDGE_HEADER: Final = "x-cloudtolocalllm-bridge"
 """Pins a request to one of the caller's bridges by id (e.g. a blob upload and the create that uses it)."""
@@ -21,25 +22,15 @@ FORWARDED_HEADER: Final = "x-cloudtolocalllm-forwarded"
 """Set on a request one replica relays to another: it is served there with local bridges only, never
 relayed again (no loops). A client setting it only limits itself to the replica it reached."""
 
-# Model management: the backend itself knows best whether the model exists (a bridge's model list can
-# lag a local `ollama pull` by one status interval), so these are never refused for an unlisted model.
-# Inference requests are: an OpenAI-compatible backend would silently answer with whatever it serves.
-MODEL_MANAGEMENT_PATHS: Final = frozenset(
-    {"/api/pull", "/api/create", "/api/push", "/api/copy", "/api/delete", "/api/show"}
-)
-# What an API key needs: no new path list. Model changes are the model-management paths but /api/show (a
-# read), plus blob uploads; everything else relayed (chat, generate, embed, tags, show, ps, version, every
-# /v1 path) is inference. When one route table serves the allowlist, relay, routing and merge, the scope
-# becomes a column of it.
-_MODEL_WRITE_PATHS: Final = MODEL_MANAGEMENT_PATHS - {"/api/show"}
-_BLOBS: Final = "/api/blobs/"
-
 
 def scope_for_path(path: str) -> str:
-    """The scope an API key needs for ``/api/ollama{path}``."""
-    if path in _MODEL_WRITE_PATHS or path.startswith(_BLOBS):
-        return MODELS_WRITE
-    return INFERENCE
+    """The scope an API key needs for ``/api/ollama{path}``: ``models:write`` for every method of a path that
+    read-only mode guards (a blob's HEAD too: it only precedes an upload), ``inference`` for the rest.
+
+    A path the table does not hold needs ``inference``: the bridge refuses it anyway.
+    """
+    route = route_at(path)
+    return MODELS_WRITE if route is not None and route.mutating else INFERENCE
 
 
 def choose_bridge(
@@ -65,7 +56,8 @@ def choose_bridge(
         with_model = [b for b in bridges if b.has_model(model)]
         if with_model:
             bridges = with_model
-        elif path not in MODEL_MANAGEMENT_PATHS:
+        elif (route := route_at(path)) is None or route.needs_listed_model:
+            # An OpenAI-compatible backend would silently answer with whatever model it serves.
             if not any(b.backend_reachable for b in bridges):
                 raise RelayError(503, _UNREACHABLE, retry_after_s=5)
             raise RelayError(404, f"model '{model}' not found, try pulling it first")

@@ -40,19 +40,15 @@ from cloudtolocalllm.core.protocol import (
     close_reason,
     encode,
 )
+from cloudtolocalllm.core.protocol.models import normalize_model
 
 if TYPE_CHECKING:
     from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
     from cloudtolocalllm.bridge_api.settings import ApiSettings
 
-__all__ = ["BridgeSession", "normalize_model"]
+__all__ = ["BridgeSession"]
 
 log = logging.getLogger(__name__)
-
-
-def normalize_model(name: str) -> str:
-    """Ollama treats ``llama3`` and ``llama3:latest`` as one model."""
-    return name if ":" in name else f"{name}:latest"
 
 
 class BridgeSession:

@@ -29,6 +29,7 @@ from cloudtolocalllm.bridge.openai_compat._generation import chat, generate
 from cloudtolocalllm.bridge.openai_compat._models import VERSION, ps, show, tags, version
 from cloudtolocalllm.bridge.openai_compat._wire import Call, OllamaError, error_response, monotonic_ns
 from cloudtolocalllm.core.protocol import ErrorCode, Headers
+from cloudtolocalllm.core.protocol.routes import route_at
 
 __all__ = ["VERSION", "translate"]
 
@@ -44,24 +45,17 @@ _HANDLERS: dict[tuple[str, str], Handler] = {
     ("GET", "/api/ps"): ps,
     ("GET", "/api/version"): version,
 }
-_MODEL_MANAGEMENT = {
-    "/api/pull": "pulling models",
-    "/api/push": "pushing models",
-    "/api/create": "creating models",
-    "/api/copy": "copying models",
-    "/api/delete": "deleting models",
-}
 
 
-def _refusal(path: str) -> BackendError | None:
+def _refusal(method: str, path: str) -> BackendError | None:
     """Model management has no OpenAI equivalent: the user manages models in the server itself."""
-    what = _MODEL_MANAGEMENT.get(path) or ("uploading model files" if path.startswith("/api/blobs/") else None)
-    if what is None:
+    route = route_at(path)
+    if route is None or not route.mutating:  # a blob's HEAD too: it only precedes an upload
         return None
     return BackendError(
         ErrorCode.PATH_NOT_ALLOWED,
-        f"{what} is not available: this bridge's backend is an OpenAI-compatible server; "
-        "manage models in that server itself (llama.cpp, LM Studio, vLLM...)",
+        f"model management ({method} {path}) is not available: this bridge's backend is an OpenAI-compatible "
+        "server; manage models in that server itself (llama.cpp, LM Studio, vLLM...)",
     )
 
 
@@ -83,7 +77,7 @@ async def translate(
 
     ``query`` and ``headers`` are not used: Ollama's API takes everything from the path and the JSON body.
     """
-    refusal = _refusal(path)
+    refusal = _refusal(method, path)
     if refusal is not None:
         raise refusal
     handler = _HANDLERS.get(("GET" if method == "HEAD" else method, path))

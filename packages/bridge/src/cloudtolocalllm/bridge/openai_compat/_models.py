@@ -21,6 +21,7 @@ from cloudtolocalllm.bridge.openai_compat._wire import (
     request_json,
     upstream_json,
 )
+from cloudtolocalllm.core.protocol.models import same_model
 
 __all__ = ["VERSION", "ps", "show", "tags", "version"]
 
@@ -123,11 +124,6 @@ async def tags(call: Call) -> BackendResponse:
     return json_response({"models": [_tag(entry) for entry in await _served(call)]})
 
 
-def _same_model(asked: str, served: str) -> bool:
-    # Ollama treats "x" and "x:latest" as one model.
-    return asked == served or asked.removesuffix(":latest") == served.removesuffix(":latest")
-
-
 def _model_info(entry: dict[str, Any], family: str) -> dict[str, Any]:
     meta = _meta(entry)
     info: dict[str, Any] = {"general.architecture": family}
@@ -145,7 +141,7 @@ async def show(call: Call) -> BackendResponse:
     asked = request.get("model") or request.get("name")
     if not isinstance(asked, str) or not asked:
         raise OllamaError(400, "model is required")
-    entry = next((e for e in await _served(call) if _same_model(asked, e["id"])), None)
+    entry = next((e for e in await _served(call) if same_model(asked, e["id"])), None)
     if entry is None:
         raise OllamaError(404, f"model '{asked}' not found")
     details = _details(entry)

@@ -1,5 +1,5 @@
 """Key scopes, and telling an API key's principal from a signed-in user's (which path needs which scope is
-routing's ``scope_for_path``)."""
+routing's ``scope_for_path``, read from the route table)."""
 
 from __future__ import annotations
 

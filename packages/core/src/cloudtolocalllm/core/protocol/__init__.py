@@ -9,6 +9,10 @@ frame travels per binary WebSocket message, encoded as MessagePack (see ``frames
     async for message in ws:
         frame = conn.receive(message)       # raises ProtocolError subclasses, see ``connection``
         ...
+
+What both ends know about the HTTP they relay is imported from its own module: ``routes`` (the table of
+Ollama and OpenAI paths), ``hop_by_hop`` (header fields no hop passes on) and ``models`` (model names as
+Ollama compares them).
 """
 
 from cloudtolocalllm.core.protocol.close import (
