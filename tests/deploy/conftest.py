@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudtolocalllm.core.auth import DevIssuer
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtolocalllm.core.auth import DevIssuer
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 from .conftest import (
     APP_HOST,

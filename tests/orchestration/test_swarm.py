@@ -267,7 +267,7 @@ def test_a_bridge_on_one_replica_answers_through_every_replica(swarm: PrivateSwa
     bridge needs a token every replica accepts and Auth0 is out of reach here; the service's previous spec
     (Auth0 secrets) is restored at the end, so the other tests pass before or after it."""
     from cloudtolocalllm.core.auth.config import DEV_AUDIENCE, DEV_ISSUER_URL
-    from cloudtolocalllm.core.auth.dev_issuer import KEY_FILE, DevIssuer
+    from cloudtolocalllm.dev_issuer.issuer import KEY_FILE, DevIssuer
 
     issuer = DevIssuer(tmp_path / "issuer", issuer=DEV_ISSUER_URL, audience=DEV_AUDIENCE)
     swarm.docker("secret", "create", "ctllm_dev_signing_key", str(tmp_path / "issuer" / KEY_FILE))

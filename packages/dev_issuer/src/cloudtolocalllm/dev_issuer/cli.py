@@ -17,13 +17,20 @@ from urllib.parse import urlsplit
 
 from starlette.routing import Mount
 
-from cloudtolocalllm.core.app import ServiceInfo, create_app
-from cloudtolocalllm.core.auth.config import AuthSettings, dev_issuer_from
-from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
-from cloudtolocalllm.core.logging import configure_logging
-from cloudtolocalllm.core.serving import bind_socket, exit_on_settings_error, serve
-from cloudtolocalllm.core.settings import SettingsError, load_settings
-from cloudtolocalllm.core.version import __version__
+from cloudtolocalllm.core import (
+    ServiceInfo,
+    SettingsError,
+    bind_socket,
+    configure_logging,
+    create_app,
+    exit_on_settings_error,
+    load_settings,
+    serve,
+)
+from cloudtolocalllm.core.auth import AuthSettings
+from cloudtolocalllm.dev_issuer.device_flow import DevDeviceFlow, dev_issuer_routes
+from cloudtolocalllm.dev_issuer.issuer import dev_issuer_from
+from cloudtolocalllm.dev_issuer.version import __version__
 
 PROG = "cloudtolocalllm-dev-issuer"
 

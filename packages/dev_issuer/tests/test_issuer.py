@@ -13,10 +13,10 @@ import jwt
 from starlette.routing import Mount
 
 from cloudtolocalllm.core.app import ServiceInfo, create_app
-from cloudtolocalllm.core.auth import AuthSettings, RemoteJwks, TokenVerifier, build_verifier
-from cloudtolocalllm.core.auth.dev_issuer import KEY_FILE, DevIssuer
+from cloudtolocalllm.core.auth import AuthSettings, RemoteJwks, TokenVerifier
 from cloudtolocalllm.core.settings import load_settings
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.dev_issuer.issuer import KEY_FILE, DevIssuer, dev_verifier
 
 
 def test_key_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ async def test_cli_token_is_accepted_by_a_service_configured_with_dev_auth(tmp_p
         [
             sys.executable,
             "-m",
-            "cloudtolocalllm.core.auth.dev_issuer_cli",
+            "cloudtolocalllm.dev_issuer.cli",
             "token",
             "--sub",
             "alice",
@@ -48,7 +48,7 @@ async def test_cli_token_is_accepted_by_a_service_configured_with_dev_auth(tmp_p
         check=True,
     ).stdout.strip()
     settings = load_settings(AuthSettings, environ={**env, "DEV_AUTH": "true"})
-    principal = await build_verifier(settings).verify(token)
+    principal = await dev_verifier(settings).verify(token)
     assert principal.subject == "alice"
     assert principal.scopes == {"s1"}
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
