@@ -119,6 +119,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._problem = f"request headers too large (at most {self.max_header_bytes} bytes in all)"
             self._refuse(self._problem)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # A service without WebSockets (no core[websockets]: a file server) answers an upgrade request as a
+        # plain request. uvicorn would log two warnings for each: anyone could flood the log without limit.
+        log.debug("upgrade request answered as a plain request (this service takes no WebSocket)")
+
     def _refuse(self, message: str) -> None:
         log.info("request refused: %s", message, extra={"status": 431})
         if not self.transport.is_closing():
