@@ -227,8 +227,10 @@ def build_static_site_content(session: nox.Session) -> None:
 
 @nox.session(name="tests-packaging", default=True, requires=["build-static-site-content"])
 def tests_packaging(session: nox.Session) -> None:
-    """The .deb installed in a clean Debian root; the assembled site served by the real static server."""
-    _uv_sync(session, "--package", PACKAGES["static_site"], "--group", "test")
+    """The .deb installed in a clean Debian root; the assembled site served by the real static server; what
+    each image installs against what its code imports (which needs every package here, to name the
+    distribution behind each import)."""
+    _uv_sync(session, "--all-packages", "--all-extras", "--group", "e2e")
     session.run(
         "pytest",
         "tests/packaging",

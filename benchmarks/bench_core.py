@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 from stats import median
 
-from cloudtolocalllm.core.auth import DevIssuer, TokenVerifier
+from cloudtolocalllm.core.auth import TokenVerifier
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 IMPORT_SNIPPET = """
 import time

@@ -16,7 +16,8 @@ from cloudtolocalllm.bridge_api.database import DatabaseSettings, create_engine_
 from cloudtolocalllm.bridge_api.keys.broadcast import RedisInvalidations
 from cloudtolocalllm.bridge_api.keys.store import KeyStore
 from cloudtolocalllm.bridge_api.keys.verifier import KeyVerifier
-from cloudtolocalllm.core.auth import DevIssuer, TokenVerifier
+from cloudtolocalllm.core.auth import TokenVerifier
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 
 async def _timed(calls: int, verify: object, token: str) -> list[float]:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e.procs import Proc, dev_auth_env, start_api_backend, start_bridge, wait_for  # noqa: E402
 
-from cloudtolocalllm.core.auth import DevIssuer  # noqa: E402
+from cloudtolocalllm.dev_issuer import DevIssuer  # noqa: E402
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"

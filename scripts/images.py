@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -526,14 +527,7 @@ def stage_context(image: str, pip: str) -> Path:
     context.mkdir(parents=True)
     if spec.wheels:
         requirements = context / "requirements.txt"
-        subprocess.run(
-            [
-                "uv", "export", "--frozen", "--package", spec.package, "--no-dev", "--no-emit-workspace",
-                "--format", "requirements-txt", "--quiet", "--output-file", str(requirements),
-            ],
-            cwd=ROOT,
-            check=True,
-        )  # fmt: skip
+        requirements.write_text(exported_requirements(spec.package))
         machine = os.uname().machine
         platforms = [f"manylinux2014_{machine}", *(f"manylinux_2_{minor}_{machine}" for minor in range(17, 37))]
         for python in PYTHON_VERSIONS:
@@ -572,10 +566,37 @@ def stage_context(image: str, pip: str) -> Path:
     return context
 
 
+def exported_requirements(package: str, *, workspace: bool = False) -> str:
+    """The lock file's export of what an image of ``package`` installs: its dependencies, no extra, no dev
+    group (``workspace``: with the workspace packages as ``-e`` lines, else without them)."""
+    return subprocess.run(
+        [
+            "uv", "export", "--frozen", "--package", package, "--no-dev",
+            *(() if workspace else ("--no-emit-workspace",)), "--format", "requirements-txt", "--quiet",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout  # fmt: skip
+
+
+def installed_distributions(image: str) -> list[str]:
+    """The distributions an image installs (workspace packages included), by normalised name."""
+    spec = IMAGES[image]
+    names: set[str] = set()
+    for line in exported_requirements(spec.package, workspace=True).splitlines():
+        line = line.strip()
+        if line.startswith("-e "):
+            pyproject = ROOT / line.split(maxsplit=1)[1] / "pyproject.toml"
+            names.add(tomllib.loads(pyproject.read_text())["project"]["name"])
+        elif line and not line.startswith(("#", "--")):
+            names.add(re.split(r"[=<>;\s\[]", line, maxsplit=1)[0])
+    return sorted(re.sub(r"[-_.]+", "-", name).lower() for name in names)
+
+
 def _workspace_members(dist: str) -> list[str]:
     """Workspace packages ``dist`` depends on, from the lock file (direct and transitive)."""
-    import tomllib
-
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     editable = {p["name"]: p for p in lock["package"] if "editable" in p.get("source", {})}
     found: list[str] = []
@@ -922,6 +943,9 @@ def _cli(argv: list[str]) -> int:
     publish_cmd.add_argument(
         "--force", action="store_true", help="publish from a dirty tree, or over a version already published"
     )
+    commands.add_parser(
+        "distributions", help="JSON: each image built from wheels, its package and the distributions it installs"
+    )
     registry_cmd = commands.add_parser("registry", help="Debian's docker-registry on 127.0.0.1 until Ctrl-C")
     registry_cmd.add_argument("--port", type=int, default=5000)
     registry_cmd.add_argument("--storage", type=Path, default=cache_dir() / "registry")
@@ -948,6 +972,13 @@ def _cli(argv: list[str]) -> int:
             print(f"images: registry on {address} (storage {args.storage}); Ctrl-C stops it", flush=True)
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    elif args.command == "distributions":
+        found = {
+            image: {"package": spec.package, "distributions": installed_distributions(image)}
+            for image, spec in IMAGES.items()
+            if spec.wheels
+        }
+        print(json.dumps(found, indent=2))
     elif args.command == "publish":
         print(f"images: {args.image} published as {publish(args.image, args.force)}")
     else:

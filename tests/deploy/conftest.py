@@ -26,13 +26,13 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudtolocalllm.core.auth import DevIssuer
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 IMAGES = ("nginx-proxy", "static-site", "flutter-app", "api-backend", "certbot")
 POOLED = ("static-site", "flutter-app", "api-backend")
-ISSUER = "http://127.0.0.1/dev-issuer"
+ISSUER = "http://127.0.0.1/test-issuer"
 AUDIENCE = "cloudtolocalllm-deploytest"
 SITE_HOST = "deploy.test"
 APP_HOST = "app.deploy.test"
@@ -293,12 +293,26 @@ class Deployment:
         return [u["instance"] for u in upstreams if u["pool"] == service]  # type: ignore[attr-defined,index]
 
 
+def trusted_issuer(root: Path) -> tuple[DevIssuer, Path]:
+    """A signing key on the host (tests mint tokens with it) and a folder holding only its public JWKS, to mount
+    at ``/issuer`` in api-backend: production images have no dev issuer, they trust the keys OIDC_JWKS_FILE
+    names. The folder and file belong to the services' user (the tests run as root)."""
+    issuer = DevIssuer(root / "issuer-key", issuer=ISSUER, audience=AUDIENCE)
+    public = root / "issuer"
+    public.mkdir()
+    (public / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    for path in (public, public / "jwks.json"):
+        os.chown(path, 65532, 65532)
+    return issuer, public
+
+
 def write_config(root: Path, edge: str, domains_env: str = "") -> Path:
-    """The deployment's settings folder (dev auth for api-backend, certbot's domains, the app's config.json)."""
+    """The deployment's settings folder (api-backend trusts the test issuer's JWKS, mounted at /issuer; certbot's
+    domains; the app's config.json)."""
     config = root / "config"
     config.mkdir()
     (config / "auth0.env").write_text(
-        f"DEV_AUTH=true\nDEV_ISSUER_DIR=/issuer\nDEV_ISSUER_URL={ISSUER}\nDEV_AUDIENCE={AUDIENCE}\n"
+        f"OIDC_ISSUER={ISSUER}\nOIDC_AUDIENCE={AUDIENCE}\nOIDC_JWKS_FILE=/issuer/jwks.json\n"
     )
     (config / "domains.env").write_text(f"CERTBOT_DOMAINS={SITE_HOST}\n{domains_env}")
     (config / "app-config.json").write_text(json.dumps({"issuer": ISSUER, "clientId": "deploytest", "apiBase": ""}))
@@ -368,10 +382,7 @@ def deployed(
     ports = {service: free_port(pair=True) for service in POOLED}
     loopback_pairs = {service: [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"] for service, port in ports.items()}
     config = write_config(root, edge_toml(http_port, loopback_pairs, https_port), domains_env)
-    issuer_dir = root / "issuer"
-    issuer = DevIssuer(issuer_dir, issuer=ISSUER, audience=AUDIENCE)
-    for path in [issuer_dir, *issuer_dir.iterdir()]:
-        os.chown(path, 65532, 65532)  # the services' user reads the key (the tests run as root)
+    issuer, issuer_dir = trusted_issuer(root)
     compose_file = without_published_ports(root)
     override_file = root / "test-override.yml"
     override_file.write_text(f"services:\n  api-backend:\n    volumes:\n      - {issuer_dir}:/issuer:ro\n{override}")

@@ -19,20 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from cloudtolocalllm.core.auth import DevIssuer
-
 from .conftest import (
     APP_HOST,
-    AUDIENCE,
     DOCKER,
     IMAGES,
-    ISSUER,
     ROOT,
     SITE_HOST,
     docker,
     edge_toml,
     image_under_test,
     remove_project,
+    trusted_issuer,
     without_published_ports,
     write_config,
 )
@@ -71,10 +68,7 @@ def network_deployment(tmp_path: Path) -> Iterator[dict[str, str]]:
     project, prefix = f"ctllmnet{suffix}", f"ctllm-nettest-{suffix}"
     names = {service: [f"{service}:8080"] for service in ("static-site", "flutter-app", "api-backend")}
     config = write_config(tmp_path, edge_toml(80, names, address="0.0.0.0"))
-    issuer_dir = tmp_path / "issuer"
-    DevIssuer(issuer_dir, issuer=ISSUER, audience=AUDIENCE)
-    for path in [issuer_dir, *issuer_dir.iterdir()]:
-        os.chown(path, 65532, 65532)
+    _, issuer_dir = trusted_issuer(tmp_path)
     override = tmp_path / "issuer.yml"
     override.write_text(f"services:\n  api-backend:\n    volumes:\n      - {issuer_dir}:/issuer:ro\n")
     env = {

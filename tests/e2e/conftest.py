@@ -8,7 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from cloudtolocalllm.core.auth import DevIssuer
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 from .procs import (
     Proc,

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from cloudtolocalllm.core.auth import DevIssuer
 from cloudtolocalllm.core.testing import restartable_port
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 BIN = Path(sys.executable).parent
 REPO = Path(os.environ.get("CTLLM_REPO_ROOT", Path(__file__).resolve().parents[2]))

@@ -31,6 +31,9 @@ DOMAIN = "cloudtolocalllm.online"  # deploy/swarm/edge.toml's domain; the names 
 IMAGES = ("api-backend", "nginx-proxy", "static-site", "flutter-app")
 REDIS_IMAGE = "ctllm-test/redis:local"
 POSTGRES_IMAGE = "ctllm-test/postgres:local"
+# The issuer of the tokens the tests mint; api-backend trusts its JWKS file (no dev issuer in the image).
+TEST_ISSUER = "https://issuer.swarm.test/"
+TEST_AUDIENCE = "cloudtolocalllm-swarmtest"
 POSTGRES_PASSWORD = "swarm-test-password"  # a throwaway cluster inside the test's namespace
 API = f"{STACK}_api-backend"
 
@@ -263,21 +266,23 @@ def _bridges_connected(engine: PrivateSwarm, task_id: str) -> float:
 
 
 def test_a_bridge_on_one_replica_answers_through_every_replica(swarm: PrivateSwarm, tmp_path: Path) -> None:
-    """It switches api-backend to the embedded dev issuer (a shared signing key as a Swarm secret), since a real
-    bridge needs a token every replica accepts and Auth0 is out of reach here; the service's previous spec
-    (Auth0 secrets) is restored at the end, so the other tests pass before or after it."""
-    from cloudtolocalllm.core.auth.config import DEV_AUDIENCE, DEV_ISSUER_URL
-    from cloudtolocalllm.core.auth.dev_issuer import KEY_FILE, DevIssuer
+    """It switches api-backend to a test issuer whose public JWKS is a Swarm secret (OIDC_JWKS_FILE: the image
+    has no dev issuer), since a real bridge needs a token every replica accepts and Auth0 is out of reach here;
+    the service's previous spec (Auth0 secrets) is restored at the end, so the other tests pass before or after
+    it."""
+    from cloudtolocalllm.dev_issuer import DevIssuer
 
-    issuer = DevIssuer(tmp_path / "issuer", issuer=DEV_ISSUER_URL, audience=DEV_AUDIENCE)
-    swarm.docker("secret", "create", "ctllm_dev_signing_key", str(tmp_path / "issuer" / KEY_FILE))
+    issuer = DevIssuer(tmp_path / "issuer", issuer=TEST_ISSUER, audience=TEST_AUDIENCE)
+    (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    swarm.docker("secret", "create", "ctllm_test_jwks", str(tmp_path / "jwks.json"))
     try:
         swarm.docker(
             "service", "update", "--detach=false", "--replicas", "3",
             "--secret-rm", "cloudtolocalllm_auth0_domain", "--secret-rm", "cloudtolocalllm_auth0_audience",
             "--env-rm", "AUTH0_DOMAIN_FILE", "--env-rm", "AUTH0_AUDIENCE_FILE",
-            "--secret-add", f"source=ctllm_dev_signing_key,target={KEY_FILE},uid=65532,gid=65532,mode=0400",
-            "--env-add", "DEV_AUTH=true", "--env-add", "DEV_ISSUER_DIR=/run/secrets", API,
+            "--secret-add", "source=ctllm_test_jwks,target=jwks.json,uid=65532,gid=65532,mode=0400",
+            "--env-add", f"OIDC_ISSUER={TEST_ISSUER}", "--env-add", f"OIDC_AUDIENCE={TEST_AUDIENCE}",
+            "--env-add", "OIDC_JWKS_FILE=/run/secrets/jwks.json", API,
             timeout=600,
         )  # fmt: skip
         swarm.wait_converged()
@@ -330,4 +335,4 @@ def test_a_bridge_on_one_replica_answers_through_every_replica(swarm: PrivateSwa
     finally:
         swarm.docker("service", "rollback", "--detach=false", API, timeout=600)  # back to the Auth0 secrets
         swarm.wait_converged()
-        swarm.docker("secret", "rm", "ctllm_dev_signing_key")
+        swarm.docker("secret", "rm", "ctllm_test_jwks")

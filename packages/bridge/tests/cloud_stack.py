@@ -20,8 +20,9 @@ from cloudtolocalllm.bridge.runner import Bridge
 from cloudtolocalllm.bridge.token import TokenSource
 from cloudtolocalllm.bridge_api.app import build_app
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.auth import AuthSettings, DevIssuer, dev_issuer_from
+from cloudtolocalllm.core.auth import AuthSettings
 from cloudtolocalllm.core.serving import bind_socket, serve
+from cloudtolocalllm.dev_issuer import DevIssuer, dev_issuer_from
 
 from .conftest import wait_until
 

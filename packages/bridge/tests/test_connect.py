@@ -204,7 +204,7 @@ def _command(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def test_the_command_says_which_cloud_and_account_then_stops_cleanly(tmp_path: Path) -> None:
-    from cloudtolocalllm.core.auth import DevIssuer
+    from cloudtolocalllm.dev_issuer import DevIssuer
 
     token = DevIssuer(tmp_path / "keys", issuer="http://x/i", audience="a").mint("alice", extra_claims={"email": "a@x"})
     env = {"CLOUDTOLOCALLLM_BRIDGE_KEY": token, "CLOUDTOLOCALLLM_BRIDGE_STATE_DIR": str(tmp_path / "state")}

@@ -37,9 +37,9 @@ from cloudtolocalllm.bridge_api.app import build_app
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth import AuthSettings, TokenVerifier
-from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
-from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
 from cloudtolocalllm.core.testing import refused_port, running_server
+from cloudtolocalllm.dev_issuer.device_flow import DevDeviceFlow, dev_issuer_routes
+from cloudtolocalllm.dev_issuer.issuer import DevIssuer
 
 from .conftest import wait_until
 

@@ -40,9 +40,9 @@ from cloudtolocalllm.bridge.oauth import (
 )
 from cloudtolocalllm.bridge.token import TokenError
 from cloudtolocalllm.core.app import ServiceInfo, create_app
-from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
-from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
 from cloudtolocalllm.core.testing import refused_port, running_server
+from cloudtolocalllm.dev_issuer.device_flow import DevDeviceFlow, dev_issuer_routes
+from cloudtolocalllm.dev_issuer.issuer import DevIssuer
 
 from .conftest import wait_until
 from .test_login import AUDIENCE, ISSUER, _credentials

@@ -15,8 +15,9 @@ from cloudtolocalllm.bridge_api.database import DatabaseSettings
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core import ServiceApp
-from cloudtolocalllm.core.auth import AuthSettings, DevIssuer, dev_issuer_from
+from cloudtolocalllm.core.auth import AuthSettings
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.dev_issuer import DevIssuer, dev_issuer_from
 
 from .postgres_server import PostgresServer
 from .redis_server import RedisServer

@@ -183,3 +183,19 @@ def test_bad_dev_issuer_settings_exit_2_without_a_traceback(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "DEV_REDIRECT_URIS" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_dev_auth_without_the_dev_extra_exits_2_with_one_line_naming_it(tmp_path: Path) -> None:
+    # A production install: the dev issuer cannot be imported (None in sys.modules makes every import fail).
+    start = (
+        "import sys; sys.modules['cloudtolocalllm.dev_issuer'] = None; "
+        "from cloudtolocalllm.bridge_api.cli import main; main()"
+    )
+    env = {**os.environ, "DEV_AUTH": "true", "DEV_ISSUER_DIR": str(tmp_path / "issuer"), "API_PORT": "0"}
+    done = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "api-backend: DEV_AUTH=true needs the dev issuer, which is not installed: "
+        "install cloudtolocalllm-bridge-api[dev]"
+    ]
+    assert not (tmp_path / "issuer").exists()  # nothing was started

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cloudtolocalllm.core.auth import DevIssuer
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 ISSUER = "https://issuer.test/"
 AUDIENCE = "https://api.cloudtolocalllm.test"

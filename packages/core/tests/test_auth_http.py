@@ -12,8 +12,9 @@ from starlette.websockets import WebSocket
 
 from cloudtolocalllm.core import ServiceInfo, create_app
 from cloudtolocalllm.core.app import ServiceApp
-from cloudtolocalllm.core.auth import BearerAuthBackend, DevIssuer, TokenVerifier, requires_auth
+from cloudtolocalllm.core.auth import BearerAuthBackend, TokenVerifier, requires_auth
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 from .conftest import AUDIENCE, ISSUER
 

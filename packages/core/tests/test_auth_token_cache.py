@@ -10,7 +10,8 @@ from typing import Any
 import jwt
 import pytest
 
-from cloudtolocalllm.core.auth import DevIssuer, InvalidToken, StaticJwks, TokenVerifier
+from cloudtolocalllm.core.auth import InvalidToken, StaticJwks, TokenVerifier
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 ISSUER = "http://127.0.0.1/cache-issuer"
 AUDIENCE = "cache-tests"

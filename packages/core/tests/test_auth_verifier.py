@@ -16,8 +16,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from starlette.applications import Starlette
 
-from cloudtolocalllm.core.auth import DevIssuer, InvalidToken, KeysUnavailable, RemoteJwks, TokenVerifier
+from cloudtolocalllm.core.auth import (
+    AuthSettings,
+    InvalidToken,
+    KeysUnavailable,
+    RemoteJwks,
+    TokenVerifier,
+    build_verifier,
+)
+from cloudtolocalllm.core.settings import SettingsError, load_settings
 from cloudtolocalllm.core.testing import refused_port, running_server
+from cloudtolocalllm.dev_issuer import DevIssuer
 
 from .conftest import AUDIENCE, ISSUER, JwksServer
 
@@ -182,3 +191,23 @@ async def test_oidc_discovery_finds_the_jwks(tmp_path: Path) -> None:
         verifier = TokenVerifier(issuer=base_url, audience=AUDIENCE, keys=RemoteJwks(issuer=base_url))
         _open.append(verifier)
         assert (await verifier.verify(dev.mint("carol"))).subject == "carol"
+
+
+async def test_oidc_jwks_file_trusts_the_keys_in_it_and_fetches_nothing(tmp_path: Path, issuer: DevIssuer) -> None:
+    (tmp_path / "jwks.json").write_text(json.dumps(issuer.jwks()))
+    settings = load_settings(
+        AuthSettings,
+        environ={"OIDC_ISSUER": ISSUER, "OIDC_AUDIENCE": AUDIENCE, "OIDC_JWKS_FILE": str(tmp_path / "jwks.json")},
+    )
+    verifier = build_verifier(settings)  # the issuer's URL is not served anywhere: only the file can answer
+    assert (await verifier.verify(issuer.mint("alice"))).subject == "alice"
+    stranger = DevIssuer(tmp_path / "stranger", issuer=ISSUER, audience=AUDIENCE)
+    with pytest.raises(InvalidToken):
+        await verifier.verify(stranger.mint("mallory"))
+
+
+def test_dev_auth_needs_the_dev_issuer_to_give_its_keys() -> None:
+    settings = load_settings(AuthSettings, environ={"DEV_AUTH": "true"})
+    with pytest.raises(SettingsError) as info:
+        build_verifier(settings)
+    assert "cloudtolocalllm-dev-issuer" in info.value.problems["DEV_AUTH"]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,9 +20,12 @@ import pytest
 SERVICE = Path(__file__).with_name("sample_service.py")
 
 
-def _start(env: dict[str, str]) -> subprocess.Popen[str]:
+def _start(env: dict[str, str], *, without: str | None = None) -> subprocess.Popen[str]:
+    """The sample service; ``without``: a module it runs without, as if not installed."""
+    blocked = f"sys.modules[{without!r}] = None; " if without else ""
+    start = f"import runpy, sys; {blocked}runpy.run_path({str(SERVICE)!r}, run_name='__main__')"
     return subprocess.Popen(
-        [sys.executable, str(SERVICE)],
+        [sys.executable, "-c", start],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -29,9 +33,9 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-@pytest.fixture
-def service() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    proc = _start({"SAMPLE_PORT": "0", "SAMPLE_GREETING": "hi"})
+@contextmanager
+def _running(without: str | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    proc = _start({"SAMPLE_PORT": "0", "SAMPLE_GREETING": "hi"}, without=without)
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 20
@@ -48,6 +52,24 @@ def service() -> Iterator[tuple[subprocess.Popen[str], str]]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def service() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with _running() as running:
+        yield running
+
+
+def test_without_websockets_an_upgrade_is_a_plain_request_and_logs_no_warning() -> None:
+    # core[service] without core[websockets] (a file server): serve() starts, upgrades are not WebSockets.
+    with _running(without="websockets") as (proc, base_url):
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+        for _ in range(3):
+            assert httpx.get(base_url + "/health", headers=upgrade, timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=20)
+    levels = [json.loads(line)["level"] for line in stdout.splitlines() if line.startswith("{")]
+    assert levels and "warning" not in levels and "error" not in levels
 
 
 def test_bad_settings_exit_2_naming_every_variable() -> None:

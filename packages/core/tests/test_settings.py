@@ -118,3 +118,17 @@ def test_value_files_fail_clearly_and_never_echo_their_content(tmp_path: Path) -
     assert "cannot read" in problems["S_API_SECRET_FILE"] and "No such file" in problems["S_API_SECRET_FILE"]
     assert "larger than 65536 bytes" in problems["S_TIMEOUT_S_FILE"]
     assert "S_PORT" in problems and "not-a-port" not in str(info.value)
+
+
+def test_oidc_jwks_file_is_read_and_checked_at_start_up(tmp_path: Path) -> None:
+    base = {"OIDC_ISSUER": "https://idp.test/", "OIDC_AUDIENCE": "api"}
+    with pytest.raises(SettingsError) as missing:
+        load_settings(AuthSettings, environ={**base, "OIDC_JWKS_FILE": str(tmp_path / "none.json")})
+    assert "cannot read" in missing.value.problems["OIDC_JWKS_FILE"]
+    (tmp_path / "empty.json").write_text('{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0"}]}')
+    with pytest.raises(SettingsError) as symmetric:
+        load_settings(AuthSettings, environ={**base, "OIDC_JWKS_FILE": str(tmp_path / "empty.json")})
+    assert "no usable signing key" in symmetric.value.problems["OIDC_JWKS_FILE"]
+    with pytest.raises(SettingsError) as alone:
+        load_settings(AuthSettings, environ={"DEV_AUTH": "1", "OIDC_JWKS_FILE": str(tmp_path / "empty.json")})
+    assert "OIDC_ISSUER" in alone.value.problems["OIDC_JWKS_FILE"]

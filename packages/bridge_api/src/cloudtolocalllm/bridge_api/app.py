@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from cloudtolocalllm.bridge_api.auth import ApiAuthBackend, CredentialVerifier
 from cloudtolocalllm.bridge_api.bridge_socket import bridge_socket_endpoint
 from cloudtolocalllm.bridge_api.database import DatabaseSettings
+from cloudtolocalllm.bridge_api.dev_auth import dev_auth
 from cloudtolocalllm.bridge_api.directory import BridgeDirectory, DirectoryUnavailable, InMemoryDirectory
 from cloudtolocalllm.bridge_api.discovery import DISCOVERY_PATH, discovery_endpoint
 from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
@@ -26,14 +26,7 @@ from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.status import status_endpoint
 from cloudtolocalllm.bridge_api.version import __version__
 from cloudtolocalllm.core import HttpMetrics, ReadinessCheck, ServiceApp, ServiceInfo, create_app
-from cloudtolocalllm.core.auth import (
-    AuthSettings,
-    TokenVerifier,
-    build_verifier,
-    dev_issuer_from,
-)
-from cloudtolocalllm.core.auth.dev_code_flow import DevCodeFlow, dev_code_flow_from_env
-from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow
+from cloudtolocalllm.core.auth import AuthSettings, TokenVerifier, build_verifier
 from cloudtolocalllm.core.protocol import CloseCode, close_reason
 
 __all__ = ["SERVICE_NAME", "build_app"]
@@ -59,7 +52,9 @@ def build_app(
 ) -> ServiceApp:
     """The app; ``directory`` overrides the one the settings name (tests share one between apps)."""
     keys = KeyService(settings, database or DatabaseSettings())
-    credentials = CredentialVerifier(verifier or build_verifier(auth), keys.verifier)
+    # DEV_AUTH: the dev issuer's verifier and routes (the `dev` extra; DevIssuerMissing without it).
+    dev = dev_auth(auth) if auth.dev_auth else None
+    credentials = CredentialVerifier(verifier or (dev.verifier if dev else build_verifier(auth)), keys.verifier)
     http_metrics = HttpMetrics()
     metrics = TunnelMetrics(http_metrics.registry)
     registry = BridgeRegistry(
@@ -110,15 +105,8 @@ def build_app(
         WebSocketRoute("/ws/bridge", bridge_socket_endpoint(registry, settings, credentials, metrics)),
         *key_routes(keys),
     ]
-    dev_flow: DevCodeFlow | None = None
-    if auth.dev_auth:
-        # Serve the dev issuer's discovery + JWKS where its issuer URL says, for OIDC clients in dev,
-        # with the browser sign-in (authorization code + PKCE) in front of them.
-        prefix = urlsplit(auth.dev_issuer_url).path.rstrip("/")
-        dev_flow = dev_code_flow_from_env(dev_issuer_from(auth))
-        device_routes = DevDeviceFlow(dev_flow.issuer).routes(behind=dev_flow)  # `bridge login`, in front
-        issuer_routes = device_routes + dev_flow.routes() + dev_flow.issuer.routes()
-        routes.extend([Mount(prefix, routes=issuer_routes)] if prefix else issuer_routes)
+    if dev is not None:
+        routes.extend(dev.routes)  # where DEV_ISSUER_URL says, for OIDC clients in dev
     app = create_app(
         ServiceInfo(SERVICE_NAME, __version__),
         routes,
@@ -135,8 +123,8 @@ def build_app(
         metrics=http_metrics,
         lifespan=lifespan,
     )
-    if dev_flow is not None:
-        dev_flow.install_cors(app)  # the dev app's origins (DEV_REDIRECT_URIS) only
+    if dev is not None:
+        dev.install_cors(app)
     app.state.registry = registry
     app.state.forwarder = forwarder
     app.state.relay_budget = relay.json_budget

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 from cloudtolocalllm.bridge_api.app import SERVICE_NAME, build_app
 from cloudtolocalllm.bridge_api.database import DatabaseSettings
+from cloudtolocalllm.bridge_api.dev_auth import DevIssuerMissing
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.settings import ApiSettings, replica_url_for
 from cloudtolocalllm.bridge_api.version import __version__
@@ -69,11 +71,12 @@ def main() -> None:
         exit_on_settings_error(exc, SERVICE_NAME)
     configure_logging(SERVICE_NAME, __version__)
     try:
-        app = build_app(
-            settings, auth, database=database
-        )  # reads the optional dev-issuer settings (DEV_REDIRECT_URIS, ...)
+        app = build_app(settings, auth, database=database)  # reads the dev issuer's settings (DEV_REDIRECT_URIS, ...)
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
+    except DevIssuerMissing as exc:
+        print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     asyncio.run(run(app, settings))
 
 

@@ -3,7 +3,7 @@
 Public API (import from these modules; everything else is internal):
 
 - ``cloudtolocalllm.core``: the service toolkit re-exported below.
-- ``cloudtolocalllm.core.auth``: token verification, the starlette auth backend, the dev issuer.
+- ``cloudtolocalllm.core.auth``: token verification (``core[auth]``) and the starlette auth backend.
 - ``cloudtolocalllm.core.protocol``: the bridge wire protocol (no server dependencies).
 
 The re-exports load on first use (PEP 562), so ``import cloudtolocalllm.core`` stays cheap for

@@ -1,5 +1,5 @@
-"""uvicorn's HTTP and WebSocket protocols with two things they lack: a bounded request head, refused with
-JSON, and WebSocket refusals that log no error.
+"""uvicorn's HTTP protocol with a bounded request head, refused with JSON (the WebSocket protocol, with
+refusals that log no error, is in ``websocket_protocol``).
 
 - **Request heads.** httptools buffers a header line however long it is, and websockets' handshake parser
   drops a connection whose line exceeds 8 KiB, or that has more than 128 headers, without any status. The
@@ -22,7 +22,6 @@ from typing import Any, Final
 import httptools
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
 
@@ -30,7 +29,6 @@ __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
     "MAX_HEADER_COUNT",
     "MAX_HEADER_LINE_BYTES",
-    "QuietRefusalWebSocketProtocol",
     "bounded_http_protocol",
     "head_problem",
 ]
@@ -121,6 +119,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._problem = f"request headers too large (at most {self.max_header_bytes} bytes in all)"
             self._refuse(self._problem)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # A service without WebSockets (no core[websockets]: a file server) answers an upgrade request as a
+        # plain request. uvicorn would log two warnings for each: anyone could flood the log without limit.
+        log.debug("upgrade request answered as a plain request (this service takes no WebSocket)")
+
     def _refuse(self, message: str) -> None:
         log.info("request refused: %s", message, extra={"status": 431})
         if not self.transport.is_closing():
@@ -131,12 +134,3 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def bounded_http_protocol(max_header_bytes: int) -> type[BoundedHttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=`` with this head limit."""
     return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"max_header_bytes": max_header_bytes})
-
-
-class QuietRefusalWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, whose refusals by response end the handshake (no ERROR)."""
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
-            self.handshake_complete = True  # the refusal is on the wire: the handshake is over, not missing

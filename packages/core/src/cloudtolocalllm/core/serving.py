@@ -73,13 +73,21 @@ async def serve(
     # Imported here: tools that never serve should not pay for the server stack.
     import uvicorn
 
-    from cloudtolocalllm.core.server_protocols import QuietRefusalWebSocketProtocol, bounded_http_protocol
+    from cloudtolocalllm.core.server_protocols import bounded_http_protocol
+
+    ws: str | type[asyncio.Protocol]
+    try:
+        from cloudtolocalllm.core.websocket_protocol import QuietRefusalWebSocketProtocol
+
+        ws = QuietRefusalWebSocketProtocol  # websockets' sans-I/O protocol, refusals logged at info only
+    except ModuleNotFoundError:
+        ws = "none"  # no core[websockets] (a file server): upgrade requests are plain HTTP requests
 
     config = uvicorn.Config(
         app,
         loop="none",  # the caller's running loop
         http=bounded_http_protocol(max_header_bytes),  # httptools, with a bounded head
-        ws=QuietRefusalWebSocketProtocol,  # websockets' sans-I/O protocol, refusals logged at info only
+        ws=ws,
         ws_max_size=max_websocket_message_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=None,

@@ -1,25 +1,60 @@
-"""Bearer-token auth: JWT verification against a JWKS, a starlette backend, and the embedded dev issuer."""
+"""Bearer-token auth: the starlette backend and middleware (``core[service]``), and JWT verification against a
+JWKS (``core[auth]``: pyjwt, httpx). The development issuer is its own distribution, ``cloudtolocalllm-dev-issuer``.
 
-from cloudtolocalllm.core.auth.backend import (
-    AuthenticatedUser,
-    AuthMiddleware,
-    BearerAuthBackend,
-    auth_error_response,
-    bearer_token,
-    deny_websocket,
-    requires_auth,
-)
-from cloudtolocalllm.core.auth.config import AuthSettings, build_verifier, dev_issuer_from
-from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
-from cloudtolocalllm.core.auth.errors import (
-    AuthError,
-    InsufficientScope,
-    InvalidToken,
-    KeysUnavailable,
-    MissingCredentials,
-)
-from cloudtolocalllm.core.auth.jwks import KeySource, RemoteJwks, StaticJwks
-from cloudtolocalllm.core.auth.verifier import Principal, TokenVerifier, Verifier
+The re-exports load on first use (PEP 562), so a service that only runs the middleware (``create_app``) never
+imports the JWT stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloudtolocalllm.core.auth.backend import (
+        AuthenticatedUser,
+        AuthMiddleware,
+        BearerAuthBackend,
+        auth_error_response,
+        bearer_token,
+        deny_websocket,
+        requires_auth,
+    )
+    from cloudtolocalllm.core.auth.config import AuthSettings, build_verifier, load_jwks_file
+    from cloudtolocalllm.core.auth.errors import (
+        AuthError,
+        InsufficientScope,
+        InvalidToken,
+        KeysUnavailable,
+        MissingCredentials,
+    )
+    from cloudtolocalllm.core.auth.jwks import KeySource, RemoteJwks, StaticJwks
+    from cloudtolocalllm.core.auth.principal import Principal, Verifier
+    from cloudtolocalllm.core.auth.verifier import TokenVerifier
+
+_EXPORTS = {
+    "AuthenticatedUser": "backend",
+    "AuthMiddleware": "backend",
+    "BearerAuthBackend": "backend",
+    "auth_error_response": "backend",
+    "bearer_token": "backend",
+    "deny_websocket": "backend",
+    "requires_auth": "backend",
+    "AuthSettings": "config",
+    "build_verifier": "config",
+    "load_jwks_file": "config",
+    "AuthError": "errors",
+    "InsufficientScope": "errors",
+    "InvalidToken": "errors",
+    "KeysUnavailable": "errors",
+    "MissingCredentials": "errors",
+    "KeySource": "jwks",
+    "RemoteJwks": "jwks",
+    "StaticJwks": "jwks",
+    "Principal": "principal",
+    "Verifier": "principal",
+    "TokenVerifier": "verifier",
+}
 
 __all__ = [
     "AuthError",
@@ -27,7 +62,6 @@ __all__ = [
     "AuthSettings",
     "AuthenticatedUser",
     "BearerAuthBackend",
-    "DevIssuer",
     "InsufficientScope",
     "InvalidToken",
     "KeySource",
@@ -42,6 +76,19 @@ __all__ = [
     "bearer_token",
     "build_verifier",
     "deny_websocket",
-    "dev_issuer_from",
+    "load_jwks_file",
     "requires_auth",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from cloudtolocalllm.core.auth.errors import AuthError, InsufficientScope, InvalidToken, MissingCredentials
-from cloudtolocalllm.core.auth.verifier import Principal, Verifier
+from cloudtolocalllm.core.auth.principal import Principal, Verifier
 
 __all__ = [
     "AuthMiddleware",

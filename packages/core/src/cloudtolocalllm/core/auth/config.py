@@ -1,30 +1,29 @@
 """Auth configuration from the environment, and the verifier it describes.
 
 Exactly one issuer is configured: Auth0 (``AUTH0_DOMAIN`` + ``AUTH0_AUDIENCE``), any OIDC issuer
-(``OIDC_ISSUER`` + ``OIDC_AUDIENCE``, optionally ``OIDC_JWKS_URL``), or the embedded dev issuer
-(``DEV_AUTH=true``), which must be asked for explicitly.
+(``OIDC_ISSUER`` + ``OIDC_AUDIENCE``, optionally ``OIDC_JWKS_URL``, or ``OIDC_JWKS_FILE`` to read its keys
+from a JWKS file instead of fetching them), or the dev issuer (``DEV_AUTH=true``), which must be asked for
+explicitly and is a separate distribution (``cloudtolocalllm-dev-issuer``) whose ``dev_verifier`` builds the
+verifier for it.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
-from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
-from cloudtolocalllm.core.auth.jwks import KeySource, RemoteJwks
+from cloudtolocalllm.core.auth.jwks import KeySource, RemoteJwks, StaticJwks, parse_jwks
 from cloudtolocalllm.core.auth.verifier import ASYMMETRIC_ALGORITHMS, TokenVerifier
 from cloudtolocalllm.core.settings import SettingsError
 
-__all__ = ["DEV_AUDIENCE", "DEV_ISSUER_URL", "AuthSettings", "build_verifier", "dev_issuer_from"]
+__all__ = ["DEV_AUDIENCE", "DEV_ISSUER_URL", "AuthSettings", "build_verifier", "load_jwks_file"]
 
 DEV_ISSUER_URL: Final = "http://localhost:8080/dev-issuer"
 DEV_AUDIENCE: Final = "cloudtolocalllm-dev"
 DEV_ISSUER_DIR: Final = ".dev/issuer"
-
-log = logging.getLogger(__name__)
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400)]
 
@@ -35,6 +34,9 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
+    # A JWKS document on disk, read once at start-up instead of fetching the issuer's (keys you hold yourself,
+    # e.g. tests that mint their own tokens against a production image).
+    oidc_jwks_file: str | None = None
     auth_algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
     auth_leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
     auth_jwks_cache_s: Seconds = 600.0
@@ -67,6 +69,16 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
             problems["AUTH0_AUDIENCE"] = "required with AUTH0_DOMAIN (the API identifier tokens are issued for)"
         if self.oidc_issuer and not self.oidc_audience:
             problems["OIDC_AUDIENCE"] = "required with OIDC_ISSUER"
+        if self.oidc_jwks_file:
+            if not self.oidc_issuer:
+                problems["OIDC_JWKS_FILE"] = "only with OIDC_ISSUER (the issuer whose keys the file holds)"
+            elif self.oidc_jwks_url:
+                problems["OIDC_JWKS_FILE"] = "conflicts with OIDC_JWKS_URL: set one place to take the keys from"
+            else:
+                try:
+                    load_jwks_file(self.oidc_jwks_file)
+                except ValueError as exc:
+                    problems["OIDC_JWKS_FILE"] = str(exc)
         if bad := sorted(set(self.auth_algorithms) - ASYMMETRIC_ALGORITHMS):
             problems["AUTH_ALGORITHMS"] = f"only asymmetric algorithms are allowed, not {', '.join(bad)}"
         if problems:
@@ -85,32 +97,47 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
         return self.auth0_audience or self.oidc_audience or self.dev_audience
 
 
-def dev_issuer_from(settings: AuthSettings) -> DevIssuer:
-    return DevIssuer(Path(settings.dev_issuer_dir), issuer=settings.dev_issuer_url, audience=settings.dev_audience)
+def load_jwks_file(path: str) -> dict[str, Any]:
+    """A JWKS document from a file, with at least one usable signing key; ``ValueError`` says what is wrong."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError(f"{path} is not a JWKS (no 'keys' list)")
+    if not parse_jwks(document):
+        raise ValueError(f"{path} holds no usable signing key (asymmetric, with a kid)")
+    return document
 
 
-def build_verifier(settings: AuthSettings) -> TokenVerifier:
-    keys: KeySource
+def _key_source(settings: AuthSettings) -> KeySource:
     if settings.dev_auth:
-        log.warning("DEV_AUTH is on: tokens from the embedded dev issuer are accepted; never use this in production")
-        keys = dev_issuer_from(settings).key_source()
-    elif settings.auth0_domain:
-        keys = RemoteJwks(
+        # Core holds no dev issuer: its keys are given by the package that has it (dev_verifier).
+        raise SettingsError({"DEV_AUTH": "the dev issuer's keys come from cloudtolocalllm-dev-issuer (dev_verifier)"})
+    if settings.oidc_jwks_file:
+        return StaticJwks(load_jwks_file(settings.oidc_jwks_file))
+    if settings.auth0_domain:
+        return RemoteJwks(
             jwks_url=settings.issuer + ".well-known/jwks.json",
             cache_ttl_s=settings.auth_jwks_cache_s,
             min_refetch_interval_s=settings.auth_jwks_min_refetch_s,
         )
-    else:
-        keys = RemoteJwks(
-            jwks_url=settings.oidc_jwks_url,
-            issuer=settings.oidc_issuer,
-            cache_ttl_s=settings.auth_jwks_cache_s,
-            min_refetch_interval_s=settings.auth_jwks_min_refetch_s,
-        )
+    return RemoteJwks(
+        jwks_url=settings.oidc_jwks_url,
+        issuer=settings.oidc_issuer,
+        cache_ttl_s=settings.auth_jwks_cache_s,
+        min_refetch_interval_s=settings.auth_jwks_min_refetch_s,
+    )
+
+
+def build_verifier(settings: AuthSettings, *, keys: KeySource | None = None) -> TokenVerifier:
+    """The verifier the settings describe; ``keys`` replaces where its signing keys come from."""
     return TokenVerifier(
         issuer=settings.issuer,
         audience=settings.audience,
-        keys=keys,
+        keys=keys or _key_source(settings),
         algorithms=settings.auth_algorithms,
         leeway_s=settings.auth_leeway_s,
         cache_size=settings.auth_token_cache_size,

@@ -44,7 +44,7 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
 
 
 class StaticJwks:
-    """A fixed key set: the embedded dev issuer's own keys, or keys given in configuration."""
+    """A fixed key set: the dev issuer's own keys, or a JWKS file (``OIDC_JWKS_FILE``)."""
 
     def __init__(self, document: Mapping[str, Any]) -> None:
         self._keys = parse_jwks(document)

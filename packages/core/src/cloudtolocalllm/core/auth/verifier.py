@@ -17,13 +17,13 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple
 
 import jwt
-import msgspec
 
 from cloudtolocalllm.core.auth.errors import AuthError, InvalidToken
 from cloudtolocalllm.core.auth.jwks import KeySource
+from cloudtolocalllm.core.auth.principal import Principal, Verifier
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "Principal", "TokenVerifier", "Verifier"]
 
@@ -32,24 +32,6 @@ ASYMMETRIC_ALGORITHMS: Final = frozenset(
 )
 _REQUIRED_CLAIMS: Final = ["exp", "iss", "aud", "sub"]
 DEFAULT_CACHE_SIZE: Final = 1024
-
-
-class Principal(msgspec.Struct, frozen=True):
-    """Who a verified token speaks for."""
-
-    subject: str
-    scopes: frozenset[str]
-    expires_at: float
-    claims: dict[str, Any]
-
-
-class Verifier(Protocol):
-    """Turns a bearer token into the :class:`Principal` it speaks for, or raises an ``AuthError``.
-
-    :class:`TokenVerifier` (JWTs) is one; a service may put others in front of it (e.g. API keys).
-    """
-
-    async def verify(self, token: str) -> Principal: ...
 
 
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:

@@ -14,9 +14,9 @@ from starlette.routing import Mount
 
 from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth import AuthSettings, RemoteJwks, TokenVerifier, build_verifier
-from cloudtolocalllm.core.auth.dev_issuer import KEY_FILE, DevIssuer
 from cloudtolocalllm.core.settings import load_settings
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.dev_issuer.issuer import KEY_FILE, DevIssuer, dev_verifier
 
 
 def test_key_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ async def test_cli_token_is_accepted_by_a_service_configured_with_dev_auth(tmp_p
         [
             sys.executable,
             "-m",
-            "cloudtolocalllm.core.auth.dev_issuer_cli",
+            "cloudtolocalllm.dev_issuer.cli",
             "token",
             "--sub",
             "alice",
@@ -48,7 +48,7 @@ async def test_cli_token_is_accepted_by_a_service_configured_with_dev_auth(tmp_p
         check=True,
     ).stdout.strip()
     settings = load_settings(AuthSettings, environ={**env, "DEV_AUTH": "true"})
-    principal = await build_verifier(settings).verify(token)
+    principal = await dev_verifier(settings).verify(token)
     assert principal.subject == "alice"
     assert principal.scopes == {"s1"}
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
@@ -68,3 +68,19 @@ async def test_served_discovery_and_jwks_verify_its_tokens(tmp_path: Path) -> No
             assert (await verifier.verify(dev.mint("bob"))).subject == "bob"
         finally:
             await verifier.aclose()
+
+
+async def test_cli_jwks_lets_a_service_without_the_dev_issuer_accept_its_tokens(tmp_path: Path) -> None:
+    env = {**os.environ, "DEV_ISSUER_DIR": str(tmp_path / "dev"), "DEV_AUDIENCE": "aud-x"}
+    cli = [sys.executable, "-m", "cloudtolocalllm.dev_issuer.cli"]
+    jwks = subprocess.run([*cli, "jwks"], env=env, capture_output=True, text=True, check=True).stdout  # noqa: ASYNC221
+    token = subprocess.run(  # noqa: ASYNC221 - one-shot CLI calls; the test has nothing else to run
+        [*cli, "token", "--sub", "carol"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (tmp_path / "jwks.json").write_text(jwks)
+    oidc = {
+        "OIDC_ISSUER": "http://localhost:8080/dev-issuer",  # DEV_ISSUER_URL's default
+        "OIDC_AUDIENCE": "aud-x",
+        "OIDC_JWKS_FILE": str(tmp_path / "jwks.json"),
+    }
+    assert (await build_verifier(load_settings(AuthSettings, environ=oidc)).verify(token)).subject == "carol"

@@ -1,29 +1,40 @@
 """``cloudtolocalllm-dev-issuer``: mint dev tokens, or serve the dev issuer's discovery document and JWKS.
 
     cloudtolocalllm-dev-issuer token --sub alice            # prints a bearer token valid for 1 h
+    cloudtolocalllm-dev-issuer jwks > dev-jwks.json         # its public keys, for OIDC_JWKS_FILE
     cloudtolocalllm-dev-issuer serve --port 8081            # discovery, JWKS, device flow (bridge login)
 
 Keys, issuer URL and audience come from the same variables the services read (DEV_ISSUER_DIR,
-DEV_ISSUER_URL, DEV_AUDIENCE), so a minted token is accepted by every service started with DEV_AUTH=true.
+DEV_ISSUER_URL, DEV_AUDIENCE), so a minted token is accepted by every service started with DEV_AUTH=true,
+and by any service on core given OIDC_ISSUER=$DEV_ISSUER_URL, OIDC_AUDIENCE=$DEV_AUDIENCE and the printed
+JWKS as OIDC_JWKS_FILE (no dev issuer installed there).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from starlette.routing import Mount
 
-from cloudtolocalllm.core.app import ServiceInfo, create_app
-from cloudtolocalllm.core.auth.config import AuthSettings, dev_issuer_from
-from cloudtolocalllm.core.auth.dev_device_flow import DevDeviceFlow, dev_issuer_routes
-from cloudtolocalllm.core.logging import configure_logging
-from cloudtolocalllm.core.serving import bind_socket, exit_on_settings_error, serve
-from cloudtolocalllm.core.settings import SettingsError, load_settings
-from cloudtolocalllm.core.version import __version__
+from cloudtolocalllm.core import (
+    ServiceInfo,
+    SettingsError,
+    bind_socket,
+    configure_logging,
+    create_app,
+    exit_on_settings_error,
+    load_settings,
+    serve,
+)
+from cloudtolocalllm.core.auth import AuthSettings
+from cloudtolocalllm.dev_issuer.device_flow import DevDeviceFlow, dev_issuer_routes
+from cloudtolocalllm.dev_issuer.issuer import dev_issuer_from
+from cloudtolocalllm.dev_issuer.version import __version__
 
 PROG = "cloudtolocalllm-dev-issuer"
 
@@ -35,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", default="dev-user", help="user id (the token's subject); default dev-user")
     token.add_argument("--scope", action="append", default=[], help="a scope to grant (repeatable)")
     token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds; default 3600")
+    commands.add_parser("jwks", help="print the public JWKS (for a service's OIDC_JWKS_FILE)")
     serve_cmd = commands.add_parser("serve", help="serve discovery, JWKS and the device flow at DEV_ISSUER_URL's path")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8081)
@@ -53,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     issuer = dev_issuer_from(settings)
     if args.command == "token":
         print(issuer.mint(args.sub, scopes=args.scope, ttl_s=args.ttl))
+        return
+    if args.command == "jwks":
+        print(json.dumps(issuer.jwks(), indent=2))
         return
     configure_logging(PROG, __version__)
     prefix = urlsplit(settings.dev_issuer_url).path.rstrip("/")

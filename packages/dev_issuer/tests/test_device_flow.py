@@ -17,9 +17,9 @@ from starlette.routing import Mount
 
 from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth import TokenVerifier
-from cloudtolocalllm.core.auth.dev_device_flow import DEVICE_CODE_GRANT, DevDeviceFlow, dev_issuer_routes
-from cloudtolocalllm.core.auth.dev_issuer import DevIssuer
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.dev_issuer.device_flow import DEVICE_CODE_GRANT, DevDeviceFlow, dev_issuer_routes
+from cloudtolocalllm.dev_issuer.issuer import DevIssuer
 
 ISSUER = "http://issuer.test/dev-issuer"
 AUDIENCE = "aud-device"

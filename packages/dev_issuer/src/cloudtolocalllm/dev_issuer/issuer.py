@@ -2,7 +2,7 @@
 
 It keeps one RSA key in a directory (created on first use, mode 0600), serves its discovery document and
 JWKS, and mints tokens for any user. Services enable it only with ``DEV_AUTH=true``; production images
-never set that.
+do not even install it (it is the ``cloudtolocalllm-dev-issuer`` distribution, a development extra).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -24,9 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cloudtolocalllm.core.auth.jwks import StaticJwks
+from cloudtolocalllm.core.auth import AuthSettings, StaticJwks, TokenVerifier, build_verifier
 
-__all__ = ["DevIssuer"]
+__all__ = ["DevIssuer", "dev_issuer_from", "dev_verifier"]
+
+log = logging.getLogger(__name__)
 
 KEY_FILE: Final = "signing-key.pem"
 ALGORITHM: Final = "RS256"
@@ -119,3 +122,14 @@ class DevIssuer:
             Route("/.well-known/openid-configuration", discovery),
             Route("/.well-known/jwks.json", jwks),
         ]
+
+
+def dev_issuer_from(settings: AuthSettings) -> DevIssuer:
+    """The issuer ``DEV_ISSUER_DIR``, ``DEV_ISSUER_URL`` and ``DEV_AUDIENCE`` describe."""
+    return DevIssuer(Path(settings.dev_issuer_dir), issuer=settings.dev_issuer_url, audience=settings.dev_audience)
+
+
+def dev_verifier(settings: AuthSettings) -> TokenVerifier:
+    """A verifier that trusts the dev issuer's own key (``DEV_AUTH=true``)."""
+    log.warning("DEV_AUTH is on: tokens from the embedded dev issuer are accepted; never use this in production")
+    return build_verifier(settings, keys=dev_issuer_from(settings).key_source())

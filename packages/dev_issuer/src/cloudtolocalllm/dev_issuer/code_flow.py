@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import msgspec
 from starlette.applications import Starlette
@@ -36,16 +36,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from cloudtolocalllm.core.auth.dev_issuer import ALGORITHM, DevIssuer
 from cloudtolocalllm.core.settings import load_settings
+from cloudtolocalllm.dev_issuer.errors import NO_STORE, OAuthError
+from cloudtolocalllm.dev_issuer.forms import read_form
+from cloudtolocalllm.dev_issuer.issuer import ALGORITHM, DevIssuer
+from cloudtolocalllm.dev_issuer.store import Grant, RefreshTokens
 
-__all__ = ["DevCodeFlow", "DevCodeFlowSettings", "GrantHandler", "TokenError", "dev_code_flow_from_env"]
+__all__ = ["CODE_FLOW", "DevCodeFlow", "DevCodeFlowSettings", "GrantHandler", "dev_code_flow_from_env"]
 
 DEV_CLIENT_ID: Final = "cloudtolocalllm-web"
 DEV_USER: Final = "dev-user"
+CODE_FLOW: Final = "code"  # the refresh tokens this flow issued (and refreshes), in a shared store
 # PKCE verifier: 43-128 characters of [A-Za-z0-9-._~] (RFC 7636 section 4.1).
 _VERIFIER_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_MAX_FORM_BYTES: Final = 16 * 1024
 _SUBJECT_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._@|")
 # The sign-in page loads nothing: no script, no style, no frame may embed it.
 _PAGE_CSP: Final = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -78,23 +81,6 @@ class DevCodeFlowSettings(msgspec.Struct, frozen=True, kw_only=True):
         return list(seen)
 
 
-class TokenError(Exception):
-    """An RFC 6749 section 5.2 error from the token endpoint."""
-
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"error": self.error, "error_description": self.description},
-            status_code=self.status,
-            headers={"Cache-Control": "no-store"},
-        )
-
-
 GrantHandler = Callable[[dict[str, str]], Awaitable[dict[str, Any]]]
 
 
@@ -110,31 +96,8 @@ class _Code:
     expires: float
 
 
-@dataclass
-class _Refresh:
-    subject: str
-    client_id: str
-    audience: str | None
-    scope: str
-    family: str
-    expires: float
-
-
 def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An ``application/x-www-form-urlencoded`` body (the only kind OAuth uses), first value of each name."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM_BYTES:
-            raise TokenError("invalid_request", "request body too large", status=413)
-    params: dict[str, str] = {}
-    for key, value in parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True):
-        params.setdefault(key, value)
-    return params
 
 
 class _AuthorizeError(Exception):
@@ -142,12 +105,14 @@ class _AuthorizeError(Exception):
 
 
 class DevCodeFlow:
-    def __init__(self, issuer: DevIssuer, settings: DevCodeFlowSettings) -> None:
+    def __init__(
+        self, issuer: DevIssuer, settings: DevCodeFlowSettings, refresh_tokens: RefreshTokens | None = None
+    ) -> None:
         self.issuer = issuer
         self.settings = settings
+        # Shared with the device flow in api-backend: one store, one reuse detection for both.
+        self.refresh_tokens = refresh_tokens or RefreshTokens()
         self._codes: dict[str, _Code] = {}
-        self._refresh: dict[str, _Refresh] = {}
-        self._used_refresh: dict[str, str] = {}  # rotated refresh token -> family, to detect reuse
         self._grants: dict[str, GrantHandler] = {
             "authorization_code": self._grant_code,
             "refresh_token": self._grant_refresh,
@@ -240,8 +205,8 @@ class DevCodeFlow:
     async def authorize(self, request: Request) -> Response:
         if request.method == "POST":
             try:
-                params = await _form(request)
-            except TokenError as exc:
+                params = await read_form(request)
+            except OAuthError as exc:
                 return exc.response()
         else:
             params = dict(request.query_params)
@@ -281,19 +246,19 @@ class DevCodeFlow:
 
     async def token(self, request: Request) -> Response:
         try:
-            params = await _form(request)
+            params = await read_form(request)
             grant = self._grants.get(params.get("grant_type", ""))
             if grant is None:
-                raise TokenError("unsupported_grant_type", f"supported: {', '.join(sorted(self._grants))}")
+                raise OAuthError("unsupported_grant_type", f"supported: {', '.join(sorted(self._grants))}")
             body = await grant(params)
-        except TokenError as exc:
+        except OAuthError as exc:
             return exc.response()
-        return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return JSONResponse(body, headers=NO_STORE)
 
     def _client(self, params: dict[str, str]) -> str:
         client_id = params.get("client_id", "")
         if client_id != self.settings.dev_client_id:
-            raise TokenError("invalid_client", "unknown client_id", status=401)
+            raise OAuthError("invalid_client", "unknown client_id", status=401)
         return client_id
 
     async def _grant_code(self, params: dict[str, str]) -> dict[str, Any]:
@@ -301,33 +266,20 @@ class DevCodeFlow:
         # Single use: the code is gone whatever happens next.
         code = self._codes.pop(params.get("code", ""), None)
         if code is None or code.expires < time.monotonic():
-            raise TokenError("invalid_grant", "unknown, used or expired authorization code")
+            raise OAuthError("invalid_grant", "unknown, used or expired authorization code")
         if code.client_id != client_id or params.get("redirect_uri") != code.redirect_uri:
-            raise TokenError("invalid_grant", "client_id or redirect_uri does not match the authorization request")
+            raise OAuthError("invalid_grant", "client_id or redirect_uri does not match the authorization request")
         verifier = params.get("code_verifier", "")
         if not 43 <= len(verifier) <= 128 or not set(verifier) <= _VERIFIER_CHARS:
-            raise TokenError("invalid_grant", "code_verifier is missing or malformed")
+            raise OAuthError("invalid_grant", "code_verifier is missing or malformed")
         if not secrets.compare_digest(_s256(verifier), code.challenge):
-            raise TokenError("invalid_grant", "code_verifier does not match the code_challenge")
+            raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         return self._issue(code.subject, client_id, code.audience, code.scope, family=None, nonce=code.nonce)
 
     async def _grant_refresh(self, params: dict[str, str]) -> dict[str, Any]:
         client_id = self._client(params)
-        presented = params.get("refresh_token", "")
-        current = self._refresh.pop(presented, None)
-        if current is None:
-            if family := self._used_refresh.get(presented):
-                # A rotated token came back: someone holds a copy. Revoke every token of that sign-in.
-                self._revoke(family)
-            raise TokenError("invalid_grant", "unknown, rotated or expired refresh token")
-        self._used_refresh[presented] = current.family
-        if current.expires < time.monotonic() or current.client_id != client_id:
-            raise TokenError("invalid_grant", "unknown, rotated or expired refresh token")
-        return self._issue(current.subject, client_id, current.audience, current.scope, family=current.family)
-
-    def _revoke(self, family: str) -> None:
-        for token in [t for t, r in self._refresh.items() if r.family == family]:
-            del self._refresh[token]
+        grant = self.refresh_tokens.rotate(params.get("refresh_token", ""), client_id)
+        return self._issue(grant.subject, client_id, grant.audience, " ".join(grant.scope), family=grant.family)
 
     def _issue(
         self,
@@ -352,14 +304,16 @@ class DevCodeFlow:
         if nonce:
             id_claims["nonce"] = nonce
         id_token = self.issuer.mint(subject, ttl_s=ttl, audience=client_id, extra_claims=id_claims)
-        refresh = secrets.token_urlsafe(32)
-        self._refresh[refresh] = _Refresh(
-            subject=subject,
-            client_id=client_id,
-            audience=audience,
-            scope=scope,
-            family=family or secrets.token_urlsafe(8),
-            expires=time.monotonic() + self.settings.dev_refresh_token_ttl_s,
+        refresh = self.refresh_tokens.issue(
+            Grant(
+                flow=CODE_FLOW,
+                family=family or self.refresh_tokens.new_family(),
+                subject=subject,
+                client_id=client_id,
+                scope=tuple(scope.split()),
+                audience=audience,
+                expires_at=self.refresh_tokens.clock() + self.settings.dev_refresh_token_ttl_s,
+            )
         )
         return {
             "access_token": access,
@@ -374,10 +328,6 @@ class DevCodeFlow:
         now = time.monotonic()
         for code in [c for c, v in self._codes.items() if v.expires < now]:
             del self._codes[code]
-        for token in [t for t, r in self._refresh.items() if r.expires < now]:
-            del self._refresh[token]
-        if len(self._used_refresh) > 10_000:
-            self._used_refresh.clear()
 
     # --- logout ----------------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ authorization-code flow's (``routes(behind=code_flow)``): one token endpoint, on
 
 from __future__ import annotations
 
-import hashlib
 import html
 import secrets
 import time
@@ -34,29 +33,26 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message
 
-from cloudtolocalllm.core.auth.dev_issuer import ALGORITHM, DevIssuer
+from cloudtolocalllm.dev_issuer.errors import NO_STORE, OAuthError
+from cloudtolocalllm.dev_issuer.forms import parse_form, read_body, read_form, replay
+from cloudtolocalllm.dev_issuer.issuer import ALGORITHM, DevIssuer
+from cloudtolocalllm.dev_issuer.store import Grant, RefreshTokens, digest
 
-__all__ = ["DEVICE_CODE_GRANT", "DevDeviceFlow", "OtherFlow", "dev_issuer_routes"]
+__all__ = ["DEVICE_CODE_GRANT", "DEVICE_FLOW", "DevDeviceFlow", "OtherFlow", "dev_issuer_routes"]
 
 DEVICE_CODE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_FLOW: Final = "device"  # the refresh tokens this flow issued (and refreshes), in a shared store
 REFRESH_GRANT: Final = "refresh_token"
 OFFLINE_ACCESS: Final = "offline_access"
 # RFC 8628 §6.1: base-20 consonants, no vowels (no words) and nothing easily confused.
 _USER_CODE_ALPHABET: Final = "BCDFGHJKLMNPQRSTVWXZ"
-_MAX_FORM_BYTES: Final = 16 * 1024
 _EXPIRED_KEPT_S: Final = 60.0
-_NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _normalise_user_code(raw: str) -> str:
@@ -74,69 +70,6 @@ class _Pending:
     last_poll: float | None = None
     subject: str | None = None
     denied: bool = False
-
-
-@dataclass
-class _Grant:
-    """What a refresh token stands for. ``family`` ties together every token rotated from one login."""
-
-    family: str
-    subject: str
-    client_id: str
-    scope: tuple[str, ...]
-    audience: str
-    expires_at: float
-
-
-class _OAuthError(Exception):
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-
-    def response(self) -> JSONResponse:
-        body = {"error": self.error, "error_description": self.description}
-        return JSONResponse(body, status_code=self.status, headers=_NO_STORE)
-
-
-async def _read_body(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM_BYTES:
-            raise _OAuthError("invalid_request", "the body is too large")
-    return body
-
-
-def _parse_form(request: Request, body: bytes) -> dict[str, str]:
-    """An ``application/x-www-form-urlencoded`` body (first value of each field)."""
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if ctype != "application/x-www-form-urlencoded":
-        raise _OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
-    try:
-        fields = parse_qs(body.decode(), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise _OAuthError("invalid_request", "the body is not UTF-8") from None
-    return {key: values[0] for key, values in fields.items()}
-
-
-async def _form(request: Request) -> dict[str, str]:
-    return _parse_form(request, await _read_body(request))
-
-
-def _replay(request: Request, body: bytes) -> Request:
-    """The same request with its (already read) body readable again, for the flow behind this one."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return Request(request.scope, receive)
 
 
 class OtherFlow(Protocol):
@@ -161,6 +94,7 @@ class DevDeviceFlow:
         max_pending: int = 256,
         max_refresh_tokens: int = 4096,
         clock: Callable[[], float] = time.monotonic,
+        refresh_tokens: RefreshTokens | None = None,
     ) -> None:
         self.issuer = issuer
         self.access_token_ttl_s = access_token_ttl_s
@@ -172,8 +106,8 @@ class DevDeviceFlow:
         self._clock = clock
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by SHA-256 of the device code
         self._by_user_code: dict[str, str] = {}  # user code -> device code digest
-        self._grants: OrderedDict[str, _Grant] = OrderedDict()  # by SHA-256 of the refresh token
-        self._rotated: OrderedDict[str, str] = OrderedDict()  # used refresh token digest -> family
+        # Shared with the code flow in api-backend (pass its store): one store, one reuse detection for both.
+        self.refresh_tokens = refresh_tokens or RefreshTokens(max_tokens=max_refresh_tokens, clock=clock)
         self._behind: OtherFlow | None = None
 
     # --- the developer's side (the /activate page calls these; so can tests) --------------------------
@@ -250,26 +184,26 @@ class DevDeviceFlow:
 
     async def _device_code(self, request: Request) -> Response:
         try:
-            form = await _form(request)
+            form = await read_form(request)
             client_id = form.get("client_id", "")
             if not client_id:
-                raise _OAuthError("invalid_request", "client_id is required")
+                raise OAuthError("invalid_request", "client_id is required")
             audience = form.get("audience", "")
             if not audience:
-                raise _OAuthError(
+                raise OAuthError(
                     "invalid_request", "audience is required: the API identifier the cloud verifies tokens for"
                 )
             if audience != self.issuer.audience:
-                raise _OAuthError("invalid_request", f"unknown audience; this issuer serves {self.issuer.audience!r}")
+                raise OAuthError("invalid_request", f"unknown audience; this issuer serves {self.issuer.audience!r}")
             self._purge()
             while len(self._pending) >= self.max_pending:
                 _, oldest = self._pending.popitem(last=False)
                 self._by_user_code.pop(oldest.user_code, None)
-        except _OAuthError as exc:
+        except OAuthError as exc:
             return exc.response()
         device_code = secrets.token_urlsafe(32)
         user_code = self._new_user_code()
-        self._pending[_digest(device_code)] = _Pending(
+        self._pending[digest(device_code)] = _Pending(
             user_code=user_code,
             client_id=client_id,
             scope=tuple(form.get("scope", "").split()),
@@ -277,7 +211,7 @@ class DevDeviceFlow:
             expires_at=self._clock() + self.device_code_ttl_s,
             interval_s=self.interval_s,
         )
-        self._by_user_code[user_code] = _digest(device_code)
+        self._by_user_code[user_code] = digest(device_code)
         shown = f"{user_code[:4]}-{user_code[4:]}"
         verification_uri = str(request.url_for("dev_activate"))
         return JSONResponse(
@@ -289,7 +223,7 @@ class DevDeviceFlow:
                 "expires_in": int(self.device_code_ttl_s),
                 "interval": int(self.interval_s) if self.interval_s == int(self.interval_s) else self.interval_s,
             },
-            headers=_NO_STORE,
+            headers=NO_STORE,
         )
 
     def _new_user_code(self) -> str:
@@ -300,52 +234,52 @@ class DevDeviceFlow:
 
     async def _token(self, request: Request) -> Response:
         try:
-            raw = await _read_body(request)
-            form = _parse_form(request, raw)
+            raw = await read_body(request)
+            form = parse_form(request, raw)
             grant_type = form.get("grant_type", "")
             mine = grant_type == DEVICE_CODE_GRANT or (
                 grant_type == REFRESH_GRANT and self._knows(form.get("refresh_token", ""))
             )
             if not mine and self._behind is not None:
-                return await self._behind.token(_replay(request, raw))
+                return await self._behind.token(replay(request, raw))
             client_id = form.get("client_id", "")
             if not client_id:
-                raise _OAuthError("invalid_request", "client_id is required")
+                raise OAuthError("invalid_request", "client_id is required")
             if grant_type == DEVICE_CODE_GRANT:
                 body = self._device_grant(form.get("device_code", ""), client_id)
             elif grant_type == REFRESH_GRANT:
                 body = self._refresh_grant(form.get("refresh_token", ""), client_id)
             else:
-                raise _OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
-        except _OAuthError as exc:
+                raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+        except OAuthError as exc:
             return exc.response()
-        return JSONResponse(body, headers=_NO_STORE)
+        return JSONResponse(body, headers=NO_STORE)
 
     def _knows(self, refresh_token: str) -> bool:
-        key = _digest(refresh_token)
-        return key in self._grants or key in self._rotated
+        return self.refresh_tokens.flow_of(refresh_token) == DEVICE_FLOW
 
     def _device_grant(self, device_code: str, client_id: str) -> dict[str, Any]:
-        key = _digest(device_code)
+        key = digest(device_code)
         pending = self._pending.get(key)
         if pending is None or pending.client_id != client_id:
-            raise _OAuthError("invalid_grant", "unknown device code")
+            raise OAuthError("invalid_grant", "unknown device code")
         now = self._clock()
         if now >= pending.expires_at:
             self._forget(key)
-            raise _OAuthError("expired_token", "the device code expired; start again")
+            raise OAuthError("expired_token", "the device code expired; start again")
         if pending.denied:
             self._forget(key)
-            raise _OAuthError("access_denied", "the request was denied")
+            raise OAuthError("access_denied", "the request was denied")
         too_soon = pending.last_poll is not None and now - pending.last_poll < 0.9 * pending.interval_s
         pending.last_poll = now
         if too_soon:
-            raise _OAuthError("slow_down", f"poll at most every {pending.interval_s} s")
+            raise OAuthError("slow_down", f"poll at most every {pending.interval_s} s")
         if pending.subject is None:
-            raise _OAuthError("authorization_pending", "waiting for the user to approve the code")
+            raise OAuthError("authorization_pending", "waiting for the user to approve the code")
         self._forget(key)  # a device code is good for one set of tokens
-        grant = _Grant(
-            family=secrets.token_hex(8),
+        grant = Grant(
+            flow=DEVICE_FLOW,
+            family=self.refresh_tokens.new_family(),
             subject=pending.subject,
             client_id=pending.client_id,
             scope=pending.scope,
@@ -355,23 +289,9 @@ class DevDeviceFlow:
         return self._issue(grant)
 
     def _refresh_grant(self, refresh_token: str, client_id: str) -> dict[str, Any]:
-        key = _digest(refresh_token)
-        family = self._rotated.get(key)
-        if family is not None:
-            self._revoke_family(family)
-            raise _OAuthError("invalid_grant", "refresh token already used; the login was revoked")
-        grant = self._grants.get(key)
-        if grant is None or grant.client_id != client_id:
-            raise _OAuthError("invalid_grant", "unknown or revoked refresh token")
-        del self._grants[key]
-        if self._clock() >= grant.expires_at:
-            raise _OAuthError("invalid_grant", "the refresh token expired")
-        self._rotated[key] = grant.family
-        while len(self._rotated) > 4 * self.max_refresh_tokens:
-            self._rotated.popitem(last=False)
-        return self._issue(grant)
+        return self._issue(self.refresh_tokens.rotate(refresh_token, client_id))
 
-    def _issue(self, grant: _Grant) -> dict[str, Any]:
+    def _issue(self, grant: Grant) -> dict[str, Any]:
         access_token = self.issuer.mint(
             grant.subject,
             scopes=grant.scope,
@@ -386,16 +306,8 @@ class DevDeviceFlow:
             "scope": " ".join(grant.scope),
         }
         if OFFLINE_ACCESS in grant.scope:
-            refresh_token = secrets.token_urlsafe(32)
-            self._grants[_digest(refresh_token)] = grant
-            while len(self._grants) > self.max_refresh_tokens:
-                self._grants.popitem(last=False)
-            body["refresh_token"] = refresh_token
+            body["refresh_token"] = self.refresh_tokens.issue(grant)
         return body
-
-    def _revoke_family(self, family: str) -> None:
-        for key in [k for k, g in self._grants.items() if g.family == family]:
-            del self._grants[key]
 
     def _forget(self, key: str) -> None:
         pending = self._pending.pop(key, None)
@@ -420,8 +332,8 @@ class DevDeviceFlow:
             if (got.scheme, got.netloc) != (expected.scheme, expected.netloc):
                 return self._page("", message="Refused: the form was posted from another site.", status=403)
         try:
-            form = await _form(request)
-        except _OAuthError as exc:
+            form = await read_form(request)
+        except OAuthError as exc:
             return self._page("", message=exc.description, status=400)
         user_code = form.get("user_code", "")
         subject = form.get("subject", "").strip()
@@ -450,7 +362,7 @@ class DevDeviceFlow:
             "<button name='action' value='deny' formnovalidate>Deny</button></p>"
             "</form><p>Development only: any user id is accepted.</p></body></html>"
         )
-        return HTMLResponse(body, status_code=status, headers=_NO_STORE)
+        return HTMLResponse(body, status_code=status, headers=NO_STORE)
 
 
 def dev_issuer_routes(issuer: DevIssuer, flow: DevDeviceFlow | None = None) -> list[BaseRoute]:

@@ -16,9 +16,10 @@ import pytest
 from starlette.routing import Mount
 
 from cloudtolocalllm.core.app import ServiceApp, ServiceInfo, create_app
-from cloudtolocalllm.core.auth import DevIssuer, TokenVerifier
-from cloudtolocalllm.core.auth.dev_code_flow import DevCodeFlow, DevCodeFlowSettings, dev_code_flow_from_env
+from cloudtolocalllm.core.auth import TokenVerifier
 from cloudtolocalllm.core.settings import SettingsError
+from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.dev_issuer.code_flow import DevCodeFlow, DevCodeFlowSettings, dev_code_flow_from_env
 
 ISSUER = "http://testserver/dev-issuer"
 AUDIENCE = "aud-web"
@@ -132,7 +133,7 @@ async def test_code_expires(client: httpx.AsyncClient, flow: DevCodeFlow, monkey
     verifier, challenge = pkce()
     code = await sign_in(client, challenge)
     later = time.monotonic() + 6
-    monkeypatch.setattr("cloudtolocalllm.core.auth.dev_code_flow.time.monotonic", lambda: later)
+    monkeypatch.setattr("cloudtolocalllm.dev_issuer.code_flow.time.monotonic", lambda: later)
     assert (await exchange(client, code, verifier)).json()["error"] == "invalid_grant"
 
 
