@@ -155,6 +155,24 @@ def test_bad_welcome_limits_are_refused_at_decode() -> None:
         decode(data, max_frame_bytes=BIG)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ReauthOk(expires_at=float("nan")),
+        ReauthOk(expires_at=float("inf")),
+        ReauthOk(expires_at=-1.0),
+        GoAway("deploy", retry_after_s=float("nan")),
+        GoAway("deploy", retry_after_s=float("inf")),
+        Welcome(PROTOCOL_VERSION, "s", float("inf"), DEFAULT_LIMITS),
+        Welcome(PROTOCOL_VERSION, "s", 20.0, DEFAULT_LIMITS, token_expires_at=float("nan")),
+    ],
+)
+def test_times_that_are_not_finite_are_refused_at_decode(frame: Frame) -> None:
+    # NaN compares false with everything: a bridge told "expires at NaN" would never renew its token.
+    with pytest.raises(FrameDecodeError):
+        decode(msgspec.msgpack.encode(frame), max_frame_bytes=BIG)
+
+
 def test_decode_accepts_any_buffer() -> None:
     data = encode(Ping(7))
     assert decode(bytearray(data), max_frame_bytes=BIG) == Ping(7)

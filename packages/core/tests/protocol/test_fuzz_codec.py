@@ -44,6 +44,7 @@ texts = st.text(max_size=40)
 ids = st.integers(1, MAX_STREAM_ID)
 u63 = st.integers(0, 2**63 - 1)
 floats = st.floats(min_value=0.001, max_value=1e9, allow_nan=False, allow_infinity=False)
+seconds = st.floats(min_value=0.001, max_value=86400, allow_nan=False, allow_infinity=False)
 headers = st.lists(st.tuples(texts, texts), max_size=5)
 limits = st.builds(Limits, st.integers(4096, 1 << 24), st.integers(1, 2**31 - 1), st.integers(1, 65535))
 
@@ -59,13 +60,13 @@ frames: st.SearchStrategy[Frame] = st.one_of(
         st.booleans(),
         st.lists(texts, max_size=5),
     ),
-    st.builds(Welcome, st.integers(0, 10), texts, floats, limits, st.none() | floats),
+    st.builds(Welcome, st.integers(0, 10), texts, seconds, limits, st.none() | floats),
     st.builds(Ping, u63),
     st.builds(Pong, u63),
     st.builds(Reauth, texts),
     st.builds(ReauthOk, st.none() | floats),
     st.builds(BridgeStatus, st.booleans(), st.lists(texts, max_size=5)),
-    st.builds(GoAway, texts, floats),
+    st.builds(GoAway, texts, seconds),
     st.builds(Open, ids, texts, texts, texts, headers, st.booleans()),
     st.builds(ResponseHead, ids, st.integers(-(2**40), 2**40), headers),
     st.builds(Data, ids, st.binary(max_size=300)),

@@ -65,6 +65,10 @@ DATA_FRAME_OVERHEAD = 12
 """Worst-case framing bytes around a Data payload: array(1) + tag(1) + stream id(5) + bin32 header(5)."""
 
 StreamId = Annotated[int, msgspec.Meta(ge=1, le=MAX_STREAM_ID)]
+UnixTime = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+"""Seconds since the epoch; the bounds also refuse NaN and infinity, which would break every comparison."""
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400)]
+"""A duration; finite and at most a day (NaN and infinity refused)."""
 Headers: TypeAlias = list[tuple[str, str]]
 """HTTP header fields in order, as ``[name, value]`` pairs (names may repeat)."""
 
@@ -131,9 +135,9 @@ class Welcome(_Frame, tag=2, frozen=True):
 
     version: int
     session_id: str
-    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)]
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0, le=86400)]
     limits: Limits
-    token_expires_at: float | None = None
+    token_expires_at: UnixTime | None = None
     """Unix time at which the bridge's token expires; it must send a Reauth before then."""
 
 
@@ -161,7 +165,7 @@ class Reauth(_Frame, tag=5, frozen=True):
 class ReauthOk(_Frame, tag=6, frozen=True):
     """cloud -> bridge: the Reauth's token is accepted (a refused one closes with UNAUTHORIZED)."""
 
-    expires_at: float | None = None
+    expires_at: UnixTime | None = None
 
 
 class BridgeStatus(_Frame, tag=7, frozen=True):
@@ -178,7 +182,7 @@ class GoAway(_Frame, tag=8, frozen=True):
     """
 
     reason: str
-    retry_after_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    retry_after_s: Seconds = 0.0
 
 
 # --- stream frames (tags 16-31) ---------------------------------------------------------------------
