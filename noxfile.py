@@ -1,3 +1,6 @@
+# /// script
+# dependencies = ["nox>=2025.2.9", "cloudtolocalllm-devkit @ ./packages/devkit"]
+# ///
 """Sessions for every kind of work, generated per package so a new package needs no edit here.
 
 Each ``tests-<package>`` session gets its own virtualenv holding only that package, the workspace
@@ -7,15 +10,20 @@ packages it declares and its own ``test`` dependency group, so an undeclared imp
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import signal
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import nox
+
+from cloudtolocalllm.devkit.images.engine import Engine
+from cloudtolocalllm.devkit.images.specs import IMAGES, REPOSITORY
+from cloudtolocalllm.devkit.images.specs import revision as revision_of_checkout
+
+# The image sessions run the devkit's CLI with nox's own interpreter, which has the devkit (the script block).
+IMAGES_CLI = "cloudtolocalllm.devkit.images"
 
 nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
@@ -249,21 +257,7 @@ def tests_packaging(session: nox.Session) -> None:
 # under the cache directory, started by the first session that needs it and stopped when nox exits.
 
 
-def _load_images_module() -> Any:
-    spec = importlib.util.spec_from_file_location("cloudtolocalllm_images", ROOT / "scripts" / "images.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-_images = _load_images_module()
-IMAGES = _images.IMAGES
-
-
-def _stop_engine_on_exit(engine: Any) -> None:
+def _stop_engine_on_exit(engine: Engine) -> None:
     atexit.register(engine.stop)
     # SIGTERM (a CI timeout) would skip atexit: turn it into a normal exit so the engine still stops.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -272,7 +266,7 @@ def _stop_engine_on_exit(engine: Any) -> None:
 def _docker_env(session: nox.Session) -> dict[str, str]:
     """DOCKER_HOST for this session's commands, starting the private engine for the rest of the run if needed."""
     if not os.environ.get("DOCKER_HOST"):
-        engine = _images.Engine()
+        engine = Engine()
         try:
             started = engine.start()
         except SystemExit as exc:
@@ -293,9 +287,9 @@ for _image, _spec in IMAGES.items():
     )
     def _build_image(session: nox.Session, image: str = _image) -> None:
         env = _docker_env(session)
-        # pip download: dependency wheels for the image's Python, whatever the host's; packaging: their markers
-        session.install("pip>=24", "packaging>=24")
-        session.run("python", "scripts/images.py", "build", image, "--pip", "python", env=env)
+        # pip download: dependency wheels for the image's Python, whatever the host's
+        session.install("pip>=24")
+        session.run(sys.executable, "-m", IMAGES_CLI, "build", image, "--pip", "python", env=env, external=True)
 
     _build_image.__doc__ = (
         f"Build the {_image} image from {_spec.dockerfile(_image)}, tagged with its package version and the commit."
@@ -303,7 +297,7 @@ for _image, _spec in IMAGES.items():
 
     @nox.session(name=f"test-{_image}", default=False, venv_backend="none", requires=[f"build-{_image}"])
     def _test_image(session: nox.Session, image: str = _image) -> None:
-        session.run("python3", "scripts/images.py", "test", image, external=True, env=_docker_env(session))
+        session.run(sys.executable, "-m", IMAGES_CLI, "test", image, external=True, env=_docker_env(session))
 
     _test_image.__doc__ = (
         f"Run the {_image} image read-only as non-root on 127.0.0.1: healthy, /health, a real request."
@@ -313,7 +307,14 @@ for _image, _spec in IMAGES.items():
     def _publish_image(session: nox.Session, image: str = _image) -> None:
         # posargs: --force publishes from a dirty tree or over a version the registry already has.
         session.run(
-            "python3", "scripts/images.py", "publish", image, *session.posargs, external=True, env=_docker_env(session)
+            sys.executable,
+            "-m",
+            IMAGES_CLI,
+            "publish",
+            image,
+            *session.posargs,
+            external=True,
+            env=_docker_env(session),
         )
 
     _publish_image.__doc__ = (
@@ -329,10 +330,10 @@ def _image_suite(session: nox.Session, folder: str, *groups: str) -> None:
         session.log(f"{folder}/ has no tests yet: nothing to run")
         return
     _uv_sync(session, "--all-packages", "--all-extras", *(arg for group in groups for arg in ("--group", group)))
-    revision = _images.revision()
+    revision = revision_of_checkout()
     # The images under test, by this commit's tag, e.g. CTLLM_IMAGE_API_BACKEND=cloudtolocalllm/api-backend:<sha>.
     image_env = {
-        f"CTLLM_IMAGE_{image.upper().replace('-', '_')}": f"{_images.REPOSITORY}/{image}:{revision}" for image in IMAGES
+        f"CTLLM_IMAGE_{image.upper().replace('-', '_')}": f"{REPOSITORY}/{image}:{revision}" for image in IMAGES
     }
     session.run(
         "pytest",

@@ -14,7 +14,7 @@ APT_PACKAGES=(
   chromium         # the chat web app's browser tests (Playwright drives it; browser downloads are impossible)
   redis-server     # the shared bridge registry across api-backend replicas (tests start their own instance)
   postgresql       # api-backend's database for several replicas (tests start a private cluster of their own)
-  docker.io        # the engine (a private dockerd started by scripts/images.py) and the BuildKit client
+  docker.io        # the engine (a private dockerd started by the devkit's ctllm-images) and the BuildKit client
   docker-compose   # docker-compose.multi.yml, the seed's `docker-compose -f ...` commands (v1.29)
   docker-registry  # a real registry on 127.0.0.1 for publish-<image> round trips
   systemd          # systemd-analyze verify: the bridge's .deb ships a valid user unit (tests-packaging)

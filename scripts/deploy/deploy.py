@@ -18,7 +18,6 @@ back at that image (keeping the replaced one as ``:rolled-back``) and updates to
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -76,21 +75,32 @@ def sync_pool(compose: Compose, service: str) -> None:
 # -- images -------------------------------------------------------------------------------------------------
 
 
+def _image_tags(service: str) -> tuple[str, str]:
+    """The image's tags, <version> and <commit>, from the devkit's ``ctllm-images tags`` in the repository."""
+    if shutil.which("uv") is None:
+        raise DeployError("--build needs uv (python3 -m pip install --user uv nox; ~/.local/bin on PATH)")
+    result = subprocess.run(
+        ["uv", "run", "--frozen", "--only-group", "devkit", "ctllm-images", "tags", service],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise DeployError(f"--build needs the repository: ctllm-images tags {service} failed: {result.stderr.strip()}")
+    version, revision = result.stdout.split()
+    return version, revision
+
+
 def build(compose: Compose, service: str) -> None:
     """``nox -s build-<service>``, then the compose file's tag points at this commit's build."""
-    spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
-    if spec is None or spec.loader is None:
-        raise DeployError("scripts/images.py is missing: --build needs the repository")
-    images = importlib.util.module_from_spec(spec)
-    sys.modules["images"] = images  # its dataclasses look their module up there
-    spec.loader.exec_module(images)
     nox = shutil.which("nox")
     if nox is None and shutil.which("uvx") is None:
         raise DeployError("--build needs nox (python3 -m pip install --user uv nox; ~/.local/bin on PATH)")
     run([*([nox] if nox else ["uvx", "nox"]), "-s", f"build-{service}"])
     # The build tags <version> and <commit>; the commit tag is exact, the version tag the fallback should a
-    # commit land while it ran.
-    revision, version = images.tags(service)[1], images.tags(service)[0]
+    # commit land while it ran. The devkit (not this host's Python) knows them.
+    version, revision = _image_tags(service)
     built = revision if image_id(revision) else version
     docker("tag", built, compose.image(service))
     say(f"{compose.image(service)} is {built}")

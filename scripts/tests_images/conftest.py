@@ -6,15 +6,15 @@ DOCKER_HOST naming the run's engine.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from cloudtolocalllm.devkit.images.engine import docker, image_exists
+from cloudtolocalllm.devkit.images.publish import local_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 # Commits in throwaway clones need an identity, whatever the machine's git config says.
@@ -26,21 +26,6 @@ GIT_IDENTITY = {
 }
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"ctllm_{name}", ROOT / "scripts" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def images() -> ModuleType:
-    return load_script("images")
-
-
 @pytest.fixture(scope="session")
 def docker_env() -> dict[str, str]:
     host = os.environ.get("DOCKER_HOST")
@@ -49,9 +34,9 @@ def docker_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def registry(images: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry on a free 127.0.0.1 port with its own storage, for the whole session."""
-    with images.local_registry(tmp_path_factory.mktemp("registry")) as address:
+    with local_registry(tmp_path_factory.mktemp("registry")) as address:
         yield address
 
 
@@ -85,11 +70,11 @@ def clone(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def untag_later(images: ModuleType, docker_env: dict[str, str]) -> Iterator[list[str]]:
+def untag_later(docker_env: dict[str, str]) -> Iterator[list[str]]:
     """Names appended to this list are untagged on the shared engine after the test (layers stay while other
     tags use them): only what the test itself tagged."""
     names: list[str] = []
     yield names
-    existing = [name for name in names if images.image_exists(docker_env, name)]
+    existing = [name for name in names if image_exists(docker_env, name)]
     if existing:
-        images.docker(docker_env, "image", "rm", *existing, check=False, capture=True)
+        docker(docker_env, "image", "rm", *existing, check=False, capture=True)

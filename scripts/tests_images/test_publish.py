@@ -10,10 +10,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from cloudtolocalllm.devkit.images.engine import Engine, docker
+from cloudtolocalllm.devkit.images.publish import published_digest
+from cloudtolocalllm.devkit.images.specs import IMAGES, tags
 
 PUSHED = re.compile(r"^images: pushed (?P<ref>\S+) (?P<digest>sha256:[0-9a-f]{64})$", re.MULTILINE)
 Publish = Callable[..., tuple[int, str]]
@@ -21,10 +24,10 @@ Publish = Callable[..., tuple[int, str]]
 
 @pytest.fixture
 def publish(sh: Callable[..., Any]) -> Publish:
-    """``publish(cwd, env, *args, image=...)``: scripts/images.py publish, its exit code and output."""
+    """``publish(cwd, env, *args, image=...)``: ctllm-images publish, its exit code and output."""
 
     def call(cwd: Path, env: dict[str, str], *extra: str, image: str = "api-backend") -> tuple[int, str]:
-        result = sh([sys.executable, "scripts/images.py", "publish", image, *extra], cwd, env)
+        result = sh([sys.executable, "-m", "cloudtolocalllm.devkit.images", "publish", image, *extra], cwd, env)
         return result.returncode, result.stdout + result.stderr
 
     return call
@@ -64,7 +67,6 @@ def test_every_image_published_and_pulled_back(
     publish: Publish,
     sh: Callable[..., Any],
     repo_root: Path,
-    images: ModuleType,
     docker_env: dict[str, str],
     registry: str,
     untag_later: list[str],
@@ -74,19 +76,19 @@ def test_every_image_published_and_pulled_back(
     env = {**docker_env, "REGISTRY": registry}
     pushed: dict[str, str] = {}
     local_ids: dict[str, str] = {}
-    for image in images.IMAGES:
+    for image in IMAGES:
         code, output = publish(repo_root, env, image=image)
         refs = {m["ref"]: m["digest"] for m in PUSHED.finditer(output)}
         untag_later.extend(refs)  # the registry-named tags publish made on the shared engine
         assert code == 0, output
-        assert set(refs) == {f"{registry}/{tag}" for tag in images.tags(image)}, output
+        assert set(refs) == {f"{registry}/{tag}" for tag in tags(image)}, output
         assert len(set(refs.values())) == 1, f"{image}: one image, two digests: {refs}"
         pushed.update(refs)
-        local_ids[image] = images.docker(docker_env, "image", "inspect", "-f", "{{.Id}}", images.tags(image)[1],
+        local_ids[image] = docker(docker_env, "image", "inspect", "-f", "{{.Id}}", tags(image)[1],
                                          capture=True)  # fmt: skip
         for ref, digest in refs.items():  # what the registry serves under each tag is what was pushed
             repository, tag = ref.removeprefix(f"{registry}/").rsplit(":", 1)
-            assert images.published_digest(registry, repository, tag) == digest
+            assert published_digest(registry, repository, tag) == digest
 
     # The version tag is taken now: publishing again is refused, unless forced (which pushes the same image).
     code, output = publish(repo_root, env)
@@ -101,19 +103,19 @@ def test_every_image_published_and_pulled_back(
     # Pull every reference into an empty engine of its own, so every layer comes from the registry.
     # A short path of its own: containerd's sockets under it must fit in a unix socket address (108 bytes).
     state = Path(tempfile.mkdtemp(prefix="ctllm-pull-"))
-    engine = images.Engine(state)
+    engine = Engine(state)
     assert engine.start()
     daemon = engine.pid()
     try:
         for ref, digest in pushed.items():
-            images.docker(engine.env(), "pull", "--quiet", ref, capture=True)
-            info = json.loads(images.docker(engine.env(), "image", "inspect", ref, capture=True))[0]
+            docker(engine.env(), "pull", "--quiet", ref, capture=True)
+            info = json.loads(docker(engine.env(), "image", "inspect", ref, capture=True))[0]
             repository = ref.rsplit(":", 1)[0]
             assert f"{repository}@{digest}" in info["RepoDigests"], (ref, info["RepoDigests"])
             assert info["Id"] == local_ids[repository.rsplit("/", 1)[1]], f"{ref} pulled back as another image"
         # What came back runs: certbot's image, read-only, as its non-root user (host network, as tests run).
         certbot = next(ref for ref in pushed if "/cloudtolocalllm/certbot:" in ref)
-        uid = images.docker(engine.env(), "run", "--rm", "--read-only", "--network=host", "--entrypoint=id", certbot,
+        uid = docker(engine.env(), "run", "--rm", "--read-only", "--network=host", "--entrypoint=id", certbot,
                             "-u", capture=True)  # fmt: skip
         assert uid == "65532"
     finally:

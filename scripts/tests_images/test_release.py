@@ -1,4 +1,4 @@
-"""scripts/release.py in a throwaway clone: one service's version, CHANGELOG, commit, tag, image built, tested and
+"""ctllm-release in a throwaway clone: one service's version, CHANGELOG, commit, tag, image built, tested and
 published; every other service's files and registry entries untouched; and the refusals."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from cloudtolocalllm.devkit.images.publish import published_digest
+from cloudtolocalllm.devkit.images.specs import IMAGES
 
 VERSION = "9.8.7"  # far above any real version, so the clone's tags never collide with a real release's
 SERVICE = "api-backend"
@@ -27,7 +29,6 @@ def service_files(clone: Path) -> dict[str, str]:
 def test_release_touches_only_its_service(
     sh: Callable[..., Any],
     clone: Path,
-    images: ModuleType,
     docker_env: dict[str, str],
     registry: str,
     untag_later: list[str],
@@ -35,7 +36,7 @@ def test_release_touches_only_its_service(
     before = service_files(clone)
     old_head = sh(["git", "rev-parse", "HEAD"], clone, {}).stdout.strip()
     result = sh(
-        [sys.executable, "scripts/release.py", SERVICE, VERSION, "--date", DAY],
+        [sys.executable, "-m", "cloudtolocalllm.devkit.release", SERVICE, VERSION, "--date", DAY],
         clone,
         {**docker_env, "REGISTRY": registry},
         timeout=1800,
@@ -67,16 +68,20 @@ def test_release_touches_only_its_service(
     assert {path: after[path] for path in others} == {path: before[path] for path in others}
 
     # Published: the new version and the release commit, one digest; no other service's entry in the registry.
-    digest = images.published_digest(registry, f"cloudtolocalllm/{SERVICE}", VERSION)
+    digest = published_digest(registry, f"cloudtolocalllm/{SERVICE}", VERSION)
     assert digest is not None
-    assert images.published_digest(registry, f"cloudtolocalllm/{SERVICE}", revision) == digest
+    assert published_digest(registry, f"cloudtolocalllm/{SERVICE}", revision) == digest
     assert f"images: {SERVICE} published as {digest}" in result.stdout
-    for other in images.IMAGES:
+    for other in IMAGES:
         if other != SERVICE:
-            assert images.published_digest(registry, f"cloudtolocalllm/{other}", VERSION) is None
+            assert published_digest(registry, f"cloudtolocalllm/{other}", VERSION) is None
 
     # The same release again: refused by its tag, before anything changes.
-    again = sh([sys.executable, "scripts/release.py", SERVICE, VERSION], clone, {**docker_env, "REGISTRY": registry})
+    again = sh(
+        [sys.executable, "-m", "cloudtolocalllm.devkit.release", SERVICE, VERSION],
+        clone,
+        {**docker_env, "REGISTRY": registry},
+    )
     assert again.returncode != 0
     assert "exists already" in again.stderr
 
@@ -94,7 +99,7 @@ def test_release_refuses_bad_input(
     sh: Callable[..., Any], clone: Path, registry: str, args: list[str], env: dict[str, str], message: str
 ) -> None:
     before = service_files(clone)
-    result = sh([sys.executable, "scripts/release.py", *args], clone, {"REGISTRY": registry, **env})
+    result = sh([sys.executable, "-m", "cloudtolocalllm.devkit.release", *args], clone, {"REGISTRY": registry, **env})
     assert result.returncode != 0
     assert message in result.stderr
     assert service_files(clone) == before
@@ -105,7 +110,9 @@ def test_release_refuses_bad_input(
 def test_release_refuses_a_dirty_tree(sh: Callable[..., Any], clone: Path, registry: str) -> None:
     version_file = clone / "packages/bridge_api/src/cloudtolocalllm/bridge_api/version.py"
     version_file.write_text(version_file.read_text() + "# local edit\n")
-    result = sh([sys.executable, "scripts/release.py", SERVICE, "1.0.0"], clone, {"REGISTRY": registry})
+    result = sh(
+        [sys.executable, "-m", "cloudtolocalllm.devkit.release", SERVICE, "1.0.0"], clone, {"REGISTRY": registry}
+    )
     assert result.returncode != 0
     assert "uncommitted changes" in result.stderr
     assert version_file.read_text().endswith("# local edit\n")
@@ -115,7 +122,9 @@ def test_release_refuses_empty_release_notes(sh: Callable[..., Any], clone: Path
     changelog = clone / "packages/bridge_api/CHANGELOG.md"
     changelog.write_text("# Changelog\n\n## Unreleased\n\n## 0.1.0 — 2030-01-01\n\n- first\n")
     sh(["git", "commit", "--quiet", "-m", "notes", "--", str(changelog)], clone, {})
-    result = sh([sys.executable, "scripts/release.py", SERVICE, "1.0.0"], clone, {"REGISTRY": registry})
+    result = sh(
+        [sys.executable, "-m", "cloudtolocalllm.devkit.release", SERVICE, "1.0.0"], clone, {"REGISTRY": registry}
+    )
     assert result.returncode != 0
     assert "Unreleased section is empty" in result.stderr
     assert not sh(["git", "status", "--porcelain"], clone, {}).stdout.strip()

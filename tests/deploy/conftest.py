@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import os
 import secrets
@@ -21,12 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.images.specs import tags
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -53,16 +52,6 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
     return result.stdout
 
 
-def _images_module() -> Any:
-    spec = importlib.util.spec_from_file_location("images", ROOT / "scripts" / "images.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["images"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _exists(image: str) -> bool:
     return bool(docker("image", "inspect", "--format", "{{.Id}}", image, check=False).strip())
 
@@ -73,10 +62,10 @@ def image_under_test(image: str) -> str:
 
     In a working tree where commits land while the images build, the commit tag the session names may not
     be the one the build used; the package-version tag the same build set is used then (and said so)."""
-    name = os.environ.get(f"CTLLM_IMAGE_{image.upper().replace('-', '_')}") or str(_images_module().tags(image)[1])
+    name = os.environ.get(f"CTLLM_IMAGE_{image.upper().replace('-', '_')}") or str(tags(image)[1])
     if _exists(name):
         return name
-    version_tag = str(_images_module().tags(image)[0])
+    version_tag = str(tags(image)[0])
     if _exists(version_tag):
         print(f"\n{name} does not exist (HEAD moved since the build?): testing {version_tag}")
         return version_tag

@@ -9,32 +9,20 @@ them. Clients reach the stack from inside the namespace (``nsenter --net``) on i
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from cloudtolocalllm.devkit.images.engine import docker_env
 
 ROOT = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parents[2])
 HERE = Path(__file__).resolve().parent
-
-
-def images_module() -> ModuleType:
-    """scripts/images.py: image names and tags, the base image, the project's private engine."""
-    spec = importlib.util.spec_from_file_location("cloudtolocalllm_images", ROOT / "scripts" / "images.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 class SwarmError(AssertionError):
@@ -335,7 +323,7 @@ def _unmount_below(root: Path) -> None:
 def source_engine() -> Iterator[dict[str, str]]:
     """The engine holding the built images: DOCKER_HOST if set, else the project's private one (started and
     stopped again here if it was not running)."""
-    with images_module().docker_env() as env:
+    with docker_env() as env:
         yield dict(env)
 
 

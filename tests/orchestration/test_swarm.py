@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from .swarm import HERE, ROOT, PrivateSwarm, SwarmError, images_module, source_engine
+from cloudtolocalllm.devkit.images import specs
+from cloudtolocalllm.devkit.images.base import ensure_base
+from cloudtolocalllm.devkit.images.engine import image_exists
+
+from .swarm import HERE, ROOT, PrivateSwarm, SwarmError, source_engine
 
 pytestmark = pytest.mark.slow
 
@@ -54,24 +58,23 @@ def _deploy_env(tags: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSwarm]:
-    images = images_module()
     # The images under test: this commit's build as the nox session names it, else each package's version.
     tags = {
         name: os.environ.get(f"CTLLM_IMAGE_{name.upper().replace('-', '_')}", "").rpartition(":")[2]
-        or images.package_version(images.IMAGES[name].package)
+        or specs.package_version(specs.IMAGES[name].package)
         for name in IMAGES
     }
     engine = PrivateSwarm(tmp_path_factory.mktemp("swarm"), f"ctllm-swarm-{os.getpid()}")
     try:
         engine.start()
         with source_engine() as source:
-            names = [f"{images.REPOSITORY}/{name}:{tag}" for name, tag in tags.items()]
-            missing = [name for name in names if not images.image_exists(source, name)]
+            names = [f"{specs.REPOSITORY}/{name}:{tag}" for name, tag in tags.items()]
+            missing = [name for name in names if not image_exists(source, name)]
             if missing:
                 built = ", ".join(f"build-{name.split('/')[1].split(':')[0]}" for name in missing)
                 raise SwarmError(f"images not built: {missing}; run nox -s {built}")
             engine.load_images(source, names)
-        base = images.ensure_base(engine.env)
+        base = ensure_base(engine.env)
         engine.build_redis_image(base, REDIS_IMAGE)
         engine.build_postgres_image(base, POSTGRES_IMAGE)
 

@@ -1,6 +1,6 @@
 """Each image installs what its code imports, and nothing else: no dev issuer, no unused client library.
 
-What an image installs comes from ``scripts/images.py distributions`` (the same lock-file export its build
+What an image installs comes from ``ctllm-images distributions`` (the same lock-file export its build
 installs). What its code imports is read from the source, starting at the image's console script and
 following first-party imports (lazy ones in function bodies included; ``if TYPE_CHECKING:`` ones only where
 a package re-exports a name lazily, PEP 562). An import inside ``try`` with an ``ImportError`` handler is
@@ -46,7 +46,7 @@ def _normalise(name: str) -> str:
 @cache
 def _images() -> dict[str, dict[str, object]]:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "images.py"), "distributions"],
+        [sys.executable, "-m", "cloudtolocalllm.devkit.images", "distributions"],
         capture_output=True,
         text=True,
         check=True,

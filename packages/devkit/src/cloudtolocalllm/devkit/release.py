@@ -1,7 +1,7 @@
 """Release one service: bump its version, date its CHANGELOG, commit, tag, then build, test and publish its image.
 
-    python3 scripts/release.py api-backend 1.4.0          # REGISTRY=host:port must be set
-    python3 scripts/release.py api-backend 1.4.0 --no-publish
+    ctllm-release api-backend 1.4.0          # REGISTRY=host:port must be set
+    ctllm-release api-backend 1.4.0 --no-publish
 
 Only the service's version file and CHANGELOG change, in one commit tagged ``<service>-v<version>``; then
 ``nox -s publish-<service>`` builds, tests and pushes that image alone. Nothing of the other services is
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parent.parent
+from cloudtolocalllm.devkit.images.publish import registry_address
+from cloudtolocalllm.devkit.images.specs import IMAGES
+from cloudtolocalllm.devkit.repo import ROOT
+
 VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 VERSION_LINE = re.compile(r'^__version__\s*=\s*["\']([^"\']+)["\']', re.MULTILINE)
 # The first section heading: "## Unreleased" or "## 0.2.0 — unreleased" (a planned number), any case.
@@ -43,20 +44,10 @@ class Service:
     changelog: Path
 
 
-def _images() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cloudtolocalllm_images", ROOT / "scripts" / "images.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def services() -> dict[str, Service]:
     """Every image: its package's version file; its changelog (flutter-app's notes are the chat app's)."""
     found: dict[str, Service] = {}
-    for image, spec in _images().IMAGES.items():
+    for image, spec in IMAGES.items():
         package_dir = next(
             path.parent
             for path in sorted((ROOT / "packages").glob("*/pyproject.toml"))
@@ -111,7 +102,7 @@ def release(service: str, version: str, publish: bool, force: bool, day: datetim
     if _git("rev-parse", "--verify", "--quiet", f"refs/tags/{tag}", check=False):
         raise ReleaseError(f"tag {tag} exists already")
     if publish:
-        _images().registry_address()  # REGISTRY set and well formed
+        registry_address()  # REGISTRY set and well formed
     nox = shutil.which("nox")
     if nox is None:
         raise ReleaseError("nox not found on PATH (python3 -m pip install --user nox)")
@@ -150,17 +141,17 @@ def release(service: str, version: str, publish: bool, force: bool, day: datetim
     print(f"release: {service} {version} {'published' if publish else 'built and tested (not published)'}")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="release.py", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ctllm-release", description=__doc__.split("\n\n")[0])
     parser.add_argument("service", help="an image name: api-backend, static-site, flutter-app, nginx-proxy, certbot")
     parser.add_argument("version", help="the new version, major.minor.patch")
     parser.add_argument("--no-publish", action="store_true", help="build and test only; publish later")
     parser.add_argument("--force", action="store_true", help="publish over a version the registry already has")
     parser.add_argument("--date", type=datetime.date.fromisoformat, default=datetime.date.today())
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     release(args.service, args.version, not args.no_publish, args.force, args.date)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from cloudtolocalllm.devkit.images.cli import main
+
+sys.exit(main())
