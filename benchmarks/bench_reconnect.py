@@ -31,7 +31,7 @@ from local_cloud import dev_auth, start_fast_backend
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, start_api_backend  # noqa: E402
+from cloudtolocalllm.devkit.procs import Proc, start_api_backend  # noqa: E402
 
 BRIDGES = 1000
 PER_PROCESS = 500

@@ -29,7 +29,7 @@ from stats import percentile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, free_port, start_api_backend, start_redis  # noqa: E402
+from cloudtolocalllm.devkit.procs import Proc, free_port, start_api_backend, start_redis  # noqa: E402
 
 ROUNDS = 7
 PAIRS_PER_ROUND = 150

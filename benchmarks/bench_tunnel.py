@@ -67,10 +67,9 @@ from stats import median, percentile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, start_api_backend  # noqa: E402
-
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
 from cloudtolocalllm.dev_issuer import DevIssuer  # noqa: E402
+from cloudtolocalllm.devkit.procs import Proc, start_api_backend  # noqa: E402
 
 
 async def _steady_ttfb(port: int, path: str, headers: dict[str, str], streams: int, seconds: float) -> list[float]:

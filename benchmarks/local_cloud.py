@@ -13,9 +13,8 @@ from http_calls import request
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.procs import Proc, dev_auth_env, start_api_backend, start_bridge, wait_for  # noqa: E402
-
 from cloudtolocalllm.dev_issuer import DevIssuer  # noqa: E402
+from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer  # noqa: E402
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"
@@ -23,7 +22,7 @@ AUDIENCE = "cloudtolocalllm-bench"
 
 def start_fast_backend(log_dir: Path) -> tuple[Proc, int]:
     """benchmarks/fast_backend.py in its own process; returns it and the port it printed."""
-    return _start_port_printer("fast-backend", [str(REPO / "benchmarks" / "fast_backend.py")], log_dir)
+    return start_port_printer("fast-backend", [str(REPO / "benchmarks" / "fast_backend.py")], log_dir)
 
 
 def start_bench_bridge(
@@ -68,18 +67,7 @@ def start_tcp_relay(log_dir: Path, target_port: int, one_way_ms: float = 0) -> t
     """core's TCP relay in front of ``target_port`` (with ``one_way_ms``: a ``2 * one_way_ms`` round trip)."""
     name = f"tcp-relay-{target_port}-{time.monotonic_ns()}"  # a fresh log file: the port is read from it
     argv = ["-m", "cloudtolocalllm.core.testing.tcp_relay", str(target_port), str(one_way_ms)]
-    return _start_port_printer(name, argv, log_dir)
-
-
-def _start_port_printer(name: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
-    """Run Python with ``args`` (a script or ``-m module``) that prints its port; return it and the port."""
-    proc = Proc(name, [sys.executable, *args], {}, log_dir)
-    try:
-        port_text = wait_for(lambda: proc.log_text().strip(), 10, f"the {name}'s port")
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, int(port_text.splitlines()[0])
+    return start_port_printer(name, argv, log_dir)
 
 
 def dev_auth(tmp: Path) -> tuple[dict[str, str], DevIssuer]:

@@ -1,7 +1,8 @@
 """Keep the dev stack's parts running: start each until it is ready, restart one that exits with backoff while
 the others keep running, and stop them all, in reverse order, only when asked (Ctrl-C).
 
-Stdlib only, like the rest of scripts/: the dev stack runs it before anything else is known to work.
+Its parts start through the devkit's launcher (``cloudtolocalllm.devkit.procs.spawn``), as the tests' and the
+benchmarks' processes do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cloudtolocalllm.devkit.procs import spawn
 
 # A part that stays up this long has recovered: its next exit starts the backoff from the beginning.
 STABLE_AFTER_S = 30.0
@@ -64,16 +67,9 @@ class Supervisor:
     def _spawn(self, service: Service) -> subprocess.Popen[bytes]:
         if service.launch is not None:
             return service.launch(self.log_path(service))
-        with self.log_path(service).open("ab") as log:
-            # Each part logs (JSON lines) to its own file, so the terminal shows what to do, not noise. Its own
-            # session: Ctrl-C reaches the supervisor only, which stops the parts in order.
-            return subprocess.Popen(
-                service.command,
-                env={**self.env, **service.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # Each part logs (JSON lines) to its own file, so the terminal shows what to do, not noise. Its own
+        # session: Ctrl-C reaches the supervisor only, which stops the parts in order.
+        return spawn(service.command, self.log_path(service), {**self.env, **service.env}, own_session=True)
 
     def start(self, service: Service) -> None:
         """Start a part and block until it is ready; a part that cannot start at all stops the stack."""

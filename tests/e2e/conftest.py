@@ -9,8 +9,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from cloudtolocalllm.dev_issuer import DevIssuer
-
-from .procs import (
+from cloudtolocalllm.devkit.procs import (
     Proc,
     dev_auth_env,
     free_port,

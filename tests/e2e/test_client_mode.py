@@ -18,8 +18,9 @@ import httpx
 import ollama
 import pytest
 
+from cloudtolocalllm.devkit.procs import BIN, dev_auth_env, free_port, start_api_backend, wait_for
+
 from .conftest import AUDIENCE, FAST_TIMINGS
-from .procs import BIN, dev_auth_env, free_port, start_api_backend, wait_for
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]

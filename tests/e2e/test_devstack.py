@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from .procs import REPO, free_port, wait_for
+from cloudtolocalllm.devkit.procs import REPO, free_port, wait_for
 
 REAL_MODEL = "smollm2:135m"
 

@@ -13,10 +13,10 @@ import pytest
 import websockets
 
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Role, Welcome
+from cloudtolocalllm.devkit.procs import wait_for
 
 from .conftest import Stack
 from .fake_ollama import MODEL, FakeOllama
-from .procs import wait_for
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "count"}], "options": {"num_predict": 400}}
 

@@ -10,8 +10,9 @@ import ollama
 import openai
 import pytest
 
+from cloudtolocalllm.devkit.procs import Proc
+
 from .conftest import Stack
-from .procs import Proc
 
 MODEL = "smollm2:135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]

@@ -14,9 +14,10 @@ import ollama
 import openai
 import pytest
 
+from cloudtolocalllm.devkit.procs import wait_for
+
 from .conftest import Replicas
 from .fake_ollama import MODEL, FakeOllama
-from .procs import wait_for
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "count"}], "options": {"num_predict": 200}}
 
@@ -156,7 +157,7 @@ def test_the_official_openai_client_on_one_replica_gets_a_real_answer_from_a_bri
 ) -> None:
     token_file = replicas.root / "token-model"
     token_file.write_text(replicas.issuer.mint("alice", ttl_s=3600))
-    from .procs import start_bridge
+    from cloudtolocalllm.devkit.procs import start_bridge
 
     replicas.procs.append(
         start_bridge(

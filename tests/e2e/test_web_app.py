@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
+from cloudtolocalllm.devkit.procs import wait_for
+
 from .fake_ollama import MODEL as FAKE_MODEL
 from .fake_ollama import FakeOllama
-from .procs import wait_for
 from .web import ARTIFACTS, WebApp, web_app
 
 pytestmark = pytest.mark.slow

@@ -20,9 +20,10 @@ import ollama
 import pytest
 from playwright.sync_api import Browser, Route, expect
 
+from cloudtolocalllm.devkit.procs import wait_for
+
 from .fake_ollama import MODEL as FAKE_MODEL
 from .fake_ollama import FakeOllama
-from .procs import wait_for
 from .web import ARTIFACTS, VIEWPORTS, WebApp, web_app
 
 pytestmark = pytest.mark.slow

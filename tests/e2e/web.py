@@ -23,9 +23,9 @@ import httpx
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Playwright, expect
 
 from cloudtolocalllm.core import DEFAULT_CSP
+from cloudtolocalllm.devkit.procs import BIN, REPO, Proc, dev_auth_env, free_port, start_api_backend, wait_for
 
 from .conftest import AUDIENCE, FAST_TIMINGS, Stack
-from .procs import BIN, REPO, Proc, dev_auth_env, free_port, start_api_backend, wait_for
 
 CLIENT_ID = "cloudtolocalllm-web"
 CHROMIUM = "/usr/bin/chromium"

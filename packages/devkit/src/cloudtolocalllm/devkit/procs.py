@@ -1,4 +1,9 @@
-"""Run the real programs (api-backend, bridge, the local model) as processes for end-to-end tests."""
+"""The one process launcher: the real programs (api-backend, a bridge, the local model, redis, nginx) as
+child processes whose output goes to a log file, for the end-to-end tests, the benchmarks and the dev stack.
+
+:func:`spawn` is where every such child starts; :class:`Proc` adds what a test or a benchmark asks of one (its
+JSON log records, stop, RSS); ``start_*`` start one program and wait until it answers.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 
 from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.repo import ROOT
 
+Popen: TypeAlias = subprocess.Popen[bytes]
 BIN = Path(sys.executable).parent
-REPO = Path(os.environ.get("CTLLM_REPO_ROOT", Path(__file__).resolve().parents[2]))
+REPO = Path(os.environ.get("CTLLM_REPO_ROOT") or ROOT)
 
 
 def free_port() -> int:
@@ -48,14 +55,28 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, *, own_session: bool = False) -> Popen:
+    """Start ``argv`` with stdout and stderr appended to ``log`` and ``env`` over this process's environment.
+
+    ``own_session``: the child does not get the terminal's Ctrl-C, so whoever started it stops it, in order
+    (the dev stack's supervisor)."""
+    with log.open("ab") as out:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+        )
+
+
 class Proc:
     """A child process whose stdout+stderr go to a log file the test can read (JSON lines)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+        self.popen = spawn(argv, self.log_path, env)
 
     @property
     def pid(self) -> int:
@@ -85,7 +106,6 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
-        self._log.close()
         return int(self.popen.returncode)
 
     def kill(self) -> None:
@@ -96,6 +116,17 @@ class Proc:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+
+def start_port_printer(name: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
+    """Run Python with ``args`` (a script or ``-m module``) that prints its port first; return it and the port."""
+    proc = Proc(name, [sys.executable, *args], {}, log_dir)
+    try:
+        port_text = wait_for(lambda: proc.log_text().strip(), 10, f"the {name}'s port")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, int(port_text.splitlines()[0])
 
 
 def listening_port(proc: Proc, timeout: float) -> int:
