@@ -75,12 +75,12 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), env={"MYPYPATH": mypy_path})
 
 
-# Packages whose tests include the real small model (scripts/local_model.py): it is built (once, cached) first.
+# Packages whose tests include the real small model (ctllm-local-model): it is built (once, cached) first.
 NEEDS_LOCAL_MODEL = {"bridge"}
 
 
 def _ensure_local_model(session: nox.Session) -> None:
-    session.run("python3", "scripts/local_model.py", "ensure", external=True)
+    session.run(sys.executable, "-m", "cloudtolocalllm.devkit.local_model", "ensure", external=True)
 
 
 def _tests(session: nox.Session, folder: str, dist: str) -> None:
@@ -149,7 +149,7 @@ def docs_screenshots(session: nox.Session) -> None:
 
 @nox.session(name="tests-local-model", default=True)
 def tests_local_model(session: nox.Session) -> None:
-    """scripts/local_model.py: its logic against fakes, then the real cached build (portable, answers a chat)."""
+    """ctllm-local-model: its logic against fakes, then the real cached build (portable, answers a chat)."""
     _uv_sync(session, "--only-group", "e2e")  # pytest (and pytest-asyncio, which the shared pytest config names)
     _ensure_local_model(session)
     session.run("pytest", "scripts/tests_local_model", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})

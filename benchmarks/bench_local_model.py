@@ -1,7 +1,7 @@
 """The bundled model's speed: its portable llama.cpp build next to a -march=native one, in one run.
 
 The portable build is what the dev stack and the tests serve; native is measured only where its venv is
-already prepared (``python3 scripts/local_model.py ensure --build native``: minutes, so never implicitly) and
+already prepared (``ctllm-local-model ensure --build native``: minutes, so never implicitly) and
 only where it runs (on some virtual machines it dies at the first completion, which is why it is opt-in).
 Both servers run at once with one thread each and take turns, so a busy machine slows both alike.
 """
@@ -9,18 +9,15 @@ Both servers run at once with one thread each and take turns, so a busy machine 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 from stats import median
 
-REPO = Path(os.environ.get("CTLLM_REPO_ROOT", Path(__file__).resolve().parents[1]))
-SCRIPT = str(REPO / "scripts" / "local_model.py")
+LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
 ROUNDS = 5
 STORY = {
     "model": "smollm2:135m",
@@ -31,7 +28,7 @@ STORY = {
 
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, check=False)
+    return subprocess.run([*LOCAL_MODEL, *args], capture_output=True, text=True, check=False)
 
 
 def _port() -> int:
@@ -43,7 +40,7 @@ def _port() -> int:
 def _start(build: str) -> tuple[subprocess.Popen[bytes], str] | None:
     port = _port()
     server = subprocess.Popen(
-        [sys.executable, SCRIPT, "serve", "--build", build, "--port", str(port), "--threads", "1"],
+        [*LOCAL_MODEL, "serve", "--build", build, "--port", str(port), "--threads", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -63,7 +60,7 @@ async def _tokens_per_s(client: httpx.AsyncClient, url: str) -> float:
 
 async def run() -> dict[str, object]:
     if _script("ensure").returncode != 0:
-        return {"local_model.error": "ensure failed: python3 scripts/local_model.py ensure"}
+        return {"local_model.error": "ensure failed: ctllm-local-model ensure"}
     builds = ["portable"] + (["native"] if _script("model-path", "--build", "native").returncode == 0 else [])
     servers = {build: _start(build) for build in builds}
     results: dict[str, object] = {}

@@ -10,7 +10,7 @@ Embedded defaults only (no Auth0 account, no database), laid out like production
   ``/api/dev-issuer``, so the app, the API and the sign-in share one origin: https://app.localhost:8443;
 - a bridge connected to api-backend with a dev token;
 - when no Ollama answers on 127.0.0.1:11434, a real small model (SmolLM2-135M on llama.cpp, built once and
-  cached by ``scripts/local_model.py``) for the bridge to serve.
+  cached by ``ctllm-local-model``) for the bridge to serve.
 
 ``--no-edge`` keeps only the model, api-backend and the bridge (the API on http://127.0.0.1:8080).
 """
@@ -34,8 +34,8 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import local_model  # scripts/: this file's own folder is first on the import path when run as a script
-from supervise import Service, Supervisor
+from cloudtolocalllm.devkit import local_model
+from cloudtolocalllm.devkit.supervise import Service, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,9 +1,8 @@
-"""scripts/local_model.py: its own logic against fakes (fast), then the real cached build (`nox -s
-tests-local-model` runs `ensure` first, so the real tests never skip)."""
+"""ctllm-local-model (cloudtolocalllm.devkit.local_model): its own logic against fakes (fast), then the real
+cached build (`nox -s tests-local-model` runs `ensure` first, so the real tests never skip)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -17,19 +16,15 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "local_model.py"
+from cloudtolocalllm.devkit import local_model
+
+LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
 
 
 @pytest.fixture
 def lm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("CTLLM_CACHE_DIR", str(tmp_path / "cache"))
-    spec = importlib.util.spec_from_file_location("local_model", SCRIPT)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_model"] = module
-    spec.loader.exec_module(module)
-    return module
+    return local_model
 
 
 def test_cache_dir_precedence(lm: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +127,7 @@ def test_non_loopback_hosts_are_refused(lm: ModuleType, host: str) -> None:
 
 def test_serve_without_venv_says_how_to_fix(lm: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     assert lm.main(["serve", "--port", "1", "--build", "portable"]) == 1
-    assert "run: python3" in capsys.readouterr().err
+    assert "run: ctllm-local-model ensure --build portable" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -335,17 +330,17 @@ def test_failed_command_reports_its_log_tail(lm: ModuleType, tmp_path: Path) -> 
 
 
 def _run(*args: str) -> str:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run([*LOCAL_MODEL, *args], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.slow
 def test_the_cached_wheel_is_the_portable_build_on_any_host() -> None:
     """The regression of issue 12 (a -march=native build) shows here on every host, not only on one whose
     CPU has AVX-512/AMX: both the recorded CMake flags and llama.cpp's compiled-in features are checked."""
-    real = _real_module()
+    real = local_model
     build = real.default_build()
     wheel = real.cached_wheel(build)
-    assert wheel is not None, f"no cached {build} wheel: run python3 scripts/local_model.py ensure"
+    assert wheel is not None, f"no cached {build} wheel: run ctllm-local-model ensure"
     config = json.loads((wheel.parent / real.BUILD_CONFIG).read_text())
     assert config == real.build_config(build)
     assert "-DGGML_NATIVE=OFF" in config["cmake_args"].split()
@@ -360,22 +355,11 @@ def test_the_cached_wheel_is_the_portable_build_on_any_host() -> None:
         assert "SVE" not in features
 
 
-def _real_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("local_model_real", SCRIPT)
-    assert spec
-    assert spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_real_server_answers_chat(tmp_path: Path) -> None:
     port = _free_port()
     with (tmp_path / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
+        server = subprocess.Popen([*LOCAL_MODEL, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
         assert "ready after" in _run("wait", "--port", str(port), "--timeout", "60")
         body = {

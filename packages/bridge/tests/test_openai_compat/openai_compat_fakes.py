@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible server built from real answers, and helpers to call the translator (see conftest.py).
 
-The canned answers are what llama-cpp-python 0.3.36's server (the one scripts/local_model.py runs) sent
+The canned answers are what llama-cpp-python 0.3.36's server (the one ctllm-local-model runs) sent
 for SmolLM2-135M, byte for byte in format (``json.dumps`` with its default separators, LF line ends, no
 usage while streaming), plus the variant llama.cpp's own server (llama-server) sends: a usage chunk with
 ``choices: []`` and ``timings`` before ``[DONE]``, and ``meta`` in /v1/models.

@@ -1,7 +1,8 @@
 """The official ollama client -> the translator -> a real llama-cpp-python server with SmolLM2-135M.
 
-`nox -s tests-bridge` prepares scripts/local_model.py's cache first (minutes the first time, then cached), so
-these never skip; without the cache they fail and say how to build it. Generations are a few tokens.
+`nox -s tests-bridge` prepares the bundled model's cache (``ctllm-local-model ensure``) first (minutes the
+first time, then cached), so these never skip; without the cache they fail and say how to build it.
+Generations are a few tokens.
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
-import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,11 +24,9 @@ from openai_compat_fakes import serve_translator, start
 from cloudtolocalllm.bridge.backend import HttpBackend
 from cloudtolocalllm.core.protocol import BackendKind
 
-REPO = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parents[4])
-SCRIPT = REPO / "scripts" / "local_model.py"
+# The bundled model's launcher; its cache key holds the Python version (major.minor) that built the wheel.
+LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
 MODEL = "smollm2:135m"
-# The same interpreter as `ensure`: the cache key includes the Python version that built the wheel.
-PYTHON = shutil.which("python3") or "python3"
 
 
 pytestmark = pytest.mark.slow
@@ -52,15 +50,15 @@ def llama_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_url(llama_log: Path) -> Iterator[str]:
-    if subprocess.run([PYTHON, str(SCRIPT), "model-path"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("the local model cache is not built: run `python3 scripts/local_model.py ensure` (nox does)")
+    if subprocess.run([*LOCAL_MODEL, "model-path"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("the local model cache is not built: run `ctllm-local-model ensure` (nox does)")
     port = _free_port()
     with llama_log.open("wb") as log:
-        server = subprocess.Popen([PYTHON, str(SCRIPT), "serve", "--port", str(port)], stdout=log, stderr=log)
+        server = subprocess.Popen([*LOCAL_MODEL, "serve", "--port", str(port)], stdout=log, stderr=log)
     try:
         # `wait` returns once one real completion has come back: a build the CPU cannot run fails here.
         waited = subprocess.run(
-            [PYTHON, str(SCRIPT), "wait", "--port", str(port), "--timeout", "60"],
+            [*LOCAL_MODEL, "wait", "--port", str(port), "--timeout", "60"],
             capture_output=True,
             text=True,
             timeout=90,

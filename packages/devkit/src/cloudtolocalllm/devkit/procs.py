@@ -1,8 +1,8 @@
 """The one process launcher: the real programs (api-backend, a bridge, the local model, redis, nginx) as
 child processes whose output goes to a log file, for the end-to-end tests, the benchmarks and the dev stack.
 
-:func:`spawn` is where every such child starts; :class:`Proc` adds what a test or a benchmark asks of one (its
-JSON log records, stop, RSS); ``start_*`` start one program and wait until it answers.
+``launch.spawn`` is where every such child starts; :class:`Proc` adds what a test or a benchmark asks of one
+(its JSON log records, stop, RSS); ``start_*`` start one program and wait until it answers.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import httpx
 
 from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.launch import spawn
 from cloudtolocalllm.devkit.repo import ROOT
 
-Popen: TypeAlias = subprocess.Popen[bytes]
 BIN = Path(sys.executable).parent
 REPO = Path(os.environ.get("CTLLM_REPO_ROOT") or ROOT)
 
@@ -53,21 +53,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, *, own_session: bool = False) -> Popen:
-    """Start ``argv`` with stdout and stderr appended to ``log`` and ``env`` over this process's environment.
-
-    ``own_session``: the child does not get the terminal's Ctrl-C, so whoever started it stops it, in order
-    (the dev stack's supervisor)."""
-    with log.open("ab") as out:  # the child holds its own copy of the descriptor
-        return subprocess.Popen(
-            argv,
-            env={**os.environ, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=own_session,
-        )
 
 
 class Proc:
@@ -224,13 +209,13 @@ def start_bridge(
 
 
 def start_local_model(log_dir: Path) -> tuple[Proc, str]:
-    """The bundled model, ready only once it has answered one real completion (``local_model.py wait``): a
+    """The bundled model, ready only once it has answered one real completion (``ctllm-local-model wait``): a
     build this CPU cannot run dies there, and the test run says so in one line instead of 20 odd failures."""
     port = free_port()
-    script = str(REPO / "scripts" / "local_model.py")
-    proc = Proc("llama-server", [sys.executable, script, "serve", "--port", str(port)], {}, log_dir)
+    command = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
+    proc = Proc("llama-server", [*command, "serve", "--port", str(port)], {}, log_dir)
     waited = subprocess.run(
-        [sys.executable, script, "wait", "--port", str(port), "--timeout", "120"],
+        [*command, "wait", "--port", str(port), "--timeout", "120"],
         capture_output=True,
         text=True,
         check=False,

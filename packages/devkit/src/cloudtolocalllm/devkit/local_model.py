@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A real small LLM served locally, for the dev stack and end-to-end tests when no Ollama is running.
 
 llama-cpp-python's OpenAI-compatible server serves SmolLM2-135M-Instruct, whose GGUF ships inside the
@@ -11,15 +10,18 @@ x86-64, ARMv8-A on arm64) by default, ``baseline`` (SSE4.2) for x86-64 CPUs with
 (``-march=native``) is an opt-in only: it compiles the AVX-512/AMX code that some virtual machines
 advertise and then fault on, at the first completion.
 
-    python3 scripts/local_model.py ensure [--build B]      # build/cache the wheel, prepare its venv
-    python3 scripts/local_model.py model-path              # the GGUF file
-    python3 scripts/local_model.py serve --port 8765       # exec the server on 127.0.0.1
-    python3 scripts/local_model.py wait --port 8765        # until it has answered one real completion
-    python3 scripts/local_model.py system-info             # the CPU features the build compiled in
+    ctllm-local-model ensure [--build B]      # build/cache the wheel, prepare its venv
+    ctllm-local-model model-path              # the GGUF file
+    ctllm-local-model serve --port 8765       # exec the server on 127.0.0.1
+    ctllm-local-model wait --port 8765        # until it has answered one real completion
+    ctllm-local-model system-info             # the CPU features the build compiled in
+
+(``python -m cloudtolocalllm.devkit.local_model`` is the same command.)
 
 The build is ``--build``, else ``$CTLLM_LLAMA_BUILD``, else the portable one the CPU runs.
 Cache: ${CTLLM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cloudtolocalllm}. Stdlib only, on purpose:
-it runs before any project virtualenv exists. Findings are in docs/dev/local-model-notes.md.
+nox runs it from its own environment (noxfile.py's script block), before a session's virtualenv exists.
+Findings are in docs/dev/local-model-notes.md.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from cloudtolocalllm.devkit.launch import spawn
 
 # 0.3.36 is the newest 0.3.x at the time of writing and was verified here (build, chat, stream,
 # completions, embeddings). Bump deliberately: the cache key includes it, so a bump rebuilds once.
@@ -387,7 +391,7 @@ def require_venv(build: str) -> Path:
     python = venv_python(build)
     if not (venv_dir(build) / READY_MARKER).exists() or not python.exists():
         raise LocalModelError(
-            f"no prepared {build} llama-venv in {cache_dir()}; run: python3 {sys.argv[0]} ensure --build {build}"
+            f"no prepared {build} llama-venv in {cache_dir()}; run: ctllm-local-model ensure --build {build}"
         )
     return python
 
@@ -568,23 +572,8 @@ def _mark_bad(build: str, reason: str) -> None:
 
 def spawn_server(build: str, port: int, log: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
     """`serve` as a child in its own session, its output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "serve",
-                "--build",
-                build,
-                "--host",
-                host,
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model", "serve", "--build", build]
+    return spawn([*command, "--host", host, "--port", str(port)], log, own_session=True)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> float:
@@ -686,10 +675,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "wait":
             wait(args.host, args.port, args.timeout)
     except LocalModelError as exc:
-        print(f"local_model.py {args.cmd}: {exc}", file=sys.stderr)
+        print(f"ctllm-local-model {args.cmd}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"local_model.py {args.cmd}: interrupted", file=sys.stderr)
+        print(f"ctllm-local-model {args.cmd}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -1,7 +1,7 @@
 """Keep the dev stack's parts running: start each until it is ready, restart one that exits with backoff while
 the others keep running, and stop them all, in reverse order, only when asked (Ctrl-C).
 
-Its parts start through the devkit's launcher (``cloudtolocalllm.devkit.procs.spawn``), as the tests' and the
+Its parts start through the devkit's launcher (``cloudtolocalllm.devkit.launch.spawn``), as the tests' and the
 benchmarks' processes do.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudtolocalllm.devkit.procs import spawn
+from cloudtolocalllm.devkit.launch import spawn
 
 # A part that stays up this long has recovered: its next exit starts the backoff from the beginning.
 STABLE_AFTER_S = 30.0
