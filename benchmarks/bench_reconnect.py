@@ -28,10 +28,9 @@ from pathlib import Path
 import httpx
 from local_cloud import dev_auth, start_fast_backend
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from cloudtolocalllm.devkit.procs import Proc, start_api_backend
 
-from cloudtolocalllm.devkit.procs import Proc, start_api_backend  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 BRIDGES = 1000
 PER_PROCESS = 500

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,10 +25,7 @@ from local_cloud import dev_auth, start_bench_bridge, start_fast_backend
 from proc_cpu import cpu_ms
 from stats import percentile
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from cloudtolocalllm.devkit.procs import Proc, free_port, start_api_backend, start_redis  # noqa: E402
+from cloudtolocalllm.devkit.procs import Proc, free_port, start_api_backend, start_redis
 
 ROUNDS = 7
 PAIRS_PER_ROUND = 150

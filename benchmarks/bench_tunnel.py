@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,12 +63,9 @@ from peer_comparison import DIRECT, SSH, TUNNEL, Peer, Workload, measure, report
 from ssh_peer import ssh_reverse_tunnel
 from stats import median, percentile
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role  # noqa: E402
-from cloudtolocalllm.dev_issuer import DevIssuer  # noqa: E402
-from cloudtolocalllm.devkit.procs import Proc, start_api_backend  # noqa: E402
+from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role
+from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.procs import Proc, start_api_backend
 
 
 async def _steady_ttfb(port: int, path: str, headers: dict[str, str], streams: int, seconds: float) -> list[float]:

@@ -4,17 +4,16 @@ for api-backend."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
 from http_calls import request
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from cloudtolocalllm.core.auth import DevIssuer
+from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer
 
-from cloudtolocalllm.dev_issuer import DevIssuer  # noqa: E402
-from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 SUITES = [
     "bench_core",
     "bench_keys",
@@ -34,7 +33,6 @@ async def main() -> None:
     parser.add_argument("--only", action="append", help="run only these suites (module names)")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(HERE))
     results: dict[str, object] = {
         "meta.python": platform.python_version(),
         "meta.machine": f"{platform.machine()} {platform.system()}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +17,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-# The pebble helper lives with the edge's tests (they cannot import from this tree); --import-mode=importlib
-# puts no test folder on sys.path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packages" / "edge" / "tests"))
-from pebble_ca import Pebble, running_pebble
+from cloudtolocalllm.devkit.pebble import Pebble, running_pebble
 
 from .conftest import APP_HOST, SITE_HOST, deployed, free_port, wait_for
 

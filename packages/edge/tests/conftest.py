@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# pytest runs with --import-mode=importlib, which puts no test folder on sys.path: add ours for the helpers.
-sys.path.insert(0, str(Path(__file__).parent))
 from cloudtolocalllm.edge.certs import write_self_signed
 from cloudtolocalllm.edge.config import parse_config
 from cloudtolocalllm.edge.controller import Controller
-from cloudtolocalllm.edge.nginx import Nginx
-from cloudtolocalllm.edge.render import render
 from cloudtolocalllm.edge.settings import ControllerSettings
-from controller_harness import RunningController
-from edge_harness import (
+
+from .controller_harness import RunningController
+from .edge_harness import (
     HOSTS,
     POOLS,
     Edge,
@@ -28,7 +23,7 @@ from edge_harness import (
     free_port,
     merge,
     pool_instances,
-    wait_for,
+    start_edge,
 )
 
 
@@ -75,39 +70,6 @@ def edge(
         yield instance
     finally:
         instance.close()
-
-
-def start_edge(
-    factory: pytest.TempPathFactory,
-    tls_files: tuple[Path, Path],
-    instances: dict[str, list[str]],
-    overrides: dict[str, Any] | None,
-) -> Edge:
-    if shutil.which("nginx") is None:
-        pytest.fail("nginx is not installed: run scripts/system-deps.sh")
-    runtime = factory.mktemp("edge")
-    (runtime / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True)
-    failure = ""
-    for _attempt in range(3):  # a port seen free may be taken by someone else before nginx binds it
-        http_port, https_port = free_port(), free_port()
-        data = base_config(runtime, instances, tls_files, http_port, https_port)
-        config = parse_config(merge(data, overrides or {}))
-        nginx = Nginx(runtime, binary=config.nginx.binary)
-        nginx.install(render(config))
-        error_log = runtime / "error.log"
-        with error_log.open("ab") as stderr:
-            nginx.start(stderr=stderr)
-        edge = Edge(config, nginx, http_port, https_port, runtime / "access.log", error_log, tls_files[0])
-        try:
-            wait_for(edge.started_or_exited, "nginx to serve")
-        except BaseException:
-            edge.close()  # never leave an nginx behind, whatever went wrong
-            raise
-        if edge.nginx.running:
-            return edge
-        edge.close()
-        failure = error_log.read_text()
-    raise AssertionError(f"nginx did not start: {failure}")
 
 
 # Fast enough for tests, slow enough for a busy 2-core machine: an instance leaves after 2 failed checks

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloudtolocalllm.core.testing import running_server
 from cloudtolocalllm.edge.certs import certificate_fingerprint
 from cloudtolocalllm.edge.controller import Controller
-from edge_harness import Edge
+
+from .edge_harness import Edge
 
 T = TypeVar("T")
 

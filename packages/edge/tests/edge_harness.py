@@ -8,6 +8,7 @@ import copy
 import functools
 import getpass
 import os
+import shutil
 import ssl
 import threading
 import time
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from cloudtolocalllm.core.serving import bind_socket, serve
 from cloudtolocalllm.core.testing import restartable_port
-from cloudtolocalllm.edge.config import EdgeConfig
+from cloudtolocalllm.edge.config import EdgeConfig, parse_config
 from cloudtolocalllm.edge.nginx import Nginx
-from edge_upstream import Shared, build_app
+from cloudtolocalllm.edge.render import render
+
+from .edge_upstream import Shared, build_app
 
 HOSTS = ["localhost", "docs.localhost", "app.localhost"]
 POOLS = {"static-site": 1, "flutter-app": 1, "api-backend": 2}
@@ -248,3 +252,36 @@ def assert_security_headers(response: httpx.Response, *, tls: bool) -> None:
         response.status_code,
         response.url,
     )
+
+
+def start_edge(
+    factory: pytest.TempPathFactory,
+    tls_files: tuple[Path, Path],
+    instances: dict[str, list[str]],
+    overrides: dict[str, Any] | None,
+) -> Edge:
+    if shutil.which("nginx") is None:
+        pytest.fail("nginx is not installed: run scripts/system-deps.sh")
+    runtime = factory.mktemp("edge")
+    (runtime / "acme" / ".well-known" / "acme-challenge").mkdir(parents=True)
+    failure = ""
+    for _attempt in range(3):  # a port seen free may be taken by someone else before nginx binds it
+        http_port, https_port = free_port(), free_port()
+        data = base_config(runtime, instances, tls_files, http_port, https_port)
+        config = parse_config(merge(data, overrides or {}))
+        nginx = Nginx(runtime, binary=config.nginx.binary)
+        nginx.install(render(config))
+        error_log = runtime / "error.log"
+        with error_log.open("ab") as stderr:
+            nginx.start(stderr=stderr)
+        edge = Edge(config, nginx, http_port, https_port, runtime / "access.log", error_log, tls_files[0])
+        try:
+            wait_for(edge.started_or_exited, "nginx to serve")
+        except BaseException:
+            edge.close()  # never leave an nginx behind, whatever went wrong
+            raise
+        if edge.nginx.running:
+            return edge
+        edge.close()
+        failure = error_log.read_text()
+    raise AssertionError(f"nginx did not start: {failure}")

@@ -21,9 +21,10 @@ import httpx
 import pytest
 from cryptography import x509
 
-from controller_harness import RunningController, file_fingerprint, served_fingerprint
-from edge_harness import free_port, wait_for
-from pebble_ca import Pebble, running_pebble
+from cloudtolocalllm.devkit.pebble import Pebble, running_pebble
+
+from .controller_harness import RunningController, file_fingerprint, served_fingerprint
+from .edge_harness import free_port, wait_for
 
 SCRIPT = Path(__file__).resolve().parents[1] / "certbot" / "certbot-loop.sh"
 DOMAINS = ["localhost", "app.localhost", "docs.localhost"]

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_harness import UpstreamServers, base_config, free_port, pool_instances, wait_for
+from .edge_harness import UpstreamServers, base_config, free_port, pool_instances, wait_for
 
 
 def _toml(data: dict[str, Any], prefix: str = "") -> str:

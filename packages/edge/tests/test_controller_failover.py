@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
-from controller_harness import RunningController
-from edge_harness import UpstreamServers, free_port, pool_instances, wait_for
+from .controller_harness import RunningController
+from .edge_harness import UpstreamServers, free_port, pool_instances, wait_for
 
 
 def _set_health(upstreams: UpstreamServers, name: str, ok: bool) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import httpx
 
-from controller_harness import RunningController
-from edge_harness import UpstreamServers, free_port, pool_instances
+from .controller_harness import RunningController
+from .edge_harness import UpstreamServers, free_port, pool_instances
 
 
 def _answered_by(running: RunningController, count: int = 30) -> set[str]:

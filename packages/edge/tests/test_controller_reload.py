@@ -18,8 +18,9 @@ import pytest
 from cloudtolocalllm.core.logging import JsonFormatter
 from cloudtolocalllm.edge.certs import write_self_signed
 from cloudtolocalllm.edge.logs import NGINX_LOGGER
-from controller_harness import RunningController, file_fingerprint, served_fingerprint
-from edge_harness import HOSTS, UpstreamServers, released, wait_for
+
+from .controller_harness import RunningController, file_fingerprint, served_fingerprint
+from .edge_harness import HOSTS, UpstreamServers, released, wait_for
 
 LOOP_REQUESTS = 300
 

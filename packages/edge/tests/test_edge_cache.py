@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from cloudtolocalllm.edge.render import render
-from conftest import start_edge
-from edge_harness import Edge, UpstreamServers, assert_security_headers, pool_instances
-from edge_upstream import IMMUTABLE, site_body
+
+from .edge_harness import Edge, UpstreamServers, assert_security_headers, pool_instances, start_edge
+from .edge_upstream import IMMUTABLE, site_body
 
 HOST = "localhost"  # the home site: static-site, cached by default
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edge_harness import Edge, assert_security_headers, wait_for
+from .edge_harness import Edge, assert_security_headers, wait_for
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import httpx
 
 from cloudtolocalllm.edge.render import render
-from edge_harness import Edge, UpstreamServers, assert_security_headers, free_port, pool_instances, wait_for
+
+from .edge_harness import Edge, UpstreamServers, assert_security_headers, free_port, pool_instances, wait_for
 
 
 def _until_limited(

@@ -10,7 +10,8 @@ import pytest
 from cloudtolocalllm.edge.config import ConfigError, EdgeConfig, parse_config
 from cloudtolocalllm.edge.nginx import ConfigRejected, Nginx
 from cloudtolocalllm.edge.render import generation_of, render
-from edge_harness import Edge
+
+from .edge_harness import Edge
 
 SECURITY = [
     "X-Frame-Options",

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_edge
-from edge_harness import Edge, UpstreamServers, pool_instances
+from .edge_harness import Edge, UpstreamServers, pool_instances, start_edge
 
 
 def _exchange(edge: Edge, head: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_harness import Edge
+from .edge_harness import Edge
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import websockets.exceptions
 from websockets.sync.client import connect
 
-from edge_harness import Edge, UpstreamServers, released
+from .edge_harness import Edge, UpstreamServers, released
 
 FIRST_CHUNK_TIMEOUT_S = 5.0
 

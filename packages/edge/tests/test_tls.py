@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_harness import Edge, assert_security_headers
+from .edge_harness import Edge, assert_security_headers
 
 
 def _handshake(edge: Edge, context: ssl.SSLContext, server_hostname: str = "app.localhost") -> ssl.SSLSocket:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-# pytest runs with --import-mode=importlib, which puts no test folder on sys.path: add ours for the helpers.
-sys.path.insert(0, str(Path(__file__).parent))
-
 from cloudtolocalllm.core import ServiceApp
 from cloudtolocalllm.static_site import Settings, build_app
-from static_site_tree import asgi_client, build_tree
+
+from .static_site_tree import asgi_client, build_tree
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 from cloudtolocalllm.core import SettingsError
 from cloudtolocalllm.core.app import DEFAULT_CSP
 from cloudtolocalllm.static_site import __version__, load
-from static_site_tree import INDEX_HTML
+
+from .static_site_tree import INDEX_HTML
 
 SCRIPT = "cloudtolocalllm-static-site"
 

@@ -13,7 +13,8 @@ from cloudtolocalllm.core.app import DEFAULT_CSP
 from cloudtolocalllm.static_site import Settings, build_app
 from cloudtolocalllm.static_site.cache import IMMUTABLE, NO_CACHE
 from cloudtolocalllm.static_site.validators import http_date
-from static_site_tree import BIG_SIZE, BR_BODY, INDEX_HTML, SECRET, asgi_client, big_content
+
+from .static_site_tree import BIG_SIZE, BR_BODY, INDEX_HTML, SECRET, asgi_client, big_content
 
 IDENTITY = {"accept-encoding": "identity"}
 HTML_NAV = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8", "accept-encoding": "identity"}

@@ -14,7 +14,8 @@ import pytest
 
 from cloudtolocalllm.core import ServiceApp
 from cloudtolocalllm.core.testing import running_server
-from static_site_tree import INDEX_HTML, SECRET, big_content
+
+from .static_site_tree import INDEX_HTML, SECRET, big_content
 
 
 @pytest.fixture

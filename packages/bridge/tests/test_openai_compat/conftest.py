@@ -1,24 +1,17 @@
-"""Fixtures for the OpenAI-compatibility translator tests; the fakes themselves are in openai_compat_fakes.py.
-
-Test modules cannot import one another (pytest runs with --import-mode=importlib), so this folder is put
-on sys.path for them to import the shared fakes by name.
-"""
+"""Fixtures for the OpenAI-compatibility translator tests; the fakes themselves are in openai_compat_fakes.py
+(imported relatively: pytest's importlib import mode names each test module after its path)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from openai_compat_fakes import FakeOpenAI
 
 from cloudtolocalllm.bridge.backend import HttpBackend
 from cloudtolocalllm.core.protocol import BackendKind
 from cloudtolocalllm.core.testing import running_server
+
+from .openai_compat_fakes import FakeOpenAI
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import ollama
 import pytest
-from openai_compat_fakes import MODEL, FakeOpenAI, chat_chunk, serve_translator, sse
 
 from cloudtolocalllm.bridge.backend import HttpBackend
+
+from .openai_compat_fakes import MODEL, FakeOpenAI, chat_chunk, serve_translator, sse
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import ollama
 import pytest
-from openai_compat_fakes import serve_translator, start
 
 from cloudtolocalllm.bridge.backend import HttpBackend
 from cloudtolocalllm.core.protocol import BackendKind
+
+from .openai_compat_fakes import serve_translator, start
 
 # The bundled model's launcher; its cache key holds the Python version (major.minor) that built the wheel.
 LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 from ollama import _types as ollama_types
-from openai_compat_fakes import (
+
+from cloudtolocalllm.bridge import openai_compat
+from cloudtolocalllm.bridge.backend import BackendError, HttpBackend, OpenAIBackend, load_translator
+from cloudtolocalllm.bridge.openai_compat import _wire
+from cloudtolocalllm.core.protocol import ErrorCode
+
+from .openai_compat_fakes import (
     LLAMA_SERVER_MODELS,
     LLAMA_SERVER_USAGE_CHUNK,
     MODEL,
@@ -25,11 +31,6 @@ from openai_compat_fakes import (
     sse,
     start,
 )
-
-from cloudtolocalllm.bridge import openai_compat
-from cloudtolocalllm.bridge.backend import BackendError, HttpBackend, OpenAIBackend, load_translator
-from cloudtolocalllm.bridge.openai_compat import _wire
-from cloudtolocalllm.core.protocol import ErrorCode
 
 HI = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}]}
 

@@ -2,8 +2,7 @@
 
 pebble validates http-01 for real: its VA resolves every name through challtestsrv (every A query answers
 127.0.0.1, no AAAA) and fetches the challenge from ``http://<name>:<http_port>/``, i.e. from the edge under test.
-Used by the edge's test_acme.py and by tests/deploy/test_ssl_setup.py (which puts this folder on sys.path), so
-it imports nothing from the other test helpers.
+Used by the edge's test_acme.py and by tests/deploy/test_ssl_setup.py (the devkit's ``acme`` extra).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from cloudtolocalllm.edge.certs import write_self_signed
 
@@ -51,7 +49,7 @@ def running_pebble(
     """
     for tool in ("pebble", "pebble-challtestsrv"):
         if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: run scripts/system-deps.sh")
+            raise AssertionError(f"{tool} is not installed: run scripts/system-deps.sh")
     folder.mkdir()
     cert, key = folder / "cert.pem", folder / "key.pem"
     write_self_signed(["localhost", "127.0.0.1"], cert, key)
