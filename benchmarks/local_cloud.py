@@ -9,7 +9,6 @@ from pathlib import Path
 
 from http_calls import request
 
-from cloudtolocalllm.core.auth import DevIssuer
 from cloudtolocalllm.dev_issuer import DevIssuer
 from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer
 

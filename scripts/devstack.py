@@ -33,8 +33,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from cloudtolocalllm.devkit import local_model
+from cloudtolocalllm.devkit.edge_config import pools, write_edge_config
 from cloudtolocalllm.devkit.supervise import Service, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,57 +171,45 @@ def write_app_config(app_dir: Path, issuer: str) -> None:
     (app_dir / "config.json.gz").unlink(missing_ok=True)  # the build's copy holds the placeholder config
 
 
-def write_edge_config(path: Path, args: argparse.Namespace, runtime: Path) -> None:
+def edge_config(args: argparse.Namespace, runtime: Path) -> dict[str, Any]:
     """Production's routing and headers; loopback ports, paths, the dev certificate and the issuer differ."""
     from cloudtolocalllm.edge.config import DEFAULT_CSP  # the .venv has the workspace; only the edge needs it
 
-    user = f'user = "{getpass.getuser()}"\n' if os.geteuid() == 0 else ""
     # The app's token requests go to the dev issuer on api-backend's loopback origin (see main()).
     csp = DEFAULT_CSP.replace("connect-src 'self'", f"connect-src 'self' http://127.0.0.1:{args.api_port}")
-    path.write_text(
-        f"""# Written by scripts/devstack.py for this run; edited copies are overwritten.
-domain = "localhost"
-
-[listen]
-addresses = ["127.0.0.1"]
-http_port = {args.http_port}
-https_port = {args.https_port}
-public_https_port = {args.https_port}
-
-[tls]
-# Missing on purpose: the edge writes and serves its self-signed bootstrap certificate.
-certificate = "{runtime}/tls/fullchain.pem"
-certificate_key = "{runtime}/tls/privkey.pem"
-# HSTS is per host name, not per port: a dev stack must not pin http://localhost to HTTPS in the browser.
-hsts_max_age = 0
-
-[acme]
-webroot = "{runtime}/acme"
-
-[headers]
-content_security_policy = "{csp}"
-
-[upstreams.static-site]
-instances = ["127.0.0.1:{args.site_port}"]
-
-[upstreams.flutter-app]
-instances = ["127.0.0.1:{args.app_port}"]
-
-[upstreams.api-backend]
-instances = ["127.0.0.1:{args.api_port}"]
-
-[health_checks]
-interval = 2
-
-[logging]
-access_log = "/dev/stdout"
-
-[nginx]
-{user}runtime_dir = "{runtime}/run"
-worker_processes = "1"
-worker_connections = 1024
-"""
-    )
+    return {
+        "domain": "localhost",
+        "listen": {
+            "addresses": ["127.0.0.1"],
+            "http_port": args.http_port,
+            "https_port": args.https_port,
+            "public_https_port": args.https_port,
+        },
+        "tls": {
+            # Missing on purpose: the edge writes and serves its self-signed bootstrap certificate.
+            "certificate": f"{runtime}/tls/fullchain.pem",
+            "certificate_key": f"{runtime}/tls/privkey.pem",
+            # HSTS is per host name, not per port: a dev stack must not pin http://localhost to HTTPS.
+            "hsts_max_age": 0,
+        },
+        "acme": {"webroot": f"{runtime}/acme"},
+        "headers": {"content_security_policy": csp},
+        "upstreams": pools(
+            {
+                "static-site": [f"127.0.0.1:{args.site_port}"],
+                "flutter-app": [f"127.0.0.1:{args.app_port}"],
+                "api-backend": [f"127.0.0.1:{args.api_port}"],
+            }
+        ),
+        "health_checks": {"interval": 2},
+        "logging": {"access_log": "/dev/stdout"},
+        "nginx": {
+            "user": getpass.getuser() if os.geteuid() == 0 else None,
+            "runtime_dir": f"{runtime}/run",
+            "worker_processes": "1",
+            "worker_connections": 1024,
+        },
+    }
 
 
 # The stack -----------------------------------------------------------------------------------------------
@@ -409,7 +399,7 @@ def _run_stack(
             )
         edge_dir = dev / "edge"
         (edge_dir / "acme").mkdir(parents=True, exist_ok=True)
-        write_edge_config(edge_dir / "edge.toml", args, edge_dir)
+        write_edge_config(edge_dir / "edge.toml", edge_config(args, edge_dir), written_by="scripts/devstack.py")
         start(
             Service(
                 "edge",

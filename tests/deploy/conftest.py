@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.edge_config import default_sites, pools, to_toml
 from cloudtolocalllm.devkit.images.specs import tags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,83 +121,28 @@ def wait_for(predicate: object, what: str, timeout: float = 120, interval: float
 def edge_toml(
     http_port: int, instances: dict[str, list[str]], https_port: int | None = None, address: str = "127.0.0.1"
 ) -> str:
-    """The edge's configuration for a test deployment (the seed's sites on deploy.test, no cache)."""
-    pools = "\n".join(
-        f"[upstreams.{service}]\ninstances = {json.dumps(names)}\n" for service, names in instances.items()
+    """The edge's configuration for a test deployment: the edge's own sites on deploy.test (the app's also on
+    127.0.0.1), no cache, limits no test reaches."""
+    unlimited = {"rate": 100000, "burst": 100000}
+    return to_toml(
+        {
+            "domain": SITE_HOST,
+            "listen": {
+                "addresses": [address],
+                "http_port": http_port,
+                "https_port": https_port,
+                "public_https_port": https_port,
+            },
+            "tls": {"enabled": https_port is not None},
+            "nginx": {"worker_processes": "2"},
+            # Every request reaches the service: the edge's cache must not hide an outage.
+            "cache": {"enabled": False},
+            "rate_limits": {"api": unlimited, "general": unlimited},
+            "health_checks": {"interval": 1, "timeout": 2, "fall": 2, "rise": 2},
+            "upstreams": pools(instances),
+            "sites": default_sites({"app": ["127.0.0.1"]}),
+        }
     )
-    return f"""
-domain = "{SITE_HOST}"
-
-[listen]
-addresses = ["{address}"]
-http_port = {http_port}
-{f"https_port = {https_port}" if https_port else ""}
-{f"public_https_port = {https_port}" if https_port else ""}
-
-[tls]
-enabled = {"true" if https_port else "false"}
-
-[nginx]
-worker_processes = "2"
-
-[cache]
-enabled = false   # every request reaches the service: the edge's cache must not hide an outage
-
-[rate_limits.api]
-rate = 100000
-burst = 100000
-
-[rate_limits.general]
-rate = 100000
-burst = 100000
-
-[health_checks]
-interval = 1
-timeout = 2
-fall = 2
-rise = 2
-
-{pools}
-[[sites]]
-name = "home"
-hosts = ["{SITE_HOST}"]
-routes = [{{ path = "/", upstream = "static-site" }}]
-
-[[sites]]
-name = "app"
-hosts = ["{APP_HOST}", "127.0.0.1"]
-
-[[sites.routes]]
-path = "/"
-upstream = "flutter-app"
-
-[[sites.routes]]
-path = "/api/"
-upstream = "api-backend"
-streaming = true
-rate_limit = "api"
-json_errors = true
-cache_rules = false
-max_body_size = "0"
-timeouts = {{ read = 900, send = 900 }}
-
-[[sites.routes]]
-path = "/ws/"
-upstream = "api-backend"
-websocket = true
-streaming = true
-rate_limit = "api"
-json_errors = true
-cache_rules = false
-timeouts = {{ read = 3600, send = 3600 }}
-
-[[sites.routes]]
-path = "/.well-known/cloudtolocalllm"
-upstream = "api-backend"
-exact = true
-json_errors = true
-cache_rules = false
-"""
 
 
 @dataclass

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+from cloudtolocalllm.devkit.edge_config import pools, write_edge_config
 from cloudtolocalllm.devkit.images.engine import cache_dir, docker, docker_binary, docker_env, image_exists
 from cloudtolocalllm.devkit.images.net import free_port, http_get
 from cloudtolocalllm.devkit.images.specs import tags
@@ -129,14 +130,9 @@ def _test_nginx_proxy(port: int) -> tuple[list[str], Callable[[], None]]:
     http_port, https_port, idle_port = free_port(), free_port(), free_port()
     config = cache_dir() / "image-tests" / f"edge-{os.getpid()}.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    pools = "\n".join(
-        f'[upstreams.{pool}]\ninstances = ["127.0.0.1:{idle_port}"]\n'
-        for pool in ("static-site", "flutter-app", "api-backend")
-    )
-    config.write_text(
-        f'[listen]\naddresses = ["127.0.0.1"]\nhttp_port = {http_port}\nhttps_port = {https_port}\n'
-        f"public_https_port = {https_port}\n\n{pools}"
-    )
+    ports = {"http_port": http_port, "https_port": https_port, "public_https_port": https_port}
+    idle = pools({pool: [f"127.0.0.1:{idle_port}"] for pool in ("static-site", "flutter-app", "api-backend")})
+    write_edge_config(config, {"listen": {"addresses": ["127.0.0.1"], **ports}, "upstreams": idle}, "the image test")
     config.chmod(0o644)
 
     def check() -> None:
