@@ -12,15 +12,13 @@ from http_calls import request
 from cloudtolocalllm.dev_issuer import DevIssuer
 from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer
 
-REPO = Path(__file__).resolve().parent.parent
-
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"
 
 
 def start_fast_backend(log_dir: Path) -> tuple[Proc, int]:
-    """benchmarks/fast_backend.py in its own process; returns it and the port it printed."""
-    return start_port_printer("fast-backend", [str(REPO / "benchmarks" / "fast_backend.py")], log_dir)
+    """The Ollama double's fast form in its own process; returns it and the port it printed."""
+    return start_port_printer("fast-backend", ["-m", "cloudtolocalllm.devkit.ollama.fast"], log_dir)
 
 
 def start_bench_bridge(

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import httpx
 
-from .backend import MODEL, Backend
+from cloudtolocalllm.devkit.ollama import OllamaDouble
+
 from .conftest import APP_HOST, SITE_HOST, Deployment, docker, wait_for
 from .load import Load, chat_stream, page
 
 BRIDGE = Path(sys.executable).parent / "cloudtolocalllm-bridge"
+MODEL = "deploy-test:latest"
+
+
+def _backend() -> OllamaDouble:
+    """The bridge's local "Ollama": /api/chat streams 8 NDJSON lines 50 ms apart, so that a stream is in flight
+    for a while (what a switch of api-backend instances may cut)."""
+    tag = {"name": MODEL, "model": MODEL, "size": 1, "digest": "0" * 64}
+    return OllamaDouble(models=[MODEL], tags=[tag], version="0.5.0", chat_tokens=8, chat_delay_s=0.05)
 
 
 def _bridges(deployment: Deployment) -> list[dict[str, object]]:
@@ -60,7 +69,7 @@ def test_no_downtime_updates_of_static_site_flutter_app_and_api_backend(deployme
     for service in ("static-site", "flutter-app", "api-backend"):
         deployment.run_tag(service, "v1")  # so each update below is a real change of version
         assert deployment.service_health(service)["version"] != "2.0.0-deploytest"
-    with Backend() as backend:
+    with _backend() as backend:
         bridge = _start_bridge(deployment, backend.url)
         try:
             wait_for(lambda: any(b["name"] == "deploy-bridge" for b in _bridges(deployment)), "the bridge", 120)

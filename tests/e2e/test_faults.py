@@ -13,22 +13,23 @@ import pytest
 import websockets
 
 from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Role, Welcome
+from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
+from cloudtolocalllm.devkit.ollama import OllamaDouble, contract_double
 from cloudtolocalllm.devkit.procs import wait_for
 
 from .conftest import Stack
-from .fake_ollama import MODEL, FakeOllama
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "count"}], "options": {"num_predict": 400}}
 
 
 @pytest.fixture
-def fake_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as backend:
+def fake_ollama() -> Iterator[OllamaDouble]:
+    with contract_double() as backend:
         yield backend
 
 
 def test_bridge_killed_mid_stream_ends_the_stream_with_an_error_within_a_second(
-    stack: Stack, fake_ollama: FakeOllama
+    stack: Stack, fake_ollama: OllamaDouble
 ) -> None:
     bridge = stack.bridge(fake_ollama.url, kind="ollama")
     with (
@@ -48,7 +49,7 @@ def test_bridge_killed_mid_stream_ends_the_stream_with_an_error_within_a_second(
 
 
 def test_client_disconnect_stops_generation_on_the_backend_within_a_second(
-    stack: Stack, fake_ollama: FakeOllama
+    stack: Stack, fake_ollama: OllamaDouble
 ) -> None:
     stack.bridge(fake_ollama.url, kind="ollama")
     with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=30) as client:
@@ -62,7 +63,7 @@ def test_client_disconnect_stops_generation_on_the_backend_within_a_second(
     assert not fake_ollama.event_times("chat-done"), "generation must not have run to the end"
 
 
-def test_api_backend_restart_brings_every_bridge_back_spread_over_time(stack: Stack, fake_ollama: FakeOllama) -> None:
+def test_api_backend_restart_brings_every_bridge_back_spread_over_time(stack: Stack, fake_ollama: OllamaDouble) -> None:
     count = 8
     for i in range(count):
         stack.bridge(fake_ollama.url, kind="ollama", name=f"b{i}", wait=False)
@@ -76,7 +77,7 @@ def test_api_backend_restart_brings_every_bridge_back_spread_over_time(stack: St
         assert client.get("/api/ollama/api/version").json() == {"version": "0.6.2"}
 
 
-def test_slow_readers_keep_api_backend_memory_bounded(stack: Stack, fake_ollama: FakeOllama) -> None:
+def test_slow_readers_keep_api_backend_memory_bounded(stack: Stack, fake_ollama: OllamaDouble) -> None:
     """20 streams whose clients read 1 KiB/s while the backend keeps producing."""
     stack.bridge(fake_ollama.url, kind="ollama", name="slow-reader")
     baseline = stack.api.rss_kb()
@@ -116,7 +117,7 @@ async def _hello(stack: Stack, user: str, bridge_id: str) -> tuple[websockets.Cl
     return ws, conn
 
 
-def test_another_user_cannot_hijack_a_bridge_by_its_id(stack: Stack, fake_ollama: FakeOllama) -> None:
+def test_another_user_cannot_hijack_a_bridge_by_its_id(stack: Stack, fake_ollama: OllamaDouble) -> None:
     stack.bridge(fake_ollama.url, kind="ollama", name="mine")
     [alice_bridge] = stack.status("alice")
 

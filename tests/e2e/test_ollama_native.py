@@ -11,18 +11,20 @@ import httpx
 import ollama
 import pytest
 
+from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
+from cloudtolocalllm.devkit.ollama import OllamaDouble, contract_double
+
 from .conftest import Stack
-from .fake_ollama import MODEL, FakeOllama
 
 
 @pytest.fixture
-def fake_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as backend:
+def fake_ollama() -> Iterator[OllamaDouble]:
+    with contract_double() as backend:
         yield backend
 
 
 @pytest.fixture
-def client(stack: Stack, fake_ollama: FakeOllama) -> Iterator[ollama.Client]:
+def client(stack: Stack, fake_ollama: OllamaDouble) -> Iterator[ollama.Client]:
     stack.bridge(fake_ollama.url, kind="ollama")
     with ollama.Client(host=stack.url + "/api/ollama", headers=stack.headers()) as client:
         yield client
@@ -38,7 +40,9 @@ def test_pull_streams_progress(client: ollama.Client) -> None:
     assert completed[-1] == 4000
 
 
-def test_blob_upload_then_create(client: ollama.Client, stack: Stack, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+def test_blob_upload_then_create(
+    client: ollama.Client, stack: Stack, fake_ollama: OllamaDouble, tmp_path: Path
+) -> None:
     data = bytes(range(256)) * 32768  # 8 MiB, streamed from the file through the tunnel
     path = tmp_path / "model.gguf"
     path.write_bytes(data)
@@ -53,7 +57,7 @@ def test_blob_upload_then_create(client: ollama.Client, stack: Stack, fake_ollam
     assert result.status == "success"
 
 
-def test_copy_and_delete(client: ollama.Client, fake_ollama: FakeOllama) -> None:
+def test_copy_and_delete(client: ollama.Client, fake_ollama: OllamaDouble) -> None:
     client.copy(MODEL, "backup:latest")
     client.delete("backup:latest")
     kinds = {k: v for k, _, v in fake_ollama.events}
@@ -61,13 +65,13 @@ def test_copy_and_delete(client: ollama.Client, fake_ollama: FakeOllama) -> None
     assert kinds["delete"] == {"model": "backup:latest"}
 
 
-def test_read_only_bridge_refuses_pull_and_delete(stack: Stack, fake_ollama: FakeOllama) -> None:
+def test_read_only_bridge_refuses_pull_and_delete(stack: Stack, fake_ollama: OllamaDouble) -> None:
     stack.bridge(fake_ollama.url, kind="ollama", name="ro", extra=["--read-only"])
     with ollama.Client(host=stack.url + "/api/ollama", headers=stack.headers()) as client:
         _refuses_changes(client, fake_ollama)
 
 
-def _refuses_changes(client: ollama.Client, fake_ollama: FakeOllama) -> None:
+def _refuses_changes(client: ollama.Client, fake_ollama: OllamaDouble) -> None:
     for call in (lambda: client.pull(MODEL), lambda: client.delete(MODEL)):
         with pytest.raises(ollama.ResponseError) as caught:
             call()

@@ -14,22 +14,23 @@ import ollama
 import openai
 import pytest
 
+from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
+from cloudtolocalllm.devkit.ollama import OllamaDouble, contract_double
 from cloudtolocalllm.devkit.procs import wait_for
 
 from .conftest import Replicas
-from .fake_ollama import MODEL, FakeOllama
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "count"}], "options": {"num_predict": 200}}
 
 
 @pytest.fixture
-def fake_ollama() -> Iterator[FakeOllama]:
-    with FakeOllama() as backend:
+def fake_ollama() -> Iterator[OllamaDouble]:
+    with contract_double() as backend:
         yield backend
 
 
 def test_a_request_on_one_replica_streams_from_the_bridge_on_another(
-    replicas: Replicas, fake_ollama: FakeOllama
+    replicas: Replicas, fake_ollama: OllamaDouble
 ) -> None:
     replicas.bridge(fake_ollama.url, via=replicas.urls[1])
     with (
@@ -48,7 +49,7 @@ def test_a_request_on_one_replica_streams_from_the_bridge_on_another(
     assert replicas.metric(replicas.urls[0], "bridges_connected") == 0
 
 
-def test_cancel_on_one_replica_stops_generation_behind_another(replicas: Replicas, fake_ollama: FakeOllama) -> None:
+def test_cancel_on_one_replica_stops_generation_behind_another(replicas: Replicas, fake_ollama: OllamaDouble) -> None:
     replicas.bridge(fake_ollama.url, via=replicas.urls[2])
     with httpx.Client(base_url=replicas.urls[0], headers=replicas.headers(), timeout=30) as client:
         asked_at = time.monotonic()
@@ -68,7 +69,7 @@ def test_cancel_on_one_replica_stops_generation_behind_another(replicas: Replica
     wait_for(lambda: replicas.metric(replicas.urls[2], "relay_streams_active") == 0, 10, "no stream left")
 
 
-def test_a_replica_killed_mid_stream(replicas: Replicas, fake_ollama: FakeOllama) -> None:
+def test_a_replica_killed_mid_stream(replicas: Replicas, fake_ollama: OllamaDouble) -> None:
     """Its relayed client gets a terminal error, its bridge reconnects to another replica through the
     load balancer, and the record of a bridge that does not come back expires."""
     replicas.bridge(fake_ollama.url, name="comes-back")
@@ -105,7 +106,7 @@ def test_a_replica_killed_mid_stream(replicas: Replicas, fake_ollama: FakeOllama
 
 
 def test_redis_restarted_clear_errors_while_down_and_recovery_without_restarting_replicas(
-    replicas: Replicas, fake_ollama: FakeOllama
+    replicas: Replicas, fake_ollama: OllamaDouble
 ) -> None:
     replicas.bridge(fake_ollama.url, via=replicas.urls[1])
     replicas.bridge(fake_ollama.url, user="dave", name="dave-local", via=replicas.urls[0])
@@ -135,7 +136,7 @@ def test_redis_restarted_clear_errors_while_down_and_recovery_without_restarting
     assert httpx.get(entry + "/ready", timeout=10).json()["status"] == "ok"
 
 
-def test_users_stay_isolated_across_replicas(replicas: Replicas, fake_ollama: FakeOllama) -> None:
+def test_users_stay_isolated_across_replicas(replicas: Replicas, fake_ollama: OllamaDouble) -> None:
     replicas.bridge(fake_ollama.url, user="alice", name="alices", via=replicas.urls[1])
     replicas.bridge(fake_ollama.url, user="bob", name="bobs", via=replicas.urls[2])
     [alices] = replicas.status("alice").json()["bridges"]
@@ -185,7 +186,7 @@ def test_the_official_openai_client_on_one_replica_gets_a_real_answer_from_a_bri
 
 
 def test_an_api_key_works_through_every_replica_and_its_revocation_holds_on_all_of_them(
-    replicas: Replicas, fake_ollama: FakeOllama
+    replicas: Replicas, fake_ollama: OllamaDouble
 ) -> None:
     """The official ollama client sends a key through the load balancer to a real bridge; the key is revoked
     on one replica process and the other two refuse it within milliseconds (Redis pub/sub between processes)."""

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
+from cloudtolocalllm.devkit.ollama import LLAMA32 as FAKE_MODEL
+from cloudtolocalllm.devkit.ollama import contract_double
 from cloudtolocalllm.devkit.procs import wait_for
 
-from .fake_ollama import MODEL as FAKE_MODEL
-from .fake_ollama import FakeOllama
 from .web import ARTIFACTS, WebApp, web_app
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_sign_in_stream_reload_and_offline_banner_with_the_real_model(web: WebAp
 
 
 def test_stop_cancels_the_backend_generation(web: WebApp) -> None:
-    with FakeOllama() as backend:  # 200 tokens, 50 ms apart: ten seconds unless stopped
+    with contract_double() as backend:  # 200 tokens, 50 ms apart: ten seconds unless stopped
         web.stack.bridge(backend.url, user="dev-user", kind="ollama")
         web.sign_in()
         page = web.page
@@ -138,7 +138,7 @@ def test_hostile_model_output_runs_no_code_and_is_shown_as_text(
     logs: Path, tmp_path: Path, build: Path, browser: Browser
 ) -> None:
     chunks = [ndjson(HOSTILE[i : i + 40]) for i in range(0, len(HOSTILE), 40)] + [ndjson("", done=True)]
-    with FakeOllama(chat_chunks=chunks, chunk_gap_s=0.02) as backend:
+    with contract_double(chat_script=chunks, chunk_gap_s=0.02) as backend:
         with web_app(logs, tmp_path, build, browser) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
@@ -173,7 +173,7 @@ def test_utf8_character_split_across_network_chunks(logs: Path, tmp_path: Path, 
     # Split inside "ü" (2 bytes), inside "€" (3 bytes) and inside "😀" (4 bytes).
     cuts = [line.index("ü".encode()) + 1, line.index("€".encode()) + 2, line.index("😀".encode()) + 3]
     parts = [line[: cuts[0]], line[cuts[0] : cuts[1]], line[cuts[1] : cuts[2]], line[cuts[2] :]]
-    with FakeOllama(chat_chunks=[*parts, ndjson("", done=True)], chunk_gap_s=0.2) as backend:
+    with contract_double(chat_script=[*parts, ndjson("", done=True)], chunk_gap_s=0.2) as backend:
         with web_app(logs, tmp_path, build, browser) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
@@ -273,7 +273,7 @@ def test_session_renews_silently_and_sign_out(logs: Path, tmp_path: Path, build:
 
 
 def test_phone_layout_and_keyboard(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser, viewport=(390, 844)) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()

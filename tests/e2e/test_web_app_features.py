@@ -20,10 +20,10 @@ import ollama
 import pytest
 from playwright.sync_api import Browser, Route, expect
 
+from cloudtolocalllm.devkit.ollama import LLAMA32 as FAKE_MODEL
+from cloudtolocalllm.devkit.ollama import contract_double
 from cloudtolocalllm.devkit.procs import wait_for
 
-from .fake_ollama import MODEL as FAKE_MODEL
-from .fake_ollama import FakeOllama
 from .web import ARTIFACTS, VIEWPORTS, WebApp, web_app
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_markdown_answer_with_highlighted_code_and_copy(
     logs: Path, tmp_path: Path, build: Path, browser: Browser, viewport: str
 ) -> None:
     chunks = [ndjson(MARKDOWN[i : i + 30]) for i in range(0, len(MARKDOWN), 30)] + [ndjson("", done=True)]
-    with FakeOllama(chat_chunks=chunks, chunk_gap_s=0.01) as backend:
+    with contract_double(chat_script=chunks, chunk_gap_s=0.01) as backend:
         with web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama", name="laptop")
             web.sign_in()
@@ -105,7 +105,7 @@ def test_markdown_answer_with_highlighted_code_and_copy(
 def test_chat_controls_settings_details_regenerate_edit_and_speed(
     logs: Path, tmp_path: Path, build: Path, browser: Browser, viewport: str
 ) -> None:
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
@@ -169,7 +169,7 @@ def test_chat_controls_settings_details_regenerate_edit_and_speed(
 def test_image_input_for_a_vision_model(
     logs: Path, tmp_path: Path, build: Path, browser: Browser, viewport: str
 ) -> None:
-    with FakeOllama(capabilities=("completion", "vision")) as backend:
+    with contract_double(capabilities=("completion", "vision")) as backend:
         with web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
@@ -196,7 +196,7 @@ def test_image_input_for_a_vision_model(
 def test_conversations_search_rename_export_import_delete(
     logs: Path, tmp_path: Path, build: Path, browser: Browser, viewport: str
 ) -> None:
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
@@ -286,7 +286,7 @@ def test_conversations_search_rename_export_import_delete(
 def test_conversations_saved_by_the_previous_version_open_and_continue(
     logs: Path, tmp_path: Path, build: Path, browser: Browser
 ) -> None:
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser) as web:
             web.stack.bridge(backend.url, user="dev-user", kind="ollama")
             web.sign_in()
@@ -322,7 +322,7 @@ def test_conversations_saved_by_the_previous_version_open_and_continue(
 def test_bridges_view_and_get_started_link(
     logs: Path, tmp_path: Path, build: Path, browser: Browser, viewport: str
 ) -> None:
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
             web.sign_in()
             page = web.page
@@ -360,7 +360,7 @@ def test_api_keys_settings_page_creates_a_key_the_ollama_client_uses_then_revoke
 ) -> None:
     """The Settings page against the real api-backend: the key it shows once works with the official ollama
     client (scope inference), is refused for model management (403 naming the scope), and is 401 once revoked."""
-    with FakeOllama() as backend, web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
+    with contract_double() as backend, web_app(logs, tmp_path, build, browser, viewport=VIEWPORTS[viewport]) as web:
         web.stack.bridge(backend.url, user="dev-user", kind="ollama", name="laptop")
         web.sign_in()
         page = web.page
@@ -447,7 +447,7 @@ def test_sign_in_checks_iss_and_keeps_tokens_out_of_storage(
 
 
 def test_pwa_dark_mode_shortcuts_and_budgets(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser) as web:
             page = web.page
             # First render on loopback, a cold load (no service worker yet, nothing cached).

@@ -1,6 +1,6 @@
 """A real bridge and its local backend inside the Swarm test's namespace (``nsenter --net=... python ...``).
 
-Starts the Ollama contract double from tests/e2e on the namespace's loopback, then ``cloudtolocalllm-bridge
+Starts the devkit's Ollama contract double on the namespace's loopback, then ``cloudtolocalllm-bridge
 run`` against ``CLOUD`` with the token in ``CLOUDTOLOCALLLM_TOKEN``; prints ``ready <model>`` and runs until
 SIGTERM, which it passes on to the bridge.
 
@@ -13,17 +13,16 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from fake_ollama import MODEL, FakeOllama  # a sibling test folder, not a package
+from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
+from cloudtolocalllm.devkit.ollama import contract_double
 
 
 def main() -> int:
     cloud, state_dir = sys.argv[1], sys.argv[2]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FakeOllama() as backend:
+    with contract_double() as backend:
         bridge = subprocess.Popen(
             [sys.executable, "-m", "cloudtolocalllm.bridge", "run", "--cloud", cloud, "--backend", backend.url,
              "--state-dir", state_dir, "--name", "swarm-test", "--status-interval", "1"],

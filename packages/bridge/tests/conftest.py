@@ -1,17 +1,16 @@
-"""Real peers for the tunnel tests: a fake cloud (websockets server + Connection(Role.CLOUD)) and a fake
-local backend (a raw ASGI app on uvicorn), both on 127.0.0.1 with ephemeral ports, plus a running Bridge.
+"""Real peers for the tunnel tests: a fake cloud (websockets server + Connection(Role.CLOUD)) and the devkit's
+Ollama double as the local backend (a raw ASGI app on uvicorn), both on 127.0.0.1 with ephemeral ports, plus a
+running Bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from cloudtolocalllm.core.protocol import (
     encode,
 )
 from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.devkit.ollama import OllamaDouble, OpenAIServer
 
 TOKEN = "tok-1"
 SMALL_LIMITS = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=16)
@@ -62,165 +62,22 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.01)
 
 
-# --- fake local backend -------------------------------------------------------------------------------
-
-
-@dataclass
-class FakeBackend:
-    """An Ollama look-alike whose behaviour tests steer through asyncio objects (same event loop)."""
-
-    models: list[str] = field(default_factory=lambda: ["llama3:8b", "smollm2:135m"])
-    chat_chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
-    chat_yielded: list[float] = field(default_factory=list)
-    generate_disconnected_at: float | None = None
-    embed_disconnected_at: float | None = None
-    generate_started: asyncio.Event = field(default_factory=asyncio.Event)
-    generate_done: asyncio.Event = field(default_factory=asyncio.Event)
-    generate_chunks: int = 0
-    """0: /api/generate streams until the client goes away; n: n chunks then the end."""
-    pull_produced: int = 0
-    pull_total: int = 64 * 1024 * 1024
-    upload: dict[str, Any] = field(default_factory=dict)
-    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
-    url: str = ""
-    openai: bool = False
-    """Behave like llama.cpp server / LM Studio: /v1 only, no Ollama-native API."""
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        path, method = scope["path"], scope["method"]
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.requests.append(
-            (method, path + ("?" + scope["query_string"].decode() if scope["query_string"] else ""), headers)
-        )
-        if path.startswith("/api/") and self.openai:
-            await _drain(receive)
-            await _json(send, {"error": "not found"}, status=404)
-        elif path == "/api/tags":
-            await _json(send, {"models": [{"name": m} for m in self.models]})
-        elif path == "/api/version":
-            await _json(send, {"version": "0.9.0"})
-        elif path == "/api/chat":
-            await _drain(receive)
-            await self._chat(send)
-        elif path == "/api/generate":
-            await _drain(receive)
-            await self._generate(receive, send)
-        elif path == "/api/embed":
-            # Like a non-streaming generation: no response head until the work is done (never, here).
-            await _drain(receive)
-            await _wait_disconnect(receive)
-            self.embed_disconnected_at = time.monotonic()
-        elif path == "/api/pull":
-            await _drain(receive)
-            await self._pull(send)
-        elif path.startswith("/api/blobs/"):
-            await self._blob(receive, send)
-        elif path == "/v1/models" and self.openai:
-            await _json(send, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
-        elif path == "/v1/chat/completions" and self.openai:
-            await _drain(receive)
-            await send(_start(200, "text/event-stream"))
-            for event in (b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n', b"data: [DONE]\n\n"):
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await _json(send, {"error": "not found"}, status=404)
-
-    async def _chat(self, send: Any) -> None:
-        await send(_start(200, "application/x-ndjson"))
-        while (chunk := await self.chat_chunks.get()) is not None:
-            self.chat_yielded.append(time.monotonic())
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _generate(self, receive: Any, send: Any) -> None:
-        await send(_start(200, "application/x-ndjson"))
-        self.generate_started.set()
-
-        async def pump() -> None:
-            n = 0
-            while self.generate_chunks == 0 or n < self.generate_chunks:
-                await send({"type": "http.response.body", "body": b'{"response":"x"}\n', "more_body": True})
-                n += 1
-                await asyncio.sleep(0.05)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.generate_done.set()
-
-        task = asyncio.create_task(pump())
-        waiter = asyncio.create_task(_wait_disconnect(receive))
-        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            self.generate_disconnected_at = time.monotonic()
-            task.cancel()
-        else:
-            waiter.cancel()
-        await asyncio.gather(task, waiter, return_exceptions=True)
-
-    async def _pull(self, send: Any) -> None:
-        await send(_start(200, "application/x-ndjson"))
-        line = b'{"status":"pulling","completed":1}' + b" " * 1000 + b"\n"
-        while self.pull_produced < self.pull_total:
-            await send({"type": "http.response.body", "body": line * 64, "more_body": True})
-            self.pull_produced += len(line) * 64
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _blob(self, receive: Any, send: Any) -> None:
-        digest = hashlib.sha256()
-        size = 0
-        while True:
-            message = await receive()
-            body = message.get("body", b"")
-            digest.update(body)
-            size += len(body)
-            if not message.get("more_body"):
-                break
-        self.upload = {"size": size, "sha256": digest.hexdigest()}
-        await _json(send, self.upload, status=201)
-
-
-def _start(status: int, content_type: str) -> dict[str, Any]:
-    return {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]}
-
-
-async def _json(send: Any, document: Any, status: int = 200) -> None:
-    body = json.dumps(document).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _drain(receive: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body"):
-            return
-
-
-async def _wait_disconnect(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+# --- the local backend: the devkit's Ollama double ---------------------------------------------------
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[FakeBackend]:
-    fake = FakeBackend()
+async def backend() -> AsyncIterator[OllamaDouble]:
+    """Chat answers what a test puts in ``chat_queue``; a pull is 64 MB of progress, as fast as it is read."""
+    fake = OllamaDouble(
+        chat_queue=asyncio.Queue(),
+        pull_bytes=64 * 1024 * 1024,
+        openai_api=OpenAIServer(stream_content_type="text/event-stream"),
+    )
     async with running_server(fake, graceful_timeout_s=0.5) as url:  # type: ignore[arg-type]
         fake.url = url
         yield fake
-        fake.chat_chunks.put_nowait(None)
+        assert fake.chat_queue is not None
+        fake.chat_queue.put_nowait(None)
 
 
 @pytest.fixture
@@ -452,7 +309,7 @@ BridgeFactory = Callable[..., "asyncio.Future[RunningBridge] | Any"]
 
 
 @pytest.fixture
-async def start_bridge(tmp_path: Path, cloud: FakeCloud, backend: FakeBackend) -> AsyncIterator[Callable[..., Any]]:
+async def start_bridge(tmp_path: Path, cloud: FakeCloud, backend: OllamaDouble) -> AsyncIterator[Callable[..., Any]]:
     started: list[RunningBridge] = []
 
     async def start(

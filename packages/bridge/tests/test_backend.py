@@ -21,8 +21,9 @@ from cloudtolocalllm.bridge.backend import (
     response_headers,
 )
 from cloudtolocalllm.core.protocol import BackendKind, ErrorCode, ResponseHead, StreamError
+from cloudtolocalllm.devkit.ollama import OllamaDouble
 
-from .conftest import FakeBackend, FakeCloud
+from .conftest import FakeCloud
 
 
 def test_response_headers_drop_hop_by_hop() -> None:
@@ -194,7 +195,7 @@ async def test_openai_backend_uses_the_translator() -> None:
     await backend.aclose()
 
 
-async def test_detect_kind(backend: FakeBackend, dead_backend_url: str) -> None:
+async def test_detect_kind(backend: OllamaDouble, dead_backend_url: str) -> None:
     assert await detect_kind(backend.url) is BackendKind.OLLAMA
     backend.openai = True
     assert await detect_kind(backend.url) is BackendKind.OPENAI
@@ -202,7 +203,7 @@ async def test_detect_kind(backend: FakeBackend, dead_backend_url: str) -> None:
 
 
 @pytest.mark.slow
-async def test_openai_kind_over_the_tunnel(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_openai_kind_over_the_tunnel(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     backend.openai = True
     # translator=None explicitly: this test is about the seam, not about the openai_compat module.
     seam = OpenAIBackend(HttpBackend(backend.url, kind=BackendKind.OPENAI), translator=None)
@@ -221,7 +222,7 @@ async def test_openai_kind_over_the_tunnel(cloud: FakeCloud, backend: FakeBacken
 
 
 @pytest.mark.slow
-async def test_auto_kind_announces_what_it_found(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_auto_kind_announces_what_it_found(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     backend.openai = True
     await start_bridge(backend_kind="auto")
     link = await cloud.next_link()

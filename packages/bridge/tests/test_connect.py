@@ -25,15 +25,16 @@ from cloudtolocalllm.bridge.connect import ClientMode
 from cloudtolocalllm.bridge.credentials import Credentials, StoredCredentialsSource, save_credentials
 from cloudtolocalllm.bridge.exits import EXIT_CONFIG, EXIT_SIGN_IN
 from cloudtolocalllm.bridge.token import TokenSource
+from cloudtolocalllm.devkit.ollama import OllamaDouble
 
 from .cloud_stack import Cloud, api_backend, running_bridge
-from .conftest import FakeBackend, wait_until
+from .conftest import wait_until
 
 
 @dataclass
 class Chain:
     cloud: Cloud
-    backend: FakeBackend
+    backend: OllamaDouble
     mode: ClientMode
     url: str
 
@@ -49,7 +50,7 @@ async def client_mode(cloud: Cloud, source: TokenSource) -> AsyncIterator[tuple[
 
 
 @pytest.fixture
-async def chain(tmp_path: Path, backend: FakeBackend) -> AsyncIterator[Chain]:
+async def chain(tmp_path: Path, backend: OllamaDouble) -> AsyncIterator[Chain]:
     async with (
         api_backend(tmp_path / "keys") as cloud,
         running_bridge(cloud, backend.url, tmp_path / "bridge"),
@@ -69,9 +70,9 @@ async def test_the_official_ollama_client_with_a_bare_host(chain: Chain) -> None
         assert len(listed.models) == len(chain.backend.models)
         assert chain.backend.requests[-1][:2] == ("GET", "/api/tags")
         for part in ("Bon", "jour"):
-            chain.backend.chat_chunks.put_nowait(_chat_line(part))
-        chain.backend.chat_chunks.put_nowait(_chat_line("", done=True))
-        chain.backend.chat_chunks.put_nowait(None)
+            chain.backend.chat_queue.put_nowait(_chat_line(part))
+        chain.backend.chat_queue.put_nowait(_chat_line("", done=True))
+        chain.backend.chat_queue.put_nowait(None)
         question = [{"role": "user", "content": "hi"}]
         parts = [p async for p in await client.chat("smollm2:135m", messages=question, stream=True)]
     assert "".join(p.message.content or "" for p in parts) == "Bonjour" and parts[-1].done
@@ -87,10 +88,10 @@ async def test_answers_are_streamed_chunk_by_chunk(chain: Chain) -> None:
     ):
         assert response.status == 200
         for part in ("one", "two", "three"):
-            chain.backend.chat_chunks.put_nowait(_chat_line(part))
+            chain.backend.chat_queue.put_nowait(_chat_line(part))
             line = await asyncio.wait_for(response.content.readline(), 10)  # before the next one exists
             assert json.loads(line)["message"]["content"] == part
-        chain.backend.chat_chunks.put_nowait(None)
+        chain.backend.chat_queue.put_nowait(None)
         assert await response.content.read() == b""
 
 

@@ -26,8 +26,9 @@ from cloudtolocalllm.core.protocol import (
     StreamError,
 )
 from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
+from cloudtolocalllm.devkit.ollama import OllamaDouble
 
-from .conftest import TOKEN, FakeBackend, FakeCloud, wait_until
+from .conftest import TOKEN, FakeCloud, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +59,11 @@ async def test_bridge_id_is_stable_across_restarts(cloud: FakeCloud, start_bridg
     assert link1.hello.bridge_id == link2.hello.bridge_id
 
 
-async def test_ndjson_chunks_arrive_one_by_one(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_ndjson_chunks_arrive_one_by_one(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     await start_bridge()
     link = await cloud.next_link()
     stream = await link.open("POST", "/api/chat", body=b'{"model":"llama3:8b","messages":[]}')
-    backend.chat_chunks.put_nowait(b'{"message":{"content":"Hel"},"done":false}\n')
+    backend.chat_queue.put_nowait(b'{"message":{"content":"Hel"},"done":false}\n')
     head = await stream.head()
     assert isinstance(head, ResponseHead) and head.status == 200
     names = {name.lower() for name, _ in head.headers}
@@ -70,11 +71,11 @@ async def test_ndjson_chunks_arrive_one_by_one(cloud: FakeCloud, backend: FakeBa
     # The first chunk reaches the cloud while the backend has not produced the second one yet.
     first = await stream.next()
     assert isinstance(first, Data) and first.payload == b'{"message":{"content":"Hel"},"done":false}\n'
-    backend.chat_chunks.put_nowait(b'{"message":{"content":"lo"},"done":false}\n')
+    backend.chat_queue.put_nowait(b'{"message":{"content":"lo"},"done":false}\n')
     second = await stream.next()
     assert isinstance(second, Data) and b'"lo"' in second.payload
-    backend.chat_chunks.put_nowait(b'{"done":true}\n')
-    backend.chat_chunks.put_nowait(None)
+    backend.chat_queue.put_nowait(b'{"done":true}\n')
+    backend.chat_queue.put_nowait(None)
     rest = await stream.body()
     assert rest == b'{"done":true}\n'
     # The end-to-end headers reached the backend, hop-by-hop/credential ones did not.
@@ -84,7 +85,7 @@ async def test_ndjson_chunks_arrive_one_by_one(cloud: FakeCloud, backend: FakeBa
     assert "authorization" not in headers
 
 
-async def test_query_string_and_get_without_body(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_query_string_and_get_without_body(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     await start_bridge()
     link = await cloud.next_link()
     stream = await link.open("GET", "/api/tags", query="verbose=1", headers=[("accept", "application/json")])
@@ -97,7 +98,7 @@ async def test_query_string_and_get_without_body(cloud: FakeCloud, backend: Fake
     ]
 
 
-async def _upload_5mib(link: Any, backend: FakeBackend) -> None:
+async def _upload_5mib(link: Any, backend: OllamaDouble) -> None:
     blob = bytes(range(256)) * (5 * 1024 * 1024 // 256)
     digest = hashlib.sha256(blob).hexdigest()
     stream = await link.open(
@@ -112,7 +113,7 @@ async def _upload_5mib(link: Any, backend: FakeBackend) -> None:
     assert backend.upload == {"size": len(blob), "sha256": digest}
 
 
-async def test_upload_streams_with_bounded_credit(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_upload_streams_with_bounded_credit(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
     running = await start_bridge(max_receive_window_bytes=0)  # the cloud's window, never grown
     await _upload_5mib(await cloud.next_link(), backend)
@@ -135,7 +136,7 @@ async def test_the_bridge_measures_the_round_trip_to_the_cloud(cloud: FakeCloud,
 
 
 async def test_a_window_bound_upload_gets_a_bigger_window_within_the_maximum(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
     running = await start_bridge(max_receive_window_bytes=512 * 1024)
@@ -151,7 +152,7 @@ async def test_a_window_bound_upload_gets_a_bigger_window_within_the_maximum(
 
 
 async def test_behind_a_real_round_trip_the_window_grows_within_the_maximum(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     """The same growth over a real delay: the bridge's WebSocket crosses a relay that holds every byte 40 ms
     each way, so the round trip is measured by the Connection's own Ping/Pong, not set by the test."""
@@ -189,12 +190,12 @@ async def _settled(value: Callable[[], int], quiet_s: float = 0.5, timeout: floa
     return last
 
 
-async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     window = 64 * 1024
     # What TCP itself may hold between the backend and the bridge: both socket buffers at the kernel's
     # maximum (autotuning grows them that far), plus a few MiB of the servers' and clients' own buffers.
     held_by_tcp = _kernel_max("tcp_rmem") + _kernel_max("tcp_wmem") + 4 * 1024 * 1024
-    backend.pull_total = max(backend.pull_total, 2 * held_by_tcp)
+    backend.pull_bytes = max(backend.pull_bytes, 2 * held_by_tcp)
     cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=window, max_concurrent_streams=8)
     await start_bridge()
     link = await cloud.next_link()
@@ -212,17 +213,17 @@ async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: Fak
     # machine), having produced no more than the buffers in between hold, far from its whole body.
     stalled_at = await _settled(lambda: backend.pull_produced)
     assert stream.frames.empty()
-    assert stalled_at <= held_by_tcp < backend.pull_total, (stalled_at, held_by_tcp)
+    assert stalled_at <= held_by_tcp < backend.pull_bytes, (stalled_at, held_by_tcp)
     print(f"backend produced {stalled_at} bytes before TCP backpressure held it")
     # Granting credit again lets the whole body through.
     link.auto_credit = True
     await link.grant(stream.sid, received)
     total = received + len(await stream.body(timeout=30))
-    assert total == backend.pull_produced >= backend.pull_total
+    assert total == backend.pull_produced >= backend.pull_bytes
 
 
 async def test_cancel_aborts_the_backend_request_within_1s(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     await start_bridge()
     link = await cloud.next_link()
@@ -236,7 +237,7 @@ async def test_cancel_aborts_the_backend_request_within_1s(
 
 
 async def test_cancel_before_the_response_head_aborts_within_1s(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     await start_bridge()
     link = await cloud.next_link()
@@ -250,7 +251,7 @@ async def test_cancel_before_the_response_head_aborts_within_1s(
     assert stream.frames.empty()
 
 
-async def test_cancel_during_an_upload_aborts_it(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_cancel_during_an_upload_aborts_it(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     cloud.limits = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=8)
     running = await start_bridge()
     link = await cloud.next_link()
@@ -278,7 +279,7 @@ async def test_backend_down_gives_backend_unreachable(
     assert error.message == f"could not connect to the local backend at {dead_backend_url}: is Ollama running?"
 
 
-async def test_refusals_over_the_wire(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_refusals_over_the_wire(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     await start_bridge(read_only=True)
     link = await cloud.next_link()
     cases = [
@@ -301,7 +302,7 @@ async def test_refusals_over_the_wire(cloud: FakeCloud, backend: FakeBackend, st
 
 
 async def test_go_away_opens_a_new_connection_while_old_streams_finish(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     backend.generate_chunks = 20  # one second of output
     running = await start_bridge()
@@ -400,7 +401,7 @@ async def test_reauth_sends_the_renewed_token(cloud: FakeCloud, start_bridge: An
     assert not link.closed.is_set()
 
 
-async def test_bridge_status_on_backend_change(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_bridge_status_on_backend_change(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     await start_bridge(status_interval_s=0.1)
     link = await cloud.next_link()
     backend.models = ["llama3:8b", "qwen3:4b", "smollm2:135m"]
@@ -409,11 +410,11 @@ async def test_bridge_status_on_backend_change(cloud: FakeCloud, backend: FakeBa
 
 
 async def test_a_model_changing_request_reports_the_new_models_at_once(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     await start_bridge()  # polls every 30 s: only the pull can explain a report within seconds
     link = await cloud.next_link()
-    backend.pull_total = 1
+    backend.pull_bytes = 1
     backend.models = ["llama3:8b", "qwen3:4b", "smollm2:135m"]
     stream = await link.open("POST", "/api/pull", body=b'{"model":"qwen3:4b"}')
     head = await stream.head()
@@ -423,7 +424,7 @@ async def test_a_model_changing_request_reports_the_new_models_at_once(
     assert status.models == ["llama3:8b", "qwen3:4b", "smollm2:135m"]
 
 
-async def test_shutdown_drains_in_flight_streams(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_shutdown_drains_in_flight_streams(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     backend.generate_chunks = 10  # half a second
     running = await start_bridge()
     link = await cloud.next_link()
@@ -441,7 +442,7 @@ async def test_shutdown_drains_in_flight_streams(cloud: FakeCloud, backend: Fake
 
 
 async def test_shutdown_deadline_cuts_endless_streams(
-    cloud: FakeCloud, backend: FakeBackend, start_bridge: Any
+    cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any
 ) -> None:
     running = await start_bridge(drain_timeout_s=0.3)
     link = await cloud.next_link()
@@ -490,7 +491,7 @@ async def test_reauth_refused_close_4001_stops_an_env_token_bridge(cloud: FakeCl
     assert len(cloud.attempts) == 1
 
 
-async def test_second_stop_cuts_the_drain_short(cloud: FakeCloud, backend: FakeBackend, start_bridge: Any) -> None:
+async def test_second_stop_cuts_the_drain_short(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
     running = await start_bridge(drain_timeout_s=30)
     link = await cloud.next_link()
     stream = await link.open("POST", "/api/generate", body=b"{}")  # endless

@@ -1,5 +1,5 @@
-"""Fixtures for the OpenAI-compatibility translator tests; the fakes themselves are in openai_compat_fakes.py
-(imported relatively: pytest's importlib import mode names each test module after its path)."""
+"""Fixtures for the OpenAI-compatibility translator tests: the devkit's Ollama double in its OpenAI mode, and the
+translator in front of it (openai_compat_fakes.py holds the helpers that call it)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import pytest
 from cloudtolocalllm.bridge.backend import HttpBackend
 from cloudtolocalllm.core.protocol import BackendKind
 from cloudtolocalllm.core.testing import running_server
-
-from .openai_compat_fakes import FakeOpenAI
+from cloudtolocalllm.devkit.ollama import OllamaDouble, OpenAIServer
+from cloudtolocalllm.devkit.ollama.openai import MODEL
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    app = FakeOpenAI()
-    async with running_server(app, graceful_timeout_s=0.5) as url:  # type: ignore[arg-type]
+async def fake() -> AsyncIterator[OpenAIServer]:
+    double = OllamaDouble(models=[MODEL], openai=True)
+    app = double.openai_api
+    async with running_server(double, graceful_timeout_s=0.5) as url:  # type: ignore[arg-type]
         app.url = url
         yield app
         if app.held is not None:
@@ -25,7 +26,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def upstream(fake: FakeOpenAI) -> AsyncIterator[HttpBackend]:
+async def upstream(fake: OpenAIServer) -> AsyncIterator[HttpBackend]:
     backend = HttpBackend(fake.url, kind=BackendKind.OPENAI, connect_timeout_s=2, idle_timeout_s=5)
     yield backend
     await backend.aclose()

@@ -10,8 +10,10 @@ import ollama
 import pytest
 
 from cloudtolocalllm.bridge.backend import HttpBackend
+from cloudtolocalllm.devkit.ollama import OpenAIServer
+from cloudtolocalllm.devkit.ollama.openai import MODEL, chat_chunk, sse
 
-from .openai_compat_fakes import MODEL, FakeOpenAI, chat_chunk, serve_translator, sse
+from .openai_compat_fakes import serve_translator
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ async def test_models(client: ollama.AsyncClient) -> None:
     assert (await client.ps()).models == []
 
 
-async def test_errors_reach_the_client_as_response_errors(fake: FakeOpenAI, client: ollama.AsyncClient) -> None:
+async def test_errors_reach_the_client_as_response_errors(fake: OpenAIServer, client: ollama.AsyncClient) -> None:
     with pytest.raises(ollama.ResponseError) as missing:
         await client.show("llama3:8b")
     assert (missing.value.status_code, missing.value.error) == (404, "model 'llama3:8b' not found")
@@ -77,7 +79,7 @@ async def test_errors_reach_the_client_as_response_errors(fake: FakeOpenAI, clie
     assert (upstream_error.value.status_code, upstream_error.value.error) == (400, "context too long")
 
 
-async def test_mid_stream_error_raises_in_the_client_loop(fake: FakeOpenAI, client: ollama.AsyncClient) -> None:
+async def test_mid_stream_error_raises_in_the_client_loop(fake: OpenAIServer, client: ollama.AsyncClient) -> None:
     fake.chat_stream = sse(chat_chunk({"content": "par"}), done=False) + b'error: {"message":"slot lost"}\n\n'
     stream = await client.chat(MODEL, [{"role": "user", "content": "hi"}], stream=True)
     assert (await anext(stream)).message.content == "par"
@@ -85,7 +87,7 @@ async def test_mid_stream_error_raises_in_the_client_loop(fake: FakeOpenAI, clie
         await anext(stream)
 
 
-async def test_client_going_away_stops_the_upstream(fake: FakeOpenAI, client: ollama.AsyncClient) -> None:
+async def test_client_going_away_stops_the_upstream(fake: OpenAIServer, client: ollama.AsyncClient) -> None:
     fake.held = asyncio.Queue()
     fake.held.put_nowait(sse(chat_chunk({"content": "tok"}), done=False))
     stream = await client.chat(MODEL, [{"role": "user", "content": "hi"}], stream=True)

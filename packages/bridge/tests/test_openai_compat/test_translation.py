@@ -19,18 +19,10 @@ from cloudtolocalllm.bridge import openai_compat
 from cloudtolocalllm.bridge.backend import BackendError, HttpBackend, OpenAIBackend, load_translator
 from cloudtolocalllm.bridge.openai_compat import _wire
 from cloudtolocalllm.core.protocol import ErrorCode
+from cloudtolocalllm.devkit.ollama import OpenAIServer
+from cloudtolocalllm.devkit.ollama.openai import LLAMA_SERVER_MODELS, LLAMA_SERVER_USAGE_CHUNK, MODEL, chat_chunk, sse
 
-from .openai_compat_fakes import (
-    LLAMA_SERVER_MODELS,
-    LLAMA_SERVER_USAGE_CHUNK,
-    MODEL,
-    Answer,
-    FakeOpenAI,
-    call,
-    chat_chunk,
-    sse,
-    start,
-)
+from .openai_compat_fakes import Answer, call, start
 
 HI = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}]}
 
@@ -62,7 +54,7 @@ def check_final(line: dict[str, Any], done_reason: str) -> None:
 # --- /api/chat ---------------------------------------------------------------------------------------
 
 
-async def test_chat_streams_by_default(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_chat_streams_by_default(fake: OpenAIServer, upstream: HttpBackend) -> None:
     options = {"temperature": 0.2, "top_p": 0.9, "top_k": 40, "seed": 7, "num_predict": 16, "stop": ["\n"]}
     request = {**HI, "options": options}
     lines = chat_lines(await call(upstream, "POST", "/api/chat", request))
@@ -94,7 +86,7 @@ async def test_chat_streams_by_default(fake: FakeOpenAI, upstream: HttpBackend) 
     assert "transfer-encoding" not in sent.headers  # a plain Content-Length body
 
 
-async def test_chat_without_streaming(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_chat_without_streaming(fake: OpenAIServer, upstream: HttpBackend) -> None:
     answer = await call(upstream, "POST", "/api/chat", {**HI, "stream": False, "options": {"num_predict": -1}})
     assert answer.status == 200
     assert answer.headers["content-type"].startswith("application/json")
@@ -107,7 +99,7 @@ async def test_chat_without_streaming(fake: FakeOpenAI, upstream: HttpBackend) -
     assert "stream" not in fake.last("/v1/chat/completions").body
 
 
-async def test_llama_server_usage_and_timings_fill_the_metrics(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_llama_server_usage_and_timings_fill_the_metrics(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.chat_stream = sse(
         chat_chunk({"role": "assistant", "content": None}),
         chat_chunk({"content": "Hi"}),
@@ -123,7 +115,9 @@ async def test_llama_server_usage_and_timings_fill_the_metrics(fake: FakeOpenAI,
     assert (final["prompt_eval_duration"], final["eval_duration"]) == (40_500_000, 120_250_000)
 
 
-async def test_first_line_arrives_while_the_server_holds_back_the_rest(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_first_line_arrives_while_the_server_holds_back_the_rest(
+    fake: OpenAIServer, upstream: HttpBackend
+) -> None:
     fake.held = asyncio.Queue()
     fake.held.put_nowait(sse(chat_chunk({"role": "assistant"}), chat_chunk({"content": "Hel"}), done=False))
     async with await start(upstream, "POST", "/api/chat", HI) as response:
@@ -138,7 +132,7 @@ async def test_first_line_arrives_while_the_server_holds_back_the_rest(fake: Fak
     assert rest[-1]["done"] is True
 
 
-async def test_closing_early_aborts_the_upstream_request(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_closing_early_aborts_the_upstream_request(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.held = asyncio.Queue()
     fake.held.put_nowait(sse(chat_chunk({"content": "tok"}), done=False))
     response = await start(upstream, "POST", "/api/chat", HI)
@@ -149,21 +143,21 @@ async def test_closing_early_aborts_the_upstream_request(fake: FakeOpenAI, upstr
     await asyncio.wait_for(fake.disconnected.wait(), 5)  # the server saw it: generation stops
 
 
-async def test_sse_split_into_tiny_crlf_pieces(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_sse_split_into_tiny_crlf_pieces(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.chat_stream = fake.chat_stream.replace(b"\n", b"\r\n").replace(b"data: {", b": ping\r\ndata: {", 1)
     fake.piece_size = 3  # every line, and the CRLFs, split across TCP writes
     lines = chat_lines(await call(upstream, "POST", "/api/chat", HI))
     assert [line["message"]["content"] for line in lines] == ["Ah", ",", " welcome", ""]
 
 
-async def test_stream_without_done_marker_ends_at_the_finish_reason(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_stream_without_done_marker_ends_at_the_finish_reason(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.chat_stream = sse(chat_chunk({"content": "ok"}), chat_chunk({}, "stop"), done=False)
     lines = chat_lines(await call(upstream, "POST", "/api/chat", HI))
     assert [line["done"] for line in lines] == [False, True]
 
 
 async def test_stream_that_stops_without_an_answer_ends_with_an_error_line(
-    fake: FakeOpenAI, upstream: HttpBackend
+    fake: OpenAIServer, upstream: HttpBackend
 ) -> None:
     fake.chat_stream = b""  # llama-cpp-python when the prompt does not fit the context
     answer = await call(upstream, "POST", "/api/chat", HI)
@@ -179,7 +173,7 @@ async def test_stream_that_stops_without_an_answer_ends_with_an_error_line(
     ],
 )
 async def test_error_inside_the_stream_becomes_an_error_line(
-    fake: FakeOpenAI, upstream: HttpBackend, event: bytes
+    fake: OpenAIServer, upstream: HttpBackend, event: bytes
 ) -> None:
     fake.chat_stream = sse(chat_chunk({"content": "par"}), done=False) + event
     lines = (await call(upstream, "POST", "/api/chat", HI)).lines()
@@ -187,14 +181,14 @@ async def test_error_inside_the_stream_becomes_an_error_line(
     assert lines[1:] == [{"error": "slot unavailable"}]
 
 
-async def test_malformed_chunk_is_a_backend_error(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_malformed_chunk_is_a_backend_error(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.chat_stream = b"data: {not json\n\n"
     with pytest.raises(BackendError) as caught:
         await call(upstream, "POST", "/api/chat", HI)
     assert caught.value.code is ErrorCode.BACKEND_ERROR
 
 
-async def test_server_that_ignores_stream_true_still_gives_ndjson(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_server_that_ignores_stream_true_still_gives_ndjson(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.stream_content_type = "application/json"
     fake.chat_stream = json.dumps(fake.chat_answer).encode()
     lines = chat_lines(await call(upstream, "POST", "/api/chat", HI))
@@ -202,7 +196,7 @@ async def test_server_that_ignores_stream_true_still_gives_ndjson(fake: FakeOpen
     assert lines[-1]["eval_count"] == 8
 
 
-async def test_nothing_to_generate_answers_load_at_once(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_nothing_to_generate_answers_load_at_once(fake: OpenAIServer, upstream: HttpBackend) -> None:
     # Clients preload a model this way (ollama run, Open WebUI); keep_alive 0 unloads.
     for keep_alive, reason in ((None, "load"), (0, "unload")):
         answer = await call(upstream, "POST", "/api/chat", {"model": MODEL, "messages": [], "keep_alive": keep_alive})
@@ -212,7 +206,7 @@ async def test_nothing_to_generate_answers_load_at_once(fake: FakeOpenAI, upstre
     assert fake.requests == []
 
 
-async def test_json_format_and_schema(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_json_format_and_schema(fake: OpenAIServer, upstream: HttpBackend) -> None:
     await call(upstream, "POST", "/api/chat", {**HI, "stream": False, "format": "json"})
     assert fake.last("/v1/chat/completions").body["response_format"] == {"type": "json_object"}
     schema = {"type": "object", "properties": {"name": {"type": "string"}}}
@@ -223,7 +217,7 @@ async def test_json_format_and_schema(fake: FakeOpenAI, upstream: HttpBackend) -
     }
 
 
-async def test_schema_falls_back_to_json_object_spelling(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_schema_falls_back_to_json_object_spelling(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.refuse_json_schema = True  # llama-cpp-python
     schema = {"type": "object", "properties": {"name": {"type": "string"}}}
     lines = chat_lines(await call(upstream, "POST", "/api/chat", {**HI, "format": schema}))
@@ -235,14 +229,14 @@ async def test_schema_falls_back_to_json_object_spelling(fake: FakeOpenAI, upstr
     ]
 
 
-async def test_server_refusing_stream_options_still_streams(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_server_refusing_stream_options_still_streams(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.refuse_stream_options = True
     lines = chat_lines(await call(upstream, "POST", "/api/chat", HI))
     assert text_of(lines) == "Ah, welcome"
     assert ["stream_options" in r.body for r in fake.requests] == [True, False]
 
 
-async def test_images_become_data_url_parts(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_images_become_data_url_parts(fake: OpenAIServer, upstream: HttpBackend) -> None:
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 20).decode()
     jpeg = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 20).decode()
     already = "data:image/webp;base64,UklGRg=="
@@ -273,7 +267,7 @@ TOOLS = [
 ]
 
 
-async def test_tool_round_trip_request(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_tool_round_trip_request(fake: OpenAIServer, upstream: HttpBackend) -> None:
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
         {
@@ -294,7 +288,7 @@ async def test_tool_round_trip_request(fake: FakeOpenAI, upstream: HttpBackend) 
 
 
 async def test_streamed_tool_call_fragments_become_one_ollama_tool_call(
-    fake: FakeOpenAI, upstream: HttpBackend
+    fake: OpenAIServer, upstream: HttpBackend
 ) -> None:
     first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
     fake.chat_stream = sse(
@@ -309,7 +303,7 @@ async def test_streamed_tool_call_fragments_become_one_ollama_tool_call(
     check_final(lines[-1], "stop")
 
 
-async def test_whole_answer_tool_calls_and_thinking(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_whole_answer_tool_calls_and_thinking(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.chat_answer = {
         **fake.chat_answer,
         "choices": [
@@ -342,7 +336,7 @@ async def test_whole_answer_tool_calls_and_thinking(fake: FakeOpenAI, upstream: 
 # --- /api/generate -----------------------------------------------------------------------------------
 
 
-async def test_generate_uses_the_chat_template(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_generate_uses_the_chat_template(fake: OpenAIServer, upstream: HttpBackend) -> None:
     request = {"model": MODEL, "prompt": "Why is the sky blue?", "system": "Be brief."}
     answer = await call(upstream, "POST", "/api/generate", request)
     lines = answer.lines()
@@ -357,7 +351,7 @@ async def test_generate_uses_the_chat_template(fake: FakeOpenAI, upstream: HttpB
     ]
 
 
-async def test_generate_raw_uses_completions(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_generate_raw_uses_completions(fake: OpenAIServer, upstream: HttpBackend) -> None:
     request = {"model": MODEL, "prompt": "The sky is", "raw": True, "system": "ignored in raw mode"}
     lines = (await call(upstream, "POST", "/api/generate", request)).lines()
     for line in lines:
@@ -369,7 +363,7 @@ async def test_generate_raw_uses_completions(fake: FakeOpenAI, upstream: HttpBac
     assert "messages" not in sent
 
 
-async def test_generate_whole_answer_and_suffix(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_generate_whole_answer_and_suffix(fake: OpenAIServer, upstream: HttpBackend) -> None:
     request = {"model": MODEL, "prompt": "def f(", "suffix": "return x", "stream": False}
     document = (await call(upstream, "POST", "/api/generate", request)).json()
     ollama_types.GenerateResponse.model_validate(document)
@@ -378,7 +372,7 @@ async def test_generate_whole_answer_and_suffix(fake: FakeOpenAI, upstream: Http
     assert fake.last("/v1/completions").body["suffix"] == "return x"
 
 
-async def test_generate_empty_prompt_loads(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_generate_empty_prompt_loads(fake: OpenAIServer, upstream: HttpBackend) -> None:
     document = (await call(upstream, "POST", "/api/generate", {"model": MODEL})).json()
     ollama_types.GenerateResponse.model_validate(document)
     assert (document["response"], document["done"], document["done_reason"]) == ("", True, "load")
@@ -388,7 +382,7 @@ async def test_generate_empty_prompt_loads(fake: FakeOpenAI, upstream: HttpBacke
 # --- embeddings --------------------------------------------------------------------------------------
 
 
-async def test_embed_normalises_in_input_order(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_embed_normalises_in_input_order(fake: OpenAIServer, upstream: HttpBackend) -> None:
     answer = await call(upstream, "POST", "/api/embed", {"model": MODEL, "input": ["a", "b"]})
     document = answer.json()
     ollama_types.EmbedResponse.model_validate(document)
@@ -403,19 +397,19 @@ async def test_embed_dimensions_truncate_before_normalising(upstream: HttpBacken
     assert (await call(upstream, "POST", "/api/embed", request)).json()["embeddings"] == [[1.0]]
 
 
-async def test_embed_empty_input_asks_nothing(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_embed_empty_input_asks_nothing(fake: OpenAIServer, upstream: HttpBackend) -> None:
     assert (await call(upstream, "POST", "/api/embed", {"model": MODEL, "input": []})).json()["embeddings"] == []
     assert fake.requests == []
 
 
-async def test_legacy_embeddings_keep_the_server_vector(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_legacy_embeddings_keep_the_server_vector(fake: OpenAIServer, upstream: HttpBackend) -> None:
     document = (await call(upstream, "POST", "/api/embeddings", {"model": MODEL, "prompt": "hi"})).json()
     ollama_types.EmbeddingsResponse.model_validate(document)
     assert document == {"embedding": [3.0, 4.0, 0.0, 0.0]}
     assert fake.last("/v1/embeddings").body == {"model": MODEL, "input": "hi"}
 
 
-async def test_per_token_embeddings_are_a_clear_backend_error(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_per_token_embeddings_are_a_clear_backend_error(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.errors["/v1/embeddings"] = (
         200,
         "application/json",
@@ -452,7 +446,7 @@ async def test_tags_from_llama_cpp_python(upstream: HttpBackend) -> None:
     assert len(document["models"][0]["digest"]) == 64
 
 
-async def test_tags_from_llama_server_meta(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_tags_from_llama_server_meta(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.models = LLAMA_SERVER_MODELS
     (model,) = (await call(upstream, "GET", "/api/tags")).json()["models"]
     assert model["size"] == 4677120000
@@ -462,7 +456,7 @@ async def test_tags_from_llama_server_meta(fake: FakeOpenAI, upstream: HttpBacke
     assert model["details"]["quantization_level"] == "Q4_K_M"
 
 
-async def test_show_synthesises_from_the_model_list(fake: FakeOpenAI, upstream: HttpBackend) -> None:
+async def test_show_synthesises_from_the_model_list(fake: OpenAIServer, upstream: HttpBackend) -> None:
     fake.models = LLAMA_SERVER_MODELS
     answer = await call(upstream, "POST", "/api/show", {"model": "qwen2.5-7b-instruct-q4_k_m:latest"})
     document = answer.json()
@@ -509,7 +503,7 @@ async def test_head_has_the_get_headers_and_no_body(upstream: HttpBackend) -> No
         ("HEAD", "/api/blobs/sha256:" + "a" * 64),
     ],
 )
-async def test_model_management_is_refused(fake: FakeOpenAI, upstream: HttpBackend, method: str, path: str) -> None:
+async def test_model_management_is_refused(fake: OpenAIServer, upstream: HttpBackend, method: str, path: str) -> None:
     with pytest.raises(BackendError, match="manage models in that server itself") as caught:
         await call(upstream, method, path, {"model": MODEL})
     assert caught.value.code is ErrorCode.PATH_NOT_ALLOWED
@@ -536,7 +530,9 @@ async def test_unknown_route_is_refused(upstream: HttpBackend) -> None:
         (b'{"model": "m", "messages": [{"role": "user"}], "format": "xml"}', "format must be"),
     ],
 )
-async def test_bad_requests_are_ollama_400s(fake: FakeOpenAI, upstream: HttpBackend, raw: bytes, message: str) -> None:
+async def test_bad_requests_are_ollama_400s(
+    fake: OpenAIServer, upstream: HttpBackend, raw: bytes, message: str
+) -> None:
     answer = await call(upstream, "POST", "/api/chat", raw=raw)
     assert answer.status == 400
     assert message in answer.json()["error"]
@@ -567,7 +563,7 @@ async def test_request_body_over_the_cap_is_too_large(upstream: HttpBackend, mon
     ],
 )
 async def test_upstream_errors_keep_their_status(
-    fake: FakeOpenAI, upstream: HttpBackend, status: int, content_type: str, body: bytes, message: str
+    fake: OpenAIServer, upstream: HttpBackend, status: int, content_type: str, body: bytes, message: str
 ) -> None:
     fake.errors["/v1/chat/completions"] = (status, content_type, body)
     for stream in (True, False):
@@ -578,7 +574,7 @@ async def test_upstream_errors_keep_their_status(
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_upstream_refusing_the_bridge_is_not_the_callers_auth_error(
-    fake: FakeOpenAI, upstream: HttpBackend, status: int
+    fake: OpenAIServer, upstream: HttpBackend, status: int
 ) -> None:
     # The cloud answers 401/403 about the caller's own token: an API-key server refusing the bridge
     # must not look like that.

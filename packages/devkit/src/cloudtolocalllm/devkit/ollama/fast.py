@@ -1,4 +1,5 @@
-"""A deliberately fast local "LLM server" for benchmarks: raw asyncio HTTP/1.1, no framework.
+"""The Ollama double's fast form, for benchmarks: raw asyncio HTTP/1.1, no framework, so that what is measured
+is the tunnel, not the backend. It answers the few calls the benchmarks make:
 
 - ``POST /api/chat``: NDJSON, ``chunks`` lines (query ``?chunks=N&delay_ms=D``), flushed one by one; with
   ``&lines_per_write=K`` K lines go out per write (a producer far faster than its reader).
@@ -6,7 +7,7 @@
 - ``GET /api/version``: a tiny JSON answer (time-to-first-byte probes).
 - ``GET /api/tags``: one model, so a bridge reports it.
 
-Run standalone with ``python benchmarks/fast_backend.py PORT``; it prints its port on stdout.
+Run it with ``python -m cloudtolocalllm.devkit.ollama.fast [PORT]``; it prints its port on stdout.
 """
 
 from __future__ import annotations
