@@ -66,7 +66,7 @@ def stage_context(image: str, pip: str) -> Path:
             )  # fmt: skip
             target.unlink()
         # The package and the workspace packages it needs (core): everything uv export left out.
-        workspace = [line.split()[-1] for line in _workspace_members(spec.package)]
+        workspace = [line.split()[-1] for line in workspace_members(spec.package)]
         for dist in (spec.package, *workspace):
             subprocess.run(
                 ["uv", "build", "--quiet", "--package", dist, "--wheel", "--out-dir", str(context / "app")],
@@ -117,7 +117,7 @@ def installed_distributions(image: str) -> list[str]:
     return sorted(re.sub(r"[-_.]+", "-", name).lower() for name in names)
 
 
-def _workspace_members(dist: str) -> list[str]:
+def workspace_members(dist: str) -> list[str]:
     """Workspace packages ``dist`` depends on, from the lock file (direct and transitive)."""
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     editable = {p["name"]: p for p in lock["package"] if "editable" in p.get("source", {})}
