@@ -177,7 +177,7 @@ def build_flutter_app_content(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Measure and report (``-- --json PATH`` to save); never fails on a timing."""
     _uv_sync(session, "--all-packages", "--all-groups", "--all-extras")
-    session.run("python", "benchmarks/run.py", *session.posargs, env={"CTLLM_REPO_ROOT": str(ROOT)})
+    session.run("python", "-m", "benchmarks.run", *session.posargs, env={"CTLLM_REPO_ROOT": str(ROOT)})
 
 
 @nox.session(name="tests-benchmarks", default=True)
@@ -187,9 +187,6 @@ def tests_benchmarks(session: nox.Session) -> None:
     session.run(
         "pytest",
         "benchmarks/tests",
-        # The benchmark modules import each other by name, as `python benchmarks/run.py` runs them.
-        "-o",
-        "pythonpath=benchmarks",
         *session.posargs,
         env={"PYTHONDONTWRITEBYTECODE": "1", "CTLLM_REPO_ROOT": str(ROOT)},
     )

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import httpx
-from stats import median
 
 from cloudtolocalllm.core.auth import TokenVerifier
 from cloudtolocalllm.dev_issuer import DevIssuer
+
+from .stats import median
 
 IMPORT_SNIPPET = """
 import time

@@ -42,13 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from proc_cpu import cpu_ms
-from stats import median, percentile
 
 from cloudtolocalllm.edge.certs import write_self_signed
 from cloudtolocalllm.edge.config import parse_config
 from cloudtolocalllm.edge.nginx import Nginx
 from cloudtolocalllm.edge.render import render
+
+from .proc_cpu import cpu_ms
+from .stats import median, percentile
 
 SAMPLES = 3000
 WRK_SECONDS = 4

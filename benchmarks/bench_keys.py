@@ -10,14 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from stats import percentile
-
 from cloudtolocalllm.bridge_api.database import DatabaseSettings, create_engine_for, database_url_for, migrate
 from cloudtolocalllm.bridge_api.keys.broadcast import RedisInvalidations
 from cloudtolocalllm.bridge_api.keys.store import KeyStore
 from cloudtolocalllm.bridge_api.keys.verifier import KeyVerifier
 from cloudtolocalllm.core.auth import TokenVerifier
 from cloudtolocalllm.dev_issuer import DevIssuer
+
+from .stats import percentile
 
 
 async def _timed(calls: int, verify: object, token: str) -> list[float]:

@@ -15,7 +15,8 @@ import sys
 import time
 
 import httpx
-from stats import median
+
+from .stats import median
 
 LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
 ROUNDS = 5

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import httpx
-from local_cloud import dev_auth, start_fast_backend
 
 from cloudtolocalllm.devkit.procs import Proc, start_api_backend
+
+from .local_cloud import dev_auth, start_fast_backend
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,12 +20,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from http_calls import ONE_CHUNK_CHAT, ttfb_ms
-from local_cloud import dev_auth, start_bench_bridge, start_fast_backend
-from proc_cpu import cpu_ms
-from stats import percentile
-
 from cloudtolocalllm.devkit.procs import Proc, free_port, start_api_backend, start_redis
+
+from .http_calls import ONE_CHUNK_CHAT, ttfb_ms
+from .local_cloud import dev_auth, start_bench_bridge, start_fast_backend
+from .proc_cpu import cpu_ms
+from .stats import percentile
 
 ROUNDS = 7
 PAIRS_PER_ROUND = 150

@@ -50,8 +50,13 @@ import time
 from pathlib import Path
 
 import websockets
-from http_calls import burst_ttfb_ms, lines_per_s, ttfb_ms, upload_seconds
-from local_cloud import (
+
+from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role
+from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.procs import Proc, start_api_backend
+
+from .http_calls import burst_ttfb_ms, lines_per_s, ttfb_ms, upload_seconds
+from .local_cloud import (
     dev_auth,
     start_bench_bridge,
     start_cloud_and_bridge,
@@ -59,13 +64,9 @@ from local_cloud import (
     start_tcp_relay,
     wait_bridge,
 )
-from peer_comparison import DIRECT, SSH, TUNNEL, Peer, Workload, measure, report
-from ssh_peer import ssh_reverse_tunnel
-from stats import median, percentile
-
-from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role
-from cloudtolocalllm.dev_issuer import DevIssuer
-from cloudtolocalllm.devkit.procs import Proc, start_api_backend
+from .peer_comparison import DIRECT, SSH, TUNNEL, Peer, Workload, measure, report
+from .ssh_peer import ssh_reverse_tunnel
+from .stats import median, percentile
 
 
 async def _steady_ttfb(port: int, path: str, headers: dict[str, str], streams: int, seconds: float) -> list[float]:

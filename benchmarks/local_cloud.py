@@ -7,10 +7,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from http_calls import request
-
 from cloudtolocalllm.dev_issuer import DevIssuer
 from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer
+
+from .http_calls import request
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"

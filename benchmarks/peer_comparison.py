@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from http_calls import BLOB_PATH, burst_ttfb_ms, lines_per_s, sequential_ttfb_ms, upload_seconds
-from proc_cpu import cpu_ms
-from stats import median, percentile
+from .http_calls import BLOB_PATH, burst_ttfb_ms, lines_per_s, sequential_ttfb_ms, upload_seconds
+from .proc_cpu import cpu_ms
+from .stats import median, percentile
 
 DIRECT, SSH, TUNNEL = "direct", "ssh", "tunnel"
 

@@ -39,7 +39,7 @@ async def main() -> None:
         "meta.started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for name in args.only or SUITES:
-        suite = importlib.import_module(name)
+        suite = importlib.import_module(f".{name}", __package__)
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         results.update(await suite.run())
     text = json.dumps(results, indent=2, sort_keys=True)

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ssh_peer import alive, ssh_reverse_tunnel
+
+from ..ssh_peer import alive, ssh_reverse_tunnel
 
 pytestmark = pytest.mark.slow
 
