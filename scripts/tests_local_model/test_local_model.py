@@ -141,6 +141,26 @@ def test_wait_times_out_on_a_closed_port(lm: ModuleType) -> None:
         lm.wait("127.0.0.1", _free_port(), 0.5)
 
 
+def test_an_answer_cut_off_mid_body_is_a_failed_self_test(lm: ModuleType) -> None:
+    # A server dying as it writes: the head promises 81 bytes, none follow (http.client.IncompleteRead,
+    # which is not an OSError: it escaped as a traceback instead of "the server died").
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def answer_then_die() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 81\r\n\r\n")
+
+        thread = threading.Thread(target=answer_then_die)
+        thread.start()
+        with pytest.raises(lm.LocalModelError, match="failed its first completion"):
+            lm.self_test("127.0.0.1", listener.getsockname()[1], timeout=10)
+        thread.join(10)
+
+
 class _FakeServer(BaseHTTPRequestHandler):
     """What llama-cpp-python's server answers: its model list, and a completion (or no token)."""
 

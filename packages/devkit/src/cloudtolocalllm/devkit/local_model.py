@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import http.client
 import ipaddress
 import json
 import os
@@ -498,7 +499,8 @@ def self_test(host: str, port: int, timeout: float = 60.0) -> float:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             answer = json.loads(response.read())
-    except (OSError, ValueError) as exc:
+    # HTTPException: an answer cut off (IncompleteRead) or garbled by a server dying as it wrote it.
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise LocalModelError(f"the model server failed its first completion: {exc}") from exc
     tokens = (answer.get("usage") or {}).get("completion_tokens", 0) if isinstance(answer, dict) else 0
     if not tokens:
@@ -518,7 +520,7 @@ def wait(host: str, port: int, timeout: float, *, quiet: bool = False) -> None:
             if response.status == 200 and isinstance(body, dict) and body.get("data"):
                 break
             last_error = f"unexpected answer {body!r}"
-        except (OSError, ValueError) as exc:  # refused while starting, or a half-written answer
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # refused while starting, or half-written
             last_error = str(exc)
         time.sleep(0.2)
     else:
