@@ -68,7 +68,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=True)
 def typecheck(session: nox.Session) -> None:
-    """mypy over every package (strict for core, see pyproject.toml)."""
+    """mypy over every package (strict for core and the protocol, see pyproject.toml)."""
     _uv_sync(session, "--all-packages", "--all-groups", "--all-extras")
     # Namespace packages: mypy maps each src folder to `cloudtolocalllm.*` only if it is on its path.
     mypy_path = os.pathsep.join(f"packages/{name}/src" for name in PACKAGES)
@@ -205,7 +205,7 @@ STATIC_SITE_DIR = ROOT / "dist" / "static-site"
 
 @nox.session(name="package-bridge", default=False)
 def package_bridge(session: nox.Session) -> None:
-    """The bridge's downloads into dist/downloads/: its wheel, core's wheel, the .deb, .sha256 files, index.json."""
+    """The bridge's downloads into dist/downloads/: its wheel, core's and the protocol's wheels, the .deb, .sha256 files, index.json."""
     session.install("pip>=24")  # pip download: the wheelhouse for every supported Python and CPU
     session.run("python", "scripts/build_downloads.py", "--out", str(DOWNLOADS_DIR), "--pip", "python")
 

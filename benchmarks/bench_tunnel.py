@@ -51,9 +51,9 @@ from pathlib import Path
 
 import websockets
 
-from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role
 from cloudtolocalllm.dev_issuer import DevIssuer
 from cloudtolocalllm.devkit.procs import Proc, start_api_backend
+from cloudtolocalllm.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Ping, Pong, Role
 
 from .http_calls import burst_ttfb_ms, lines_per_s, ttfb_ms, upload_seconds
 from .local_cloud import (

@@ -24,7 +24,7 @@ from cloudtolocalllm.bridge import runner
 from cloudtolocalllm.bridge.backend import make_backend
 from cloudtolocalllm.bridge.config import BridgeSettings
 from cloudtolocalllm.bridge.token import TokenSource
-from cloudtolocalllm.core.protocol import BackendKind, Welcome
+from cloudtolocalllm.protocol import BackendKind, Welcome
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("bridge")
 attempts: dict[str, list[float]] = {}

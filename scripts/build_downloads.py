@@ -5,8 +5,8 @@
 
 The ``.deb`` (``Architecture: all``) installs:
 
-- ``/usr/share/cloudtolocalllm-bridge/wheels/``: the two wheels and every third-party wheel the bridge
-  needs, pinned and hash-checked from ``uv.lock``, for CPython 3.11-3.14 on x86_64 and aarch64 (msgspec and
+- ``/usr/share/cloudtolocalllm-bridge/wheels/``: the workspace's three wheels (bridge, core, protocol) and
+  every third-party wheel the bridge needs, pinned and hash-checked from ``uv.lock``, for CPython 3.11-3.14 on x86_64 and aarch64 (msgspec and
   websockets are compiled per Python version);
 - ``/opt/cloudtolocalllm-bridge``: a virtualenv that ``postinst`` builds offline from those wheels with the
   system's ``python3`` (so the package fits whatever Python 3.11+ the distribution has);
@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging" / "bridge-deb"
 BRIDGE_DIST = "cloudtolocalllm-bridge"
 CORE_DIST = "cloudtolocalllm-core"
+PROTOCOL_DIST = "cloudtolocalllm-protocol"
+OWN_DISTS = (BRIDGE_DIST, CORE_DIST, PROTOCOL_DIST)
 VERSION_FILE = ROOT / "packages" / "bridge" / "src" / "cloudtolocalllm" / "bridge" / "version.py"
 
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")
@@ -73,14 +75,14 @@ def sha256_of(path: Path) -> str:
 
 
 def build_wheels(dest: Path) -> list[Path]:
-    """The bridge's and core's wheels, built from the workspace by uv."""
-    for dist in (BRIDGE_DIST, CORE_DIST):
+    """The bridge's, core's and the protocol's wheels, built from the workspace by uv."""
+    for dist in OWN_DISTS:
         subprocess.run(
             ["uv", "build", "--package", dist, "--wheel", "--out-dir", str(dest), "--quiet"], cwd=ROOT, check=True
         )
     wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != 2:
-        raise SystemExit(f"expected two wheels, found {[w.name for w in wheels]}")
+    if len(wheels) != len(OWN_DISTS):
+        raise SystemExit(f"expected {len(OWN_DISTS)} wheels, found {[w.name for w in wheels]}")
     return wheels
 
 

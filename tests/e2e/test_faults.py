@@ -12,10 +12,10 @@ import httpx
 import pytest
 import websockets
 
-from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Role, Welcome
 from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
 from cloudtolocalllm.devkit.ollama import OllamaDouble, contract_double
 from cloudtolocalllm.devkit.procs import wait_for
+from cloudtolocalllm.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Role, Welcome
 
 from .conftest import Stack
 

@@ -24,7 +24,9 @@ from cloudtolocalllm.bridge.backoff import Backoff
 from cloudtolocalllm.bridge.config import BridgeSettings
 from cloudtolocalllm.bridge.runner import Bridge
 from cloudtolocalllm.bridge.token import TokenSource
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.devkit.ollama import OllamaDouble, OpenAIServer
+from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     Connection,
@@ -44,8 +46,6 @@ from cloudtolocalllm.core.protocol import (
     Welcome,
     encode,
 )
-from cloudtolocalllm.core.testing import running_server
-from cloudtolocalllm.devkit.ollama import OllamaDouble, OpenAIServer
 
 TOKEN = "tok-1"
 SMALL_LIMITS = Limits(max_frame_bytes=16 * 1024, initial_window=64 * 1024, max_concurrent_streams=16)

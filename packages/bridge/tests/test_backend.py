@@ -20,8 +20,8 @@ from cloudtolocalllm.bridge.backend import (
     make_backend,
     response_headers,
 )
-from cloudtolocalllm.core.protocol import BackendKind, ErrorCode, ResponseHead, StreamError
 from cloudtolocalllm.devkit.ollama import OllamaDouble
+from cloudtolocalllm.protocol import BackendKind, ErrorCode, ResponseHead, StreamError
 
 from .conftest import FakeCloud
 

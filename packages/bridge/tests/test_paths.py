@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloudtolocalllm.bridge.paths import check_request
-from cloudtolocalllm.core.protocol import ErrorCode
+from cloudtolocalllm.protocol import ErrorCode
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

@@ -14,7 +14,9 @@ import pytest
 
 from cloudtolocalllm.bridge.backend import BackendState
 from cloudtolocalllm.bridge.exits import EXIT_SIGN_IN
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
+from cloudtolocalllm.devkit.ollama import OllamaDouble
+from cloudtolocalllm.protocol import (
     BridgeStatus,
     CloseCode,
     Data,
@@ -25,8 +27,6 @@ from cloudtolocalllm.core.protocol import (
     ResponseHead,
     StreamError,
 )
-from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
-from cloudtolocalllm.devkit.ollama import OllamaDouble
 
 from .conftest import TOKEN, FakeCloud, wait_until
 
@@ -386,7 +386,7 @@ async def test_silent_cloud_is_declared_dead(cloud: FakeCloud, start_bridge: Any
 
 async def test_reauth_sends_the_renewed_token(cloud: FakeCloud, start_bridge: Any, tmp_path: Any) -> None:
     from cloudtolocalllm.bridge.token import TokenSource
-    from cloudtolocalllm.core.protocol import Reauth, ReauthOk
+    from cloudtolocalllm.protocol import Reauth, ReauthOk
 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import websockets
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     BackendKind,
     BridgeStatus,

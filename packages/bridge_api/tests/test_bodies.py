@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.protocol import Open
+from cloudtolocalllm.protocol import Open
 
 from .conftest import Cloud, CloudFactory
 from .fake_bridge import FakeBridge, Reply, chunks_of

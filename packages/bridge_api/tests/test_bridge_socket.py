@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import websockets
 
-from cloudtolocalllm.core.protocol import PROTOCOL_VERSION, CloseCode
+from cloudtolocalllm.protocol import PROTOCOL_VERSION, CloseCode
 
 from .conftest import Cloud, CloudFactory
 from .fake_bridge import FakeBridge

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from cloudtolocalllm.bridge_api.keys.format import generate_key
-from cloudtolocalllm.core.protocol import CloseCode, Open
+from cloudtolocalllm.protocol import CloseCode, Open
 
 from .conftest import Cloud, CloudFactory
 from .fake_bridge import FakeBridge, Reply, chunks_of

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from cloudtolocalllm.core.protocol import ErrorCode, Open, StreamError
+from cloudtolocalllm.protocol import ErrorCode, Open, StreamError
 
 from .conftest import Cloud
 from .fake_bridge import FakeBridge, Reply, chunks_of

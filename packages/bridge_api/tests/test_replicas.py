@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from cloudtolocalllm.bridge_api.redis_directory import RedisDirectory
-from cloudtolocalllm.core.protocol import CloseCode, Open
+from cloudtolocalllm.protocol import CloseCode, Open
 
 from .conftest import Cloud, CloudFactory
 from .fake_bridge import FakeBridge, Reply, chunks_of

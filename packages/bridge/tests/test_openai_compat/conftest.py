@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from cloudtolocalllm.bridge.backend import HttpBackend
-from cloudtolocalllm.core.protocol import BackendKind
 from cloudtolocalllm.core.testing import running_server
 from cloudtolocalllm.devkit.ollama import OllamaDouble, OpenAIServer
 from cloudtolocalllm.devkit.ollama.openai import MODEL
+from cloudtolocalllm.protocol import BackendKind
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from typing import Any
 
 from cloudtolocalllm.bridge.backend import BackendError, BackendResponse, HttpBackend
 from cloudtolocalllm.bridge.openai_compat import translate
-from cloudtolocalllm.core.protocol import ErrorCode
 from cloudtolocalllm.core.testing import running_server
 from cloudtolocalllm.devkit.ollama import asgi
+from cloudtolocalllm.protocol import ErrorCode
 
 # --- calling the translator --------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import ollama
 import pytest
 
 from cloudtolocalllm.bridge.backend import HttpBackend
-from cloudtolocalllm.core.protocol import BackendKind
+from cloudtolocalllm.protocol import BackendKind
 
 from .openai_compat_fakes import serve_translator, start
 

@@ -18,9 +18,9 @@ from ollama import _types as ollama_types
 from cloudtolocalllm.bridge import openai_compat
 from cloudtolocalllm.bridge.backend import BackendError, HttpBackend, OpenAIBackend, load_translator
 from cloudtolocalllm.bridge.openai_compat import _wire
-from cloudtolocalllm.core.protocol import ErrorCode
 from cloudtolocalllm.devkit.ollama import OpenAIServer
 from cloudtolocalllm.devkit.ollama.openai import LLAMA_SERVER_MODELS, LLAMA_SERVER_USAGE_CHUNK, MODEL, chat_chunk, sse
+from cloudtolocalllm.protocol import ErrorCode
 
 from .openai_compat_fakes import Answer, call, start
 

@@ -38,9 +38,9 @@ import aiohttp
 from yarl import URL
 
 from cloudtolocalllm.bridge.version import __version__
-from cloudtolocalllm.core.protocol import BackendKind, ErrorCode, Headers
-from cloudtolocalllm.core.protocol.hop_by_hop import drop_hop_by_hop
-from cloudtolocalllm.core.protocol.routes import RouteFamily, route_at
+from cloudtolocalllm.protocol import BackendKind, ErrorCode, Headers
+from cloudtolocalllm.protocol.hop_by_hop import drop_hop_by_hop
+from cloudtolocalllm.protocol.routes import RouteFamily, route_at
 
 __all__ = [
     "Backend",

@@ -3,7 +3,7 @@
 The cloud names the backend path of every request it relays. That path is attacker-controlled as far as
 the bridge is concerned (a compromised or buggy cloud must not be able to use the bridge to reach anything
 else on the user's network, or anything on the backend beyond the LLM API), so it is matched *exactly*
-against the route table (``cloudtolocalllm.core.protocol.routes``), after refusing every shape that some
+against the route table (``cloudtolocalllm.protocol.routes``), after refusing every shape that some
 layer between here and the backend could reinterpret: dot segments, empty segments, backslashes,
 percent-encoding (an encoded ``/`` or ``..`` decoded later), absolute URLs, upper/lower case games and
 trailing slashes.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cloudtolocalllm.core.protocol import ErrorCode
-from cloudtolocalllm.core.protocol.routes import route_at
+from cloudtolocalllm.protocol import ErrorCode
+from cloudtolocalllm.protocol.routes import route_at
 
 __all__ = ["Refusal", "check_request"]
 

@@ -55,7 +55,7 @@ from cloudtolocalllm.bridge.tunnel import (
     renew_hint,
 )
 from cloudtolocalllm.bridge.version import __version__
-from cloudtolocalllm.core.protocol import BackendKind, CloseCode, Welcome, should_reconnect
+from cloudtolocalllm.protocol import BackendKind, CloseCode, Welcome, should_reconnect
 
 __all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_SIGN_IN", "Bridge"]
 

@@ -49,7 +49,7 @@ from cloudtolocalllm.bridge.backend import Backend, BackendError, BackendState
 from cloudtolocalllm.bridge.paths import check_request
 from cloudtolocalllm.bridge.token import TokenError, TokenSource, fingerprint
 from cloudtolocalllm.bridge.version import __version__
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     BridgeStatus,
     Cancel,
@@ -78,9 +78,9 @@ from cloudtolocalllm.core.protocol import (
     Welcome,
     encode,
 )
-from cloudtolocalllm.core.protocol.checks import check_headers
-from cloudtolocalllm.core.protocol.frames import MAX_FRAME_BYTES_LIMIT
-from cloudtolocalllm.core.protocol.routes import route_at
+from cloudtolocalllm.protocol.checks import check_headers
+from cloudtolocalllm.protocol.frames import MAX_FRAME_BYTES_LIMIT
+from cloudtolocalllm.protocol.routes import route_at
 
 __all__ = [
     "OUTBOX_HIGH_WATER",

@@ -27,7 +27,7 @@ from cloudtolocalllm.bridge_api.status import status_endpoint
 from cloudtolocalllm.bridge_api.version import __version__
 from cloudtolocalllm.core import HttpMetrics, ReadinessCheck, ServiceApp, ServiceInfo, create_app
 from cloudtolocalllm.core.auth import AuthSettings, TokenVerifier, build_verifier
-from cloudtolocalllm.core.protocol import CloseCode, close_reason
+from cloudtolocalllm.protocol import CloseCode, close_reason
 
 __all__ = ["SERVICE_NAME", "build_app"]
 

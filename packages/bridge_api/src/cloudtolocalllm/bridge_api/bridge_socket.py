@@ -17,7 +17,7 @@ from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.auth import Verifier, auth_error_response, deny_websocket, requires_auth
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
     Connection,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from cloudtolocalllm.core.protocol.models import normalize_model
+from cloudtolocalllm.protocol.models import normalize_model
 
 __all__ = ["BridgeDirectory", "BridgeRecord", "DirectoryUnavailable", "InMemoryDirectory", "RemoteBridge"]
 

@@ -7,7 +7,7 @@ from typing import Final
 import msgspec
 from starlette.responses import JSONResponse
 
-from cloudtolocalllm.core.protocol import ErrorCode
+from cloudtolocalllm.protocol import ErrorCode
 
 __all__ = ["RelayError", "directory_down", "error_response", "status_for_stream_error", "stream_error_tail"]
 

@@ -22,7 +22,7 @@ from cloudtolocalllm.bridge_api.errors import RelayError, stream_error_tail
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.protocol.hop_by_hop import drop_hop_by_hop
+from cloudtolocalllm.protocol.hop_by_hop import drop_hop_by_hop
 
 __all__ = ["ClientGone", "ReplicaForwarder", "ReplicaUnreachable"]
 

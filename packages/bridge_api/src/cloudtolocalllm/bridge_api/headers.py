@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from cloudtolocalllm.core.protocol.hop_by_hop import drop_hop_by_hop
+from cloudtolocalllm.protocol.hop_by_hop import drop_hop_by_hop
 
 __all__ = ["request_headers_for_bridge", "response_headers_for_client"]
 

@@ -20,7 +20,7 @@ from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.stream import StreamFailed
-from cloudtolocalllm.core.protocol.routes import Listing
+from cloudtolocalllm.protocol.routes import Listing
 
 __all__ = ["fetch_from_bridge", "merged_response"]
 

@@ -18,7 +18,7 @@ from cloudtolocalllm.bridge_api.directory import (
 from cloudtolocalllm.bridge_api.directory_sync import DirectorySync
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.session import BridgeSession
-from cloudtolocalllm.core.protocol import CloseCode, close_reason
+from cloudtolocalllm.protocol import CloseCode, close_reason
 
 __all__ = ["Bridge", "BridgeRegistry"]
 

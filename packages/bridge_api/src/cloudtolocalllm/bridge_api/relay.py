@@ -39,8 +39,8 @@ from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.bridge_api.stream import RelayStream, StreamFailed
 from cloudtolocalllm.core.auth import MissingCredentials, auth_error_response
-from cloudtolocalllm.core.protocol import ErrorCode, LocalProtocolError, ResponseHead, StreamClosedError
-from cloudtolocalllm.core.protocol.routes import route_for
+from cloudtolocalllm.protocol import ErrorCode, LocalProtocolError, ResponseHead, StreamClosedError
+from cloudtolocalllm.protocol.routes import route_for
 
 __all__ = ["RelayEndpoint"]
 

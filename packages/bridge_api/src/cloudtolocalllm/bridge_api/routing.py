@@ -11,7 +11,7 @@ from cloudtolocalllm.bridge_api.errors import RelayError
 from cloudtolocalllm.bridge_api.keys.scopes import INFERENCE, MODELS_WRITE
 from cloudtolocalllm.bridge_api.registry import Bridge
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.protocol.routes import route_at
+from cloudtolocalllm.protocol.routes import route_at
 
 __all__ = ["BRIDGE_HEADER", "FORWARDED_HEADER", "choose_bridge", "scope_for_path"]
 

@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.bridge_api.stream import RelayStream
 from cloudtolocalllm.core.auth import AuthError, Verifier
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     BridgeStatus,
     Cancel,
     CloseCode,
@@ -40,7 +40,7 @@ from cloudtolocalllm.core.protocol import (
     close_reason,
     encode,
 )
-from cloudtolocalllm.core.protocol.models import normalize_model
+from cloudtolocalllm.protocol.models import normalize_model
 
 if TYPE_CHECKING:
     from cloudtolocalllm.bridge_api.metrics import TunnelMetrics

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from cloudtolocalllm.core.protocol import DEFAULT_LIMITS
 from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
+from cloudtolocalllm.protocol import DEFAULT_LIMITS
 
 __all__ = ["ApiSettings", "data_dir_for", "replica_url_for"]
 

@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from cloudtolocalllm.core.protocol import Data, End, ErrorCode, ResponseHead
+from cloudtolocalllm.protocol import Data, End, ErrorCode, ResponseHead
 
 if TYPE_CHECKING:
     from cloudtolocalllm.bridge_api.session import BridgeSession

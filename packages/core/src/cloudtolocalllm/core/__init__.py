@@ -4,10 +4,10 @@ Public API (import from these modules; everything else is internal):
 
 - ``cloudtolocalllm.core``: the service toolkit re-exported below.
 - ``cloudtolocalllm.core.auth``: token verification (``core[auth]``) and the starlette auth backend.
-- ``cloudtolocalllm.core.protocol``: the bridge wire protocol (no server dependencies).
 
 The re-exports load on first use (PEP 562), so ``import cloudtolocalllm.core`` stays cheap for
-command-line tools such as the bridge client, which need the protocol but not the server stack.
+command-line tools such as the bridge client, which need settings and logging but not the server stack.
+The bridge wire protocol is its own distribution, ``cloudtolocalllm-protocol``.
 """
 
 from __future__ import annotations

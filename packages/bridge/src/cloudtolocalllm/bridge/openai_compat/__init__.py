@@ -28,8 +28,8 @@ from cloudtolocalllm.bridge.openai_compat._embeddings import embed, embeddings
 from cloudtolocalllm.bridge.openai_compat._generation import chat, generate
 from cloudtolocalllm.bridge.openai_compat._models import VERSION, ps, show, tags, version
 from cloudtolocalllm.bridge.openai_compat._wire import Call, OllamaError, error_response, monotonic_ns
-from cloudtolocalllm.core.protocol import ErrorCode, Headers
-from cloudtolocalllm.core.protocol.routes import route_at
+from cloudtolocalllm.protocol import ErrorCode, Headers
+from cloudtolocalllm.protocol.routes import route_at
 
 __all__ = ["VERSION", "translate"]
 

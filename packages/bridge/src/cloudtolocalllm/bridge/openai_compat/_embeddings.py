@@ -21,7 +21,7 @@ from cloudtolocalllm.bridge.openai_compat._wire import (
     request_json,
     upstream_json,
 )
-from cloudtolocalllm.core.protocol import ErrorCode
+from cloudtolocalllm.protocol import ErrorCode
 
 __all__ = ["embed", "embeddings"]
 

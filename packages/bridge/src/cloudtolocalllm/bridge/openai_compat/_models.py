@@ -21,7 +21,7 @@ from cloudtolocalllm.bridge.openai_compat._wire import (
     request_json,
     upstream_json,
 )
-from cloudtolocalllm.core.protocol.models import same_model
+from cloudtolocalllm.protocol.models import same_model
 
 __all__ = ["VERSION", "ps", "show", "tags", "version"]
 

@@ -29,7 +29,7 @@ from cloudtolocalllm.bridge.openai_compat._wire import (
     now_rfc3339,
     upstream_error_message,
 )
-from cloudtolocalllm.core.protocol import ErrorCode
+from cloudtolocalllm.protocol import ErrorCode
 
 __all__ = ["Shape", "full_answer", "ndjson_lines"]
 

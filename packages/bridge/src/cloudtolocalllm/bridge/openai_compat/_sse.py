@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from cloudtolocalllm.bridge.backend import BackendError
-from cloudtolocalllm.core.protocol import ErrorCode
+from cloudtolocalllm.protocol import ErrorCode
 
 __all__ = ["MAX_EVENT_BYTES", "SseEvent", "SseParser", "sse_events"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from cloudtolocalllm.bridge.backend import BackendError, BackendResponse, HttpBackend
-from cloudtolocalllm.core.protocol import ErrorCode, Headers
+from cloudtolocalllm.protocol import ErrorCode, Headers
 
 __all__ = [
     "JSON_TYPE",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from cloudtolocalllm.core.protocol.errors import VersionMismatchError
+from cloudtolocalllm.protocol.errors import VersionMismatchError
 
 __all__ = ["PROTOCOL_VERSION", "check_compatible", "is_compatible"]
 

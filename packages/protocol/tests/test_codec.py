@@ -7,7 +7,7 @@ from typing import get_args
 import msgspec
 import pytest
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     DATA_FRAME_OVERHEAD,
     DEFAULT_LIMITS,
     MAX_STREAM_ID,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     DEFAULT_LIMITS,
     HANDSHAKE_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cloudtolocalllm.core.protocol.errors import ErrorCode
+from cloudtolocalllm.protocol.errors import ErrorCode
 
 __all__ = ["Stream"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     CLOSE_REASONS,
     MAX_CLOSE_REASON_BYTES,
     CloseCode,

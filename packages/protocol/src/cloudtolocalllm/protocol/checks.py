@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from cloudtolocalllm.core.protocol.frames import Headers
+from cloudtolocalllm.protocol.frames import Headers
 
 __all__ = ["check_headers", "check_request_line", "check_status"]
 

@@ -15,7 +15,7 @@ Ollama and OpenAI paths), ``hop_by_hop`` (header fields no hop passes on) and ``
 Ollama compares them).
 """
 
-from cloudtolocalllm.core.protocol.close import (
+from cloudtolocalllm.protocol.close import (
     CLOSE_REASONS,
     MAX_CLOSE_REASON_BYTES,
     CloseCode,
@@ -24,9 +24,9 @@ from cloudtolocalllm.core.protocol.close import (
     should_reconnect,
     version_mismatch_reason,
 )
-from cloudtolocalllm.core.protocol.codec import decode, encode, peek_version
-from cloudtolocalllm.core.protocol.connection import Connection, Role
-from cloudtolocalllm.core.protocol.errors import (
+from cloudtolocalllm.protocol.codec import decode, encode, peek_version
+from cloudtolocalllm.protocol.connection import Connection, Role
+from cloudtolocalllm.protocol.errors import (
     ConnectionProtocolError,
     ErrorCode,
     FrameDecodeError,
@@ -37,7 +37,7 @@ from cloudtolocalllm.core.protocol.errors import (
     StreamProtocolError,
     VersionMismatchError,
 )
-from cloudtolocalllm.core.protocol.frames import (
+from cloudtolocalllm.protocol.frames import (
     DATA_FRAME_OVERHEAD,
     DEFAULT_FRAME_PAYLOAD,
     DEFAULT_LIMITS,
@@ -65,7 +65,7 @@ from cloudtolocalllm.core.protocol.frames import (
     StreamFrame,
     Welcome,
 )
-from cloudtolocalllm.core.protocol.version import PROTOCOL_VERSION, check_compatible, is_compatible
+from cloudtolocalllm.protocol.version import PROTOCOL_VERSION, check_compatible, is_compatible
 
 __all__ = [
     "CLOSE_REASONS",

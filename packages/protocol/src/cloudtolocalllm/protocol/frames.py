@@ -4,7 +4,7 @@ Each frame is a MessagePack array whose first element is a small integer tag (``
 integer tags): a 64-byte Data frame costs 4-8 bytes of framing instead of ~30 with field names. Tags are
 grouped: 1-15 connection frames, 16-31 stream frames. Tags are never reused.
 
-Direction (enforced by :class:`~cloudtolocalllm.core.protocol.connection.Connection`):
+Direction (enforced by :class:`~cloudtolocalllm.protocol.connection.Connection`):
 
 - bridge -> cloud: Hello, Reauth, BridgeStatus, ResponseHead
 - cloud -> bridge: Welcome, ReauthOk, GoAway, Open
@@ -21,7 +21,7 @@ from typing import Annotated, TypeAlias
 
 import msgspec
 
-from cloudtolocalllm.core.protocol.errors import ErrorCode
+from cloudtolocalllm.protocol.errors import ErrorCode
 
 __all__ = [
     "DATA_FRAME_OVERHEAD",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     MAX_STREAM_ID,
     BackendKind,
     BridgeStatus,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudtolocalllm.core.protocol import Cancel, Connection, Credit, Data, End, Open, Ping, Pong, Role, encode
+from cloudtolocalllm.protocol import Cancel, Connection, Credit, Data, End, Open, Ping, Pong, Role, encode
 
 from .conftest import SMALL_LIMITS, make_hello, make_welcome
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudtolocalllm.core.protocol.models import normalize_model, same_model
+from cloudtolocalllm.protocol.models import normalize_model, same_model
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudtolocalllm.core.protocol.routes import (
+from cloudtolocalllm.protocol.routes import (
     API_ROUTES,
     SAFE_METHODS,
     ApiRoute,

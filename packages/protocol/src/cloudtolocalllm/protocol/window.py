@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cloudtolocalllm.core.protocol.streams import Stream
+from cloudtolocalllm.protocol.streams import Stream
 
 __all__ = ["WindowTuner"]
 

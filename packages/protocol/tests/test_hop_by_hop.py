@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloudtolocalllm.core.protocol.hop_by_hop import HOP_BY_HOP, connection_tokens, drop_hop_by_hop
+from cloudtolocalllm.protocol.hop_by_hop import HOP_BY_HOP, connection_tokens, drop_hop_by_hop
 
 
 def test_rfc_9110_fields_and_the_old_lists_are_all_there() -> None:

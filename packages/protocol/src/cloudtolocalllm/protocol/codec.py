@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
-from cloudtolocalllm.core.protocol.errors import FrameDecodeError, FrameTooLargeError, LocalProtocolError
-from cloudtolocalllm.core.protocol.frames import Frame
+from cloudtolocalllm.protocol.errors import FrameDecodeError, FrameTooLargeError, LocalProtocolError
+from cloudtolocalllm.protocol.frames import Frame
 
 __all__ = ["decode", "encode", "peek_version"]
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     Cancel,
     CloseCode,
     Connection,

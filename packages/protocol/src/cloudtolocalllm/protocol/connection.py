@@ -33,10 +33,10 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from cloudtolocalllm.core.protocol.checks import check_headers, check_request_line, check_status
-from cloudtolocalllm.core.protocol.close import CloseCode
-from cloudtolocalllm.core.protocol.codec import decode, encode, peek_version
-from cloudtolocalllm.core.protocol.errors import (
+from cloudtolocalllm.protocol.checks import check_headers, check_request_line, check_status
+from cloudtolocalllm.protocol.close import CloseCode
+from cloudtolocalllm.protocol.codec import decode, encode, peek_version
+from cloudtolocalllm.protocol.errors import (
     ConnectionProtocolError,
     ErrorCode,
     FrameDecodeError,
@@ -44,7 +44,7 @@ from cloudtolocalllm.core.protocol.errors import (
     StreamClosedError,
     StreamProtocolError,
 )
-from cloudtolocalllm.core.protocol.frames import (
+from cloudtolocalllm.protocol.frames import (
     DATA_FRAME_OVERHEAD,
     HANDSHAKE_MAX_FRAME_BYTES,
     MAX_FRAME_BYTES_LIMIT,
@@ -70,14 +70,14 @@ from cloudtolocalllm.core.protocol.frames import (
     StreamError,
     Welcome,
 )
-from cloudtolocalllm.core.protocol.streams import Stream
-from cloudtolocalllm.core.protocol.version import (
+from cloudtolocalllm.protocol.streams import Stream
+from cloudtolocalllm.protocol.version import (
     PROTOCOL_VERSION,
     check_compatible,
     is_compatible,
     mismatch_error,
 )
-from cloudtolocalllm.core.protocol.window import WindowTuner
+from cloudtolocalllm.protocol.window import WindowTuner
 
 __all__ = ["Connection", "Role"]
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from cloudtolocalllm.core.protocol.close import CloseCode, close_reason, version_mismatch_reason
+from cloudtolocalllm.protocol.close import CloseCode, close_reason, version_mismatch_reason
 
 if TYPE_CHECKING:
-    from cloudtolocalllm.core.protocol.frames import StreamError
+    from cloudtolocalllm.protocol.frames import StreamError
 
 __all__ = [
     "ConnectionProtocolError",

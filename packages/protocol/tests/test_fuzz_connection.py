@@ -14,7 +14,7 @@ from contextlib import suppress
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cloudtolocalllm.core.protocol import (
+from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     BackendKind,
     BridgeStatus,
