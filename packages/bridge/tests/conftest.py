@@ -43,7 +43,6 @@ from cloudtolocalllm.core.protocol import (
     Role,
     StreamError,
     Welcome,
-    encode,
 )
 from cloudtolocalllm.core.testing import running_server
 
@@ -322,7 +321,7 @@ class CloudLink:
         credit = self.conn.consumed(sid, n)
         if credit is not None:
             async with self._lock:
-                await self.ws.send(encode(credit))
+                await self.ws.send(self.conn.send(credit))
 
     async def control_frame(self, kind: type[Any], timeout: float = 5.0) -> Any:
         async with asyncio.timeout(timeout):

@@ -76,7 +76,6 @@ from cloudtolocalllm.core.protocol import (
     StreamProtocolError,
     VersionMismatchError,
     Welcome,
-    encode,
 )
 from cloudtolocalllm.core.protocol.checks import check_headers
 from cloudtolocalllm.core.protocol.frames import MAX_FRAME_BYTES_LIMIT
@@ -490,7 +489,7 @@ class Session:
                     "stream reset: the cloud broke a protocol rule",
                     extra={"stream_id": exc.stream_id, "code": exc.code.value, "reason": exc.reason},
                 )
-                self._outbox.put_control(encode(exc.reply))
+                self._outbox.put_control(self.conn.send(exc.reply))
                 self._cancel_stream(exc.stream_id)
                 continue
             except ConnectionProtocolError as exc:
@@ -515,7 +514,7 @@ class Session:
                 # Our side already finished; let the bytes go and keep the window accounting right.
                 credit = self.conn.consumed(frame.stream_id, len(frame.payload))
                 if credit is not None:
-                    self._outbox.put_control(encode(credit))
+                    self._outbox.put_control(self.conn.send(credit))
             else:
                 stream.body.put_nowait(frame.payload)
         elif isinstance(frame, End):
@@ -688,7 +687,7 @@ class Session:
             if credit is not None:
                 stream.receive_window = self.conn.recv_window(sid)
                 self.stats.max_receive_window = max(self.stats.max_receive_window, stream.receive_window)
-                self._outbox.put_control(encode(credit))
+                self._outbox.put_control(self.conn.send(credit))
 
     async def _run_stream(self, stream: _Stream) -> None:
         frame = stream.open

@@ -21,7 +21,6 @@ from cloudtolocalllm.core.protocol import (
     CloseCode,
     Connection,
     ConnectionProtocolError,
-    Credit,
     Data,
     End,
     ErrorCode,
@@ -38,7 +37,6 @@ from cloudtolocalllm.core.protocol import (
     StreamError,
     StreamProtocolError,
     close_reason,
-    encode,
 )
 
 if TYPE_CHECKING:
@@ -126,10 +124,6 @@ class BridgeSession:
             await self._write(data)
         if isinstance(frame, Data):
             self.metrics.bytes_to_bridge.inc(len(frame.payload))
-
-    async def send_encoded(self, frame: Credit) -> None:
-        async with self._send_lock:
-            await self._write(encode(frame))
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -229,8 +223,8 @@ class BridgeSession:
                 frame = self.conn.receive(data)
             except StreamProtocolError as exc:
                 self._fail_stream(exc.stream_id, exc.code, str(exc))
-                with contextlib.suppress(ConnectionError):
-                    await self.send_encoded_reply(exc.reply)
+                with contextlib.suppress(ConnectionError, LocalProtocolError):
+                    await self.send_frame(exc.reply)
                 continue
             except ConnectionProtocolError as exc:
                 self.metrics.errors.labels("protocol").inc()
@@ -238,11 +232,6 @@ class BridgeSession:
                 return
             if frame is not None:
                 await self._dispatch(frame)
-
-    async def send_encoded_reply(self, frame: StreamError | None) -> None:
-        if frame is not None:
-            async with self._send_lock:
-                await self._write(encode(frame))
 
     async def _dispatch(self, frame: Frame) -> None:
         if isinstance(frame, Data):
@@ -253,7 +242,7 @@ class BridgeSession:
             else:  # the client is gone; keep the bridge's window open until its Cancel arrives
                 credit = self.conn.consumed(frame.stream_id, len(frame.payload))
                 if credit is not None:
-                    await self.send_encoded(credit)
+                    await self.send_frame(credit)
         elif isinstance(frame, ResponseHead):
             if (stream := self.streams.get(frame.stream_id)) is not None:
                 stream.on_head(frame)

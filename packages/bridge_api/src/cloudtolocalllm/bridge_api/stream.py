@@ -122,4 +122,4 @@ class RelayStream:
         """The client took ``n`` bytes: return credit to the bridge when the protocol says so."""
         credit = self.session.conn.consumed(self.stream_id, n)
         if credit is not None:
-            await self.session.send_encoded(credit)
+            await self.session.send_frame(credit)
