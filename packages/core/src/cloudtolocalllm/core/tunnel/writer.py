@@ -1,0 +1,134 @@
+"""The one writer of a tunnel WebSocket: a control lane that never waits behind body bytes.
+
+Frames are queued as the bytes ``Connection.send`` returned. Control frames (Ping, Pong, Credit, Open,
+ResponseHead, Cancel, StreamError, BridgeStatus...) go out before body frames (Data, End): a Pong or a
+Credit queued behind megabytes of upload would stall the peer. One rule keeps that correct: a frame of a
+stream never overtakes an earlier frame of the same stream, so a control frame for a stream that still
+has body bytes queued waits behind them (a Cancel after the End of a complete answer stays after it).
+
+Body frames wait while more than ``high_water`` bytes are queued, so memory stays bounded however
+slowly the peer reads. The writing task exists only while there is something to write (plus a short
+linger): an idle connection holds no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClosed
+
+__all__ = ["DEFAULT_HIGH_WATER", "Writer"]
+
+DEFAULT_HIGH_WATER = 1024 * 1024
+"""Queued body bytes above which senders of body frames wait (control frames never wait)."""
+_LINGER_S = 1.0
+
+
+class Writer:
+    """Queues encoded frames in two lanes and writes them to ``transport`` from one task."""
+
+    def __init__(self, transport: MessageTransport, *, high_water: int = DEFAULT_HIGH_WATER) -> None:
+        self._transport = transport
+        self._control: deque[bytes] = deque()
+        self._body: deque[tuple[int, bytes]] = deque()
+        self._body_frames: dict[int, int] = {}  # stream id -> its frames queued in the body lane
+        self._queued = 0
+        self._high_water = high_water
+        self._space = asyncio.Event()
+        self._space.set()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    def put_control(self, data: bytes, stream_id: int = 0) -> None:
+        """Queue a frame that never waits (dropped once the writer is closed)."""
+        if self.closed:
+            return
+        if stream_id and stream_id in self._body_frames:
+            self._queue_body(stream_id, data)  # keep the stream's own order
+        else:
+            self._control.append(data)
+        self._kick()
+
+    async def wait_for_room(self) -> None:
+        """Return once the body lane is below the high-water mark; raises TransportClosed."""
+        if self._queued >= self._high_water:
+            await self._space.wait()
+        if self.closed:
+            raise TransportClosed("the connection is closed")
+
+    def put_body(self, data: bytes, stream_id: int) -> None:
+        """Queue a body frame (after :meth:`wait_for_room`: nothing may await between the two)."""
+        if self.closed:
+            raise TransportClosed("the connection is closed")
+        self._queue_body(stream_id, data)
+        self._kick()
+
+    def _queue_body(self, stream_id: int, data: bytes) -> None:
+        self._body.append((stream_id, data))
+        self._body_frames[stream_id] = self._body_frames.get(stream_id, 0) + 1
+        self._queued += len(data)
+        if self._queued >= self._high_water:
+            self._space.clear()
+
+    def _kick(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="tunnel-writer")
+        elif self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._control:
+                    await self._transport.send(self._control.popleft())
+                elif self._body:
+                    stream_id, data = self._body.popleft()
+                    left = self._body_frames[stream_id] - 1
+                    if left:
+                        self._body_frames[stream_id] = left
+                    else:
+                        del self._body_frames[stream_id]
+                    await self._transport.send(data)
+                    self._queued -= len(data)
+                    if self._queued < self._high_water:
+                        self._space.set()
+                elif not await self._more_within_linger():
+                    return
+        except TransportClosed:
+            self.close()
+        finally:
+            self._task = None
+            self._wakeup = None
+
+    async def _more_within_linger(self) -> bool:
+        """Wait a moment for more frames (a busy connection keeps its task); False to let the task end."""
+        self._wakeup = wakeup = asyncio.Event()
+        try:
+            async with asyncio.timeout(_LINGER_S):
+                await wakeup.wait()
+        except TimeoutError:
+            return bool(self._control or self._body)
+        return True
+
+    def close(self) -> None:
+        """Drop what is queued and wake every waiting sender (they see TransportClosed)."""
+        self.closed = True
+        self._control.clear()
+        self._body.clear()
+        self._body_frames.clear()
+        self._queued = 0
+        self._space.set()
+
+    async def aclose(self) -> None:
+        """Close and wait for the writing task to end."""
+        self.close()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
