@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,8 @@ from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClo
 from cloudtolocalllm.core.tunnel.writer import DEFAULT_HIGH_WATER, Writer
 
 __all__ = ["Heartbeat", "Tunnel"]
+
+logger = logging.getLogger(__name__)
 
 OnFrame = Callable[[Frame], Awaitable[None] | None]
 _CONTROL_ONLY = (Cancel, StreamError, Open, ResponseHead)
@@ -172,6 +175,10 @@ class Tunnel:
                 try:
                     frame = self.conn.receive(message)
                 except StreamProtocolError as exc:
+                    logger.warning(
+                        "stream reset: the peer broke a protocol rule",
+                        extra={"stream_id": exc.stream_id, "code": exc.code.value, "reason": exc.reason},
+                    )
                     self._fail_stream(exc.stream_id, exc.code, exc.reason)
                     self.send(exc.reply)
                     await self._deliver(exc.reply)  # the application hears of the reset like of a peer's
