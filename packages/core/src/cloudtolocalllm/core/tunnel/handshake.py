@@ -43,7 +43,9 @@ async def _first_message(transport: MessageTransport, timeout_s: float, expected
             message = await transport.receive()
     except TimeoutError:
         reason = f"no {expected} within the handshake timeout ({timeout_s:g} s)"
-        raise HandshakeFailed(CloseCode.PROTOCOL_VIOLATION, f"no {expected} in time", reason) from None
+        raise HandshakeFailed(
+            CloseCode.PROTOCOL_VIOLATION, f"no {expected} within the handshake timeout", reason
+        ) from None
     except TransportClosed:
         raise HandshakeFailed(None, "") from None
     if isinstance(message, str):

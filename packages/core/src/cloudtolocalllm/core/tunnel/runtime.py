@@ -82,20 +82,24 @@ class Tunnel:
         on_silence: Callable[[float], Awaitable[None] | None] | None = None,
         on_protocol_error: Callable[[ConnectionProtocolError], Awaitable[None] | None] | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
+        lost_reason: str = "connection closed",
     ) -> None:
+        """``lost_reason``: what streams end with when the connection closes under them (e.g. "bridge
+        disconnected", which the cloud's clients read)."""
         self.transport = transport
+        self.lost_reason = lost_reason
         self.conn = conn
         self.heartbeat = heartbeat
         self.streams: dict[int, TunnelStream] = {}
         """Streams the application holds; the runtime delivers their inbound frames."""
-        self._writer = Writer(transport, high_water=high_water)
+        self._writer = Writer(transport, high_water=high_water, on_lost=self._on_lost)
         self._on_frame = on_frame
         self._on_silence = on_silence
         self._on_protocol_error = on_protocol_error
         self.last_received = time.monotonic()
         self.last_pong = time.time()
         self._ping_nonce = 0
-        self._timers: list[asyncio.TimerHandle | None] = [None]
+        self._timer: asyncio.TimerHandle | None = None  # the heartbeat's one timer
         self._closing: set[asyncio.Task[None]] = set()
         self.protocol_error: ConnectionProtocolError | None = None
         """The peer's fatal protocol error that ended the connection, if one did."""
@@ -246,26 +250,34 @@ class Tunnel:
 
     def _arm_heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.heartbeat.interval_s is not None:
-            self._timers[0] = loop.call_later(0, self._on_ping_timer)  # the first Ping times the round trip
-        self._timers.append(loop.call_later(self.heartbeat.dead_after_s, self._on_silence_timer))
+        if self.heartbeat.interval_s is not None:  # one timer pings and watches (an idle bridge costs one)
+            self._timer = loop.call_later(0, self._on_ping_timer)  # the first Ping times the round trip
+        else:
+            self._timer = loop.call_later(self.heartbeat.dead_after_s, self._on_silence_timer)
 
     def _on_ping_timer(self) -> None:
         if not self.is_open or self.heartbeat.interval_s is None:
             return
+        silent = time.monotonic() - self.last_received
+        if silent > self.heartbeat.dead_after_s:
+            self._silence(silent)
+            return
         self._ping_nonce += 1
         with contextlib.suppress(LocalProtocolError):
             self.send(Ping(self._ping_nonce))
-        self._timers[0] = asyncio.get_running_loop().call_later(self.heartbeat.interval_s, self._on_ping_timer)
+        self._timer = asyncio.get_running_loop().call_later(self.heartbeat.interval_s, self._on_ping_timer)
 
     def _on_silence_timer(self) -> None:
         if not self.is_open:
             return
         silent = time.monotonic() - self.last_received
-        loop = asyncio.get_running_loop()
         if silent < self.heartbeat.dead_after_s:
-            self._timers[-1] = loop.call_later(self.heartbeat.dead_after_s - silent, self._on_silence_timer)
+            delay = self.heartbeat.dead_after_s - silent
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_silence_timer)
             return
+        self._silence(silent)
+
+    def _silence(self, silent: float) -> None:
         if self._on_silence is None:
             self.transport.abort()
             return
@@ -282,6 +294,10 @@ class Tunnel:
         task.add_done_callback(self._closing.discard)
 
     # --- the end ------------------------------------------------------------------------------------
+
+    def _on_lost(self) -> None:
+        """A write failed: the socket is gone. End every stream now instead of waiting for the reader."""
+        self.shutdown(ErrorCode.CANCELLED, self.lost_reason)
 
     async def _fatal(self, exc: ConnectionProtocolError) -> None:
         self.protocol_error = exc
@@ -306,10 +322,9 @@ class Tunnel:
 
     async def aclose(self) -> None:
         """Stop the timers and the writer and end every stream (``run`` does this when it returns)."""
-        for timer in self._timers:
-            if timer is not None:
-                timer.cancel()
-        self.shutdown(ErrorCode.CANCELLED, "connection closed")
+        if self._timer is not None:
+            self._timer.cancel()
+        self.shutdown(ErrorCode.CANCELLED, self.lost_reason)
         await self._writer.aclose()
         tasks = list(self._closing)
         for task in tasks:

@@ -40,8 +40,6 @@ class TunnelStream:
         self._chunks: deque[bytes | StreamFailed | None] = deque()  # None: end of body
         self._waiter: asyncio.Future[None] | None = None
         self.failure: StreamFailed | None = None
-        self.finished = False
-        """The inbound body was read to its End."""
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -128,7 +126,6 @@ class TunnelStream:
             chunks.appendleft(item)  # every later read fails the same way
             raise item
         if item is None:
-            self.finished = True
             return None
         if chunks and type(chunks[0]) is bytes and len(item) < coalesce:
             parts = [item]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClosed
 
@@ -28,8 +29,16 @@ _LINGER_S = 1.0
 class Writer:
     """Queues encoded frames in two lanes and writes them to ``transport`` from one task."""
 
-    def __init__(self, transport: MessageTransport, *, high_water: int = DEFAULT_HIGH_WATER) -> None:
+    def __init__(
+        self,
+        transport: MessageTransport,
+        *,
+        high_water: int = DEFAULT_HIGH_WATER,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_lost``: called once when a write fails because the socket is gone."""
         self._transport = transport
+        self._on_lost = on_lost
         self._control: deque[bytes] = deque()
         self._body: deque[tuple[int, bytes]] = deque()
         self._body_frames: dict[int, int] = {}  # stream id -> its frames queued in the body lane
@@ -102,6 +111,8 @@ class Writer:
                     return
         except TransportClosed:
             self.close()
+            if self._on_lost is not None:
+                self._on_lost()
         finally:
             self._task = None
             self._wakeup = None
