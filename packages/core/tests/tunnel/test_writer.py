@@ -83,3 +83,17 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def test_flush_waits_until_what_is_queued_was_written() -> None:
+    transport = GatedTransport()
+    writer = Writer(transport)
+    writer.put_control(b"go away")
+    flushing = asyncio.create_task(writer.flush(5))
+    await asyncio.sleep(0.05)
+    assert not flushing.done()  # the frame is still at the gate
+    transport.gate.set()
+    await asyncio.wait_for(flushing, 5)
+    assert transport.sent == [b"go away"]
+    await writer.flush(5)  # nothing queued: returns at once
+    await writer.aclose()

@@ -228,7 +228,7 @@ class _Stream:
     tunnel_stream: TunnelStream
     task: asyncio.Task[None] | None = None
     receive_window: int = 0
-    """The request body's window when it was last consumed from (it grows for fast uploads)."""
+    """The largest window the request body reached (it grows for fast uploads)."""
 
 
 class _BodyStalled(Exception):
@@ -330,7 +330,10 @@ class Session:
         for stream in list(self._streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
-        await self.transport.close(1000, "bridge shutting down")
+        if self._tunnel is not None:
+            await self._tunnel.close(1000, "bridge shutting down")  # after what is queued
+        else:
+            await self.transport.close(1000, "bridge shutting down")
 
     async def close_when_idle(self) -> None:
         """After a GoAway: close the old connection ourselves once its last stream has finished."""
@@ -559,7 +562,7 @@ class Session:
             yield chunk
             # The backend client asked for the next chunk: this one has been written to the backend.
             body.consumed(len(chunk))
-            stream.receive_window = self.conn.recv_window(sid) or stream.receive_window
+            stream.receive_window = max(stream.receive_window, self.conn.recv_window(sid))
             self.stats.max_receive_window = max(self.stats.max_receive_window, stream.receive_window)
 
     async def _run_stream(self, stream: _Stream) -> None:

@@ -243,11 +243,12 @@ class BridgeSession:
                 self.tunnel.send(GoAway(reason, retry_after_s))
 
     async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` after what is queued (a GoAway) has been written; every stream ends."""
         if self._closed.is_set():
             return
         self.close_code = code
-        self._shutdown(ErrorCode.CANCELLED, reason)
-        await self.transport.close(code, reason)
+        self._closed.set()
+        await self.tunnel.close(code, reason)
 
     def _shutdown(self, code: ErrorCode, reason: str) -> None:
         """End every stream with a terminal error (their owners see it and end them); idempotent."""

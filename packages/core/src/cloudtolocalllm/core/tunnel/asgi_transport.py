@@ -10,6 +10,8 @@ __all__ = ["AsgiTransport"]
 
 
 class AsgiTransport:
+    __slots__ = ("_close_code", "_close_reason", "websocket")
+
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
         self._close_code: int | None = None

@@ -54,9 +54,10 @@ logger = logging.getLogger(__name__)
 
 OnFrame = Callable[[Frame], Awaitable[None] | None]
 _CONTROL_ONLY = (Cancel, StreamError, Open, ResponseHead)
+_FLUSH_S = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     """How a side watches its connection."""
 
@@ -71,6 +72,24 @@ class Heartbeat:
 
 class Tunnel:
     """One tunnel connection's runtime: reader, writer, streams and heartbeat."""
+
+    __slots__ = (
+        "_closing",
+        "_on_frame",
+        "_on_protocol_error",
+        "_on_silence",
+        "_ping_nonce",
+        "_timer",
+        "_writer",
+        "conn",
+        "heartbeat",
+        "last_pong",
+        "last_received",
+        "lost_reason",
+        "protocol_error",
+        "streams",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -100,7 +119,7 @@ class Tunnel:
         self.last_pong = time.time()
         self._ping_nonce = 0
         self._timer: asyncio.TimerHandle | None = None  # the heartbeat's one timer
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] | None = None  # an on_silence close in progress
         self.protocol_error: ConnectionProtocolError | None = None
         """The peer's fatal protocol error that ended the connection, if one did."""
 
@@ -290,6 +309,8 @@ class Tunnel:
             await awaitable
 
         task = asyncio.get_running_loop().create_task(_run())
+        if self._closing is None:
+            self._closing = set()
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -308,8 +329,10 @@ class Tunnel:
         await self.close(exc.close_code, exc.close_reason)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """End every stream and close the WebSocket with ``code``; idempotent."""
-        self.shutdown(ErrorCode.CANCELLED, reason or "connection closed")
+        """Write what is queued (a GoAway, a last Credit; at most ``_FLUSH_S``), end every stream and close
+        the WebSocket with ``code``; idempotent."""
+        await self._writer.flush(_FLUSH_S)
+        self.shutdown(ErrorCode.CANCELLED, reason or self.lost_reason)
         await self.transport.close(code, reason)
 
     def shutdown(self, code: ErrorCode, reason: str) -> None:
@@ -326,7 +349,7 @@ class Tunnel:
             self._timer.cancel()
         self.shutdown(ErrorCode.CANCELLED, self.lost_reason)
         await self._writer.aclose()
-        tasks = list(self._closing)
+        tasks = list(self._closing or ())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,6 +11,8 @@ __all__ = ["WebsocketsTransport"]
 
 
 class WebsocketsTransport:
+    __slots__ = ("ws",)
+
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
 

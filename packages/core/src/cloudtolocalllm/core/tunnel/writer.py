@@ -23,11 +23,32 @@ __all__ = ["DEFAULT_HIGH_WATER", "Writer"]
 
 DEFAULT_HIGH_WATER = 1024 * 1024
 """Queued body bytes above which senders of body frames wait (control frames never wait)."""
-_LINGER_S = 1.0
+_LINGER_S = 0.05
+"""How long the writing task waits for more before it ends: longer than the gap between a token stream's
+chunks (40 ms at 25 tokens/s), short enough that a heartbeat's task is gone long before the next one."""
 
 
 class Writer:
-    """Queues encoded frames in two lanes and writes them to ``transport`` from one task."""
+    """Queues encoded frames in two lanes and writes them to ``transport`` from one task.
+
+    An idle connection holds only empty lists and counters here (the api-backend keeps one per connected
+    bridge): the body lane and the event senders wait on are created when first needed.
+    """
+
+    __slots__ = (
+        "_body",
+        "_body_frames",
+        "_control",
+        "_drained",
+        "_high_water",
+        "_on_lost",
+        "_queued",
+        "_space",
+        "_task",
+        "_transport",
+        "_wakeup",
+        "closed",
+    )
 
     def __init__(
         self,
@@ -39,14 +60,14 @@ class Writer:
         """``on_lost``: called once when a write fails because the socket is gone."""
         self._transport = transport
         self._on_lost = on_lost
-        self._control: deque[bytes] = deque()
-        self._body: deque[tuple[int, bytes]] = deque()
+        self._control: list[bytes] = []  # a few frames at a time: a list is smaller than a deque
+        self._body: deque[tuple[int, bytes]] | None = None
         self._body_frames: dict[int, int] = {}  # stream id -> its frames queued in the body lane
         self._queued = 0
         self._high_water = high_water
-        self._space = asyncio.Event()
-        self._space.set()
+        self._space: asyncio.Event | None = None  # set while there is room in the body lane
         self._wakeup: asyncio.Event | None = None
+        self._drained: asyncio.Event | None = None  # set once nothing is queued (see flush())
         self._task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -66,7 +87,10 @@ class Writer:
 
     async def wait_for_room(self) -> None:
         """Return once the body lane is below the high-water mark; raises TransportClosed."""
-        if self._queued >= self._high_water:
+        while self._queued >= self._high_water and not self.closed:
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
             await self._space.wait()
         if self.closed:
             raise TransportClosed("the connection is closed")
@@ -79,11 +103,11 @@ class Writer:
         self._kick()
 
     def _queue_body(self, stream_id: int, data: bytes) -> None:
+        if self._body is None:
+            self._body = deque()
         self._body.append((stream_id, data))
         self._body_frames[stream_id] = self._body_frames.get(stream_id, 0) + 1
         self._queued += len(data)
-        if self._queued >= self._high_water:
-            self._space.clear()
 
     def _kick(self) -> None:
         if self._task is None:
@@ -95,7 +119,7 @@ class Writer:
         try:
             while True:
                 if self._control:
-                    await self._transport.send(self._control.popleft())
+                    await self._transport.send(self._control.pop(0))
                 elif self._body:
                     stream_id, data = self._body.popleft()
                     left = self._body_frames[stream_id] - 1
@@ -105,36 +129,58 @@ class Writer:
                         del self._body_frames[stream_id]
                     await self._transport.send(data)
                     self._queued -= len(data)
-                    if self._queued < self._high_water:
+                    if self._space is not None and self._queued < self._high_water:
                         self._space.set()
-                elif not await self._more_within_linger():
-                    return
+                else:
+                    if self._drained is not None:
+                        self._drained.set()
+                    if not await self._more_within_linger():
+                        return
         except TransportClosed:
             self.close()
             if self._on_lost is not None:
                 self._on_lost()
         finally:
             self._task = None
-            self._wakeup = None
 
     async def _more_within_linger(self) -> bool:
         """Wait a moment for more frames (a busy connection keeps its task); False to let the task end."""
-        self._wakeup = wakeup = asyncio.Event()
+        self._wakeup = wakeup = asyncio.Event()  # not None: the task waits with nothing to write
         try:
             async with asyncio.timeout(_LINGER_S):
                 await wakeup.wait()
         except TimeoutError:
             return bool(self._control or self._body)
+        finally:
+            self._wakeup = None
         return True
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until everything queued has been written, e.g. a GoAway before a close."""
+        if self.closed or self._task is None:
+            return
+        self._drained = drained = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._task is not None and not self.closed and self._wakeup is None:
+                    drained.clear()
+                    await drained.wait()
+        except TimeoutError:
+            return
+        finally:
+            self._drained = None
 
     def close(self) -> None:
         """Drop what is queued and wake every waiting sender (they see TransportClosed)."""
         self.closed = True
         self._control.clear()
-        self._body.clear()
+        self._body = None
         self._body_frames.clear()
         self._queued = 0
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
+        if self._drained is not None:
+            self._drained.set()
 
     async def aclose(self) -> None:
         """Close and wait for the writing task to end."""
