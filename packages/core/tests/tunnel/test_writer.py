@@ -97,3 +97,21 @@ async def test_flush_waits_until_what_is_queued_was_written() -> None:
     assert transport.sent == [b"go away"]
     await writer.flush(5)  # nothing queued: returns at once
     await writer.aclose()
+
+
+async def test_the_task_waits_for_more_only_while_traffic_is_expected() -> None:
+    transport = GatedTransport()
+    transport.gate.set()
+    streams_open = [True]
+    writer = Writer(transport, keep_alive=lambda: streams_open[0])
+    writer.put_control(b"open 1")
+    await _until(lambda: transport.sent == [b"open 1"])
+    task = writer._task
+    assert task is not None  # waits for the stream's next frame instead of ending
+    writer.put_body(b"data 1", 1)
+    await _until(lambda: len(transport.sent) == 2)
+    assert writer._task is task  # the same task wrote it
+    streams_open[0] = False
+    writer.put_control(b"credit 1", 1)
+    await _until(lambda: writer._task is None)
+    assert transport.sent == [b"open 1", b"data 1", b"credit 1"]

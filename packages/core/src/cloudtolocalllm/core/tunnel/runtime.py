@@ -111,7 +111,7 @@ class Tunnel:
         self.heartbeat = heartbeat
         self.streams: dict[int, TunnelStream] = {}
         """Streams the application holds; the runtime delivers their inbound frames."""
-        self._writer = Writer(transport, high_water=high_water, on_lost=self._on_lost)
+        self._writer = Writer(transport, high_water=high_water, on_lost=self._on_lost, keep_alive=self._has_streams)
         self._on_frame = on_frame
         self._on_silence = on_silence
         self._on_protocol_error = on_protocol_error
@@ -179,6 +179,9 @@ class Tunnel:
         if self.is_open and stream.stream_id in self.conn.stream_ids:
             with contextlib.suppress(LocalProtocolError):
                 self.send(frame)
+
+    def _has_streams(self) -> bool:
+        return bool(self.streams)
 
     # --- the reader ---------------------------------------------------------------------------------
 

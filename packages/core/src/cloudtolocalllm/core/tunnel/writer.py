@@ -7,8 +7,9 @@ stream never overtakes an earlier frame of the same stream, so a control frame f
 has body bytes queued waits behind them (a Cancel after the End of a complete answer stays after it).
 
 Body frames wait while more than ``high_water`` bytes are queued, so memory stays bounded however
-slowly the peer reads. The writing task exists only while there is something to write (plus a short
-linger): an idle connection holds no task.
+slowly the peer reads. The writing task waits for more only while ``keep_alive()`` says traffic is
+expected (streams are open); otherwise it ends once the lanes are empty and the next frame starts a new one,
+so an idle connection (api-backend keeps one per connected bridge) holds no task.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ __all__ = ["DEFAULT_HIGH_WATER", "Writer"]
 
 DEFAULT_HIGH_WATER = 1024 * 1024
 """Queued body bytes above which senders of body frames wait (control frames never wait)."""
-_LINGER_S = 0.05
-"""How long the writing task waits for more before it ends: longer than the gap between a token stream's
-chunks (40 ms at 25 tokens/s), short enough that a heartbeat's task is gone long before the next one."""
 
 
 class Writer:
@@ -41,11 +39,13 @@ class Writer:
         "_control",
         "_drained",
         "_high_water",
+        "_keep_alive",
         "_on_lost",
         "_queued",
         "_space",
         "_task",
         "_transport",
+        "_waiting",
         "_wakeup",
         "closed",
     )
@@ -56,17 +56,21 @@ class Writer:
         *,
         high_water: int = DEFAULT_HIGH_WATER,
         on_lost: Callable[[], None] | None = None,
+        keep_alive: Callable[[], bool] | None = None,
     ) -> None:
-        """``on_lost``: called once when a write fails because the socket is gone."""
+        """``on_lost``: called once when a write fails because the socket is gone; ``keep_alive``: whether
+        the writing task should wait for more once the lanes are empty (default: never)."""
         self._transport = transport
         self._on_lost = on_lost
+        self._keep_alive = keep_alive
         self._control: list[bytes] = []  # a few frames at a time: a list is smaller than a deque
         self._body: deque[tuple[int, bytes]] | None = None
         self._body_frames: dict[int, int] = {}  # stream id -> its frames queued in the body lane
         self._queued = 0
         self._high_water = high_water
         self._space: asyncio.Event | None = None  # set while there is room in the body lane
-        self._wakeup: asyncio.Event | None = None
+        self._wakeup: asyncio.Event | None = None  # created the first time the task waits for more
+        self._waiting = False  # the task waits with nothing to write
         self._drained: asyncio.Event | None = None  # set once nothing is queued (see flush())
         self._task: asyncio.Task[None] | None = None
         self.closed = False
@@ -112,7 +116,8 @@ class Writer:
     def _kick(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="tunnel-writer")
-        elif self._wakeup is not None:
+        elif self._waiting:
+            assert self._wakeup is not None
             self._wakeup.set()
 
     async def _run(self) -> None:
@@ -134,7 +139,7 @@ class Writer:
                 else:
                     if self._drained is not None:
                         self._drained.set()
-                    if not await self._more_within_linger():
+                    if not await self._wait_for_more():
                         return
         except TransportClosed:
             self.close()
@@ -143,16 +148,18 @@ class Writer:
         finally:
             self._task = None
 
-    async def _more_within_linger(self) -> bool:
-        """Wait a moment for more frames (a busy connection keeps its task); False to let the task end."""
-        self._wakeup = wakeup = asyncio.Event()  # not None: the task waits with nothing to write
+    async def _wait_for_more(self) -> bool:
+        """Wait for the next frame while traffic is expected; False to let the task end."""
+        if self._keep_alive is None or not self._keep_alive():
+            return False
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        self._wakeup.clear()
+        self._waiting = True
         try:
-            async with asyncio.timeout(_LINGER_S):
-                await wakeup.wait()
-        except TimeoutError:
-            return bool(self._control or self._body)
+            await self._wakeup.wait()
         finally:
-            self._wakeup = None
+            self._waiting = False
         return True
 
     async def flush(self, timeout_s: float) -> None:
@@ -162,7 +169,7 @@ class Writer:
         self._drained = drained = asyncio.Event()
         try:
             async with asyncio.timeout(timeout_s):
-                while self._task is not None and not self.closed and self._wakeup is None:
+                while self._task is not None and not self.closed and not self._waiting:
                     drained.clear()
                     await drained.wait()
         except TimeoutError:
@@ -181,6 +188,9 @@ class Writer:
             self._space.set()
         if self._drained is not None:
             self._drained.set()
+        if self._waiting:
+            assert self._wakeup is not None
+            self._wakeup.set()  # the task sees the lanes empty and ends
 
     async def aclose(self) -> None:
         """Close and wait for the writing task to end."""
