@@ -51,6 +51,37 @@ class BridgeSession:
     deadline, and how many streams it carries (each stream has one owner, ``exchange.Exchange``).
     """
 
+    # Slots: api-backend holds one of these per connected bridge, most of them idle (bench key
+    # tunnel.idle_bridge_kb); an instance dict of ~26 entries would be most of what an idle bridge costs here.
+    __slots__ = (
+        "_closed",
+        "_closing",
+        "_idle",
+        "_in_flight",
+        "_model_set",
+        "_reauth_timer",
+        "backend_kind",
+        "backend_reachable",
+        "bridge_id",
+        "close_code",
+        "conn",
+        "connected_at",
+        "key_id",
+        "metrics",
+        "models",
+        "name",
+        "on_change",
+        "platform",
+        "session_id",
+        "settings",
+        "software_version",
+        "token_expires_at",
+        "transport",
+        "tunnel",
+        "user",
+        "verifier",
+    )
+
     def __init__(
         self,
         *,
