@@ -407,6 +407,7 @@ class Session:
             on_frame=self._dispatch,
             on_silence=self._on_silence,
             on_protocol_error=self._protocol_failure,
+            keep_writer=True,
         )
         tunnel.probe_rtt()
         # The backend may have changed between the Hello and the Welcome.

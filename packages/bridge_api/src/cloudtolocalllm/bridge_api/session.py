@@ -121,6 +121,7 @@ class BridgeSession:
             on_silence=self._on_silence,
             on_protocol_error=self._on_protocol_error,
             lost_reason="bridge disconnected",
+            on_closed=self._on_closed,
         )
         self._in_flight = 0  # streams opened whose owner has not ended them yet
         self._closed = asyncio.Event()
@@ -195,19 +196,21 @@ class BridgeSession:
 
     # --- the connection's life ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run the tunnel until the WebSocket closes; the reauth deadline runs alongside."""
+    def run(self) -> Coroutine[Any, Any, None]:
+        """The tunnel's reader, to await until the WebSocket closes; the reauth deadline runs alongside.
+
+        Not a coroutine of its own: api-backend holds one reader per connected bridge, and each level of
+        awaiting coroutine is memory an idle bridge costs (``_on_closed`` does what a ``finally`` would).
+        """
         self._schedule_reauth_deadline()
-        try:
-            await self.tunnel.run()
-        finally:
-            if self._reauth_timer is not None:
-                self._reauth_timer.cancel()
-            tasks = list(self._closing)
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if self.close_code is None:
-                self.close_code = self.transport.close_code
-            self._shutdown(ErrorCode.CANCELLED, "bridge disconnected")
+        return self.tunnel.run()
+
+    def _on_closed(self) -> None:
+        if self._reauth_timer is not None:
+            self._reauth_timer.cancel()
+        if self.close_code is None:
+            self.close_code = self.transport.close_code
+        self._shutdown(ErrorCode.CANCELLED, "bridge disconnected")
 
     async def _on_frame(self, frame: Frame) -> None:
         """What the runtime leaves to the cloud: the bridge's status and token; resets end no stream here

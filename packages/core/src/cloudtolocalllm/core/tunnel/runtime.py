@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 OnFrame = Callable[[Frame], Awaitable[None] | None]
 _CONTROL_ONLY = (Cancel, StreamError, Open, ResponseHead)
 _FLUSH_S = 1.0
+_RECENT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,9 @@ class Tunnel:
 
     __slots__ = (
         "_closing",
+        "_keep_writer",
+        "_last_stream_at",
+        "_on_closed",
         "_on_frame",
         "_on_protocol_error",
         "_on_silence",
@@ -102,16 +106,25 @@ class Tunnel:
         on_protocol_error: Callable[[ConnectionProtocolError], Awaitable[None] | None] | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
         lost_reason: str = "connection closed",
+        keep_writer: bool = False,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         """``lost_reason``: what streams end with when the connection closes under them (e.g. "bridge
-        disconnected", which the cloud's clients read)."""
+        disconnected", which the cloud's clients read). ``keep_writer``: the writing task lives as long as
+        the connection (the bridge: one connection); otherwise it waits for more only while streams are
+        open or one ended less than ``_RECENT_S`` ago, so an idle connection (api-backend holds one per
+        bridge) holds no task, and one request after another does not start a task each. ``on_closed``:
+        called once :meth:`run` has ended everything."""
         self.transport = transport
         self.lost_reason = lost_reason
         self.conn = conn
         self.heartbeat = heartbeat
         self.streams: dict[int, TunnelStream] = {}
         """Streams the application holds; the runtime delivers their inbound frames."""
-        self._writer = Writer(transport, high_water=high_water, on_lost=self._on_lost, keep_alive=self._has_streams)
+        self._writer = Writer(transport, high_water=high_water, on_lost=self._on_lost, keep_alive=self._busy)
+        self._keep_writer = keep_writer
+        self._on_closed = on_closed
+        self._last_stream_at = 0.0
         self._on_frame = on_frame
         self._on_silence = on_silence
         self._on_protocol_error = on_protocol_error
@@ -171,6 +184,7 @@ class Tunnel:
     def release(self, stream: TunnelStream) -> bool:
         """The application is done with ``stream``; inbound bytes that still come are credited back.
         False if it was already released."""
+        self._last_stream_at = time.monotonic()
         return self.streams.pop(stream.stream_id, None) is not None
 
     def reset_stream(self, stream: TunnelStream, frame: Cancel | StreamError) -> None:
@@ -180,8 +194,10 @@ class Tunnel:
             with contextlib.suppress(LocalProtocolError):
                 self.send(frame)
 
-    def _has_streams(self) -> bool:
-        return bool(self.streams)
+    def _busy(self) -> bool:
+        if self._keep_writer or self.streams:
+            return True
+        return time.monotonic() - self._last_stream_at < _RECENT_S
 
     # --- the reader ---------------------------------------------------------------------------------
 
@@ -216,6 +232,8 @@ class Tunnel:
                     await self._dispatch(frame)
         finally:
             await self.aclose()
+            if self._on_closed is not None:
+                self._on_closed()
 
     async def _dispatch(self, frame: Frame) -> None:
         kind = type(frame)
