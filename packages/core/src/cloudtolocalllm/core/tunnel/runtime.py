@@ -236,31 +236,27 @@ class Tunnel:
                 self._on_closed()
 
     async def _dispatch(self, frame: Frame) -> None:
-        kind = type(frame)
-        if kind is Data:
-            assert isinstance(frame, Data)
+        if isinstance(frame, Data):
             stream = self.streams.get(frame.stream_id)
             if stream is not None:
                 stream._on_data(frame.payload)
             else:  # the application let the stream go: keep the peer's window open until it hears so
                 self.consumed(frame.stream_id, len(frame.payload))
             return
-        if kind is End:
-            if (stream := self.streams.get(frame.stream_id)) is not None:  # type: ignore[union-attr]
+        if isinstance(frame, End):
+            if (stream := self.streams.get(frame.stream_id)) is not None:
                 stream._on_end()
             return
-        if kind is ResponseHead:
-            assert isinstance(frame, ResponseHead)
+        if isinstance(frame, ResponseHead):
             if (stream := self.streams.get(frame.stream_id)) is not None:
                 stream._on_head(frame)
             return
-        if kind is Ping:
-            assert isinstance(frame, Ping)
+        if isinstance(frame, Ping):
             self.send(Pong(frame.nonce))
             if self.heartbeat.ping_back:
                 self.probe_rtt()
             return
-        if kind is Pong:
+        if isinstance(frame, Pong):
             self.last_pong = time.time()  # (the Connection timed the round trip windows grow with)
             return
         if isinstance(frame, Cancel | StreamError):
