@@ -44,7 +44,6 @@ from cloudtolocalllm.protocol import (
     Role,
     StreamError,
     Welcome,
-    encode,
 )
 
 TOKEN = "tok-1"
@@ -179,7 +178,7 @@ class CloudLink:
         credit = self.conn.consumed(sid, n)
         if credit is not None:
             async with self._lock:
-                await self.ws.send(encode(credit))
+                await self.ws.send(self.conn.send(credit))
 
     async def control_frame(self, kind: type[Any], timeout: float = 5.0) -> Any:
         async with asyncio.timeout(timeout):

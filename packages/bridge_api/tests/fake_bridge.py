@@ -212,7 +212,7 @@ class FakeBridge:
             credit = self.conn.consumed(open_frame.stream_id, len(chunk))
             if credit is not None and self._ws is not None:
                 async with self._lock:
-                    await self._ws.send(encode(credit))
+                    await self._ws.send(self.conn.send(credit))
         reply = await self.handler(open_frame, bytes(body))
         sid = open_frame.stream_id
         try:

@@ -50,7 +50,7 @@ def test_receiver_grants_back_once_half_the_window_is_consumed(
     credit = bridge.consumed(sid, 200)
     assert credit == Credit(sid, 600)
     assert bridge.buffered_bytes == 0
-    assert cloud.receive(encode(credit)) == credit
+    assert cloud.receive(bridge.send(credit)) == credit
     assert cloud.send_window(sid) == WINDOW
 
 
@@ -66,7 +66,7 @@ def test_response_direction_is_credited_by_the_cloud(
     assert info.value.code is ErrorCode.FLOW_CONTROL
     credit = cloud.consumed(sid, WINDOW)
     assert credit is not None
-    bridge.receive(encode(credit))
+    bridge.receive(cloud.send(credit))
     assert bridge.send_window(sid) == WINDOW
 
 

@@ -264,8 +264,31 @@ class TestSending:
 
     def test_credit_is_not_sent_by_hand(self, bridge: Connection, open_stream: Opener) -> None:
         sid = open_stream()
-        with pytest.raises(LocalProtocolError, match=r"Credit frames come from consumed\(\)"):
+        with pytest.raises(LocalProtocolError, match=r"Credit of 10 bytes on stream 1 was not granted by consumed\(\)"):
             bridge.send(Credit(sid, 10))
+        with pytest.raises(LocalProtocolError, match="Credit for stream 9, which was never opened"):
+            bridge.send(Credit(9, 10))
+
+    def test_credit_from_consumed_is_sent_once(
+        self, cloud: Connection, bridge: Connection, to_bridge: Relay, open_stream: Opener
+    ) -> None:
+        sid = open_stream()
+        to_bridge(Data(sid, b"x" * 600))
+        credit = bridge.consumed(sid, 600)
+        assert credit == Credit(sid, 600)
+        assert cloud.receive(bridge.send(credit)) == credit
+        with pytest.raises(LocalProtocolError, match="was not granted by consumed"):
+            bridge.send(credit)  # the same grant twice would let the cloud overrun the window
+
+    def test_credit_for_a_stream_that_ended_meanwhile_is_harmless(
+        self, bridge: Connection, to_bridge: Relay, open_stream: Opener
+    ) -> None:
+        sid = open_stream()
+        to_bridge(Data(sid, b"x" * 600))
+        credit = bridge.consumed(sid, 600)
+        assert credit is not None
+        to_bridge(Cancel(sid))
+        assert bridge.send(credit)  # encoded: the peer drops Credit for an ended stream
 
     def test_frames_of_the_other_side(self, cloud: Connection, bridge: Connection) -> None:
         with pytest.raises(LocalProtocolError, match="Open frames are not sent by the bridge"):

@@ -5,23 +5,16 @@ refusal into :class:`HandshakeRefused` / :class:`CloudUnreachable`. :class:`Sess
 protocol on the open socket until it closes and returns a :class:`SessionEnd` saying why, which the
 supervisor (``runner``) turns into "reconnect after a delay", "wait for a new token" or "stop".
 
-Inside a session:
+Inside a session the runtime (``core.tunnel``) does what both ends share: it reads and dispatches, answers
+Pings (and Pings back, which times the round trip upload windows grow with), writes through one writer whose
+control lane never waits behind body bytes, turns consumed request bytes into Credit and ends the session
+when nothing arrived for 3 heartbeat intervals (half-open TCP). What is the bridge's own:
 
-- the *reader* (``Session.run``) feeds every message to ``Connection.receive`` and dispatches; it never
-  awaits the network for sending, so it can always answer a Ping and take Credit even while the socket's
-  write side is backed up;
-- one *writer* task owns ``ws.send``: frames go out in the order they were recorded by
-  ``Connection.send``. Control frames (Pong, Credit, BridgeStatus, Reauth, replies to bad frames) take a
-  priority lane; stream frames wait while more than ``OUTBOX_HIGH_WATER`` bytes are queued, so memory
-  stays bounded however slow the cloud reads;
-- one task per stream forwards the request to the Backend and streams the response back, spending send
-  credit (``wait_for_credit``) and granting receive credit (``consumed``) as bytes move, so neither a
-  slow browser nor a multi-GB upload makes the bridge buffer more than one window per stream. An upload
-  that the window holds back gets a bigger one (up to ``max_receive_window``; core's ``window``), which
-  needs a round-trip estimate: the bridge Pings the cloud after the Welcome and whenever the cloud Pings
-  it, and the Connection times the answers;
-- a watchdog ends the session when nothing at all arrived for 3 heartbeat intervals (half-open TCP);
-- a reauth task sends a fresh token before the current one expires.
+- each Open is checked (``paths``) and runs in its own task: the request goes to the Backend and the answer
+  streams back within the cloud's credit, so neither a slow browser nor a multi-GB upload makes the bridge
+  buffer more than one window per stream (an upload the window holds back gets a bigger one, up to
+  ``max_receive_window``; core's ``window``);
+- BridgeStatus when the backend changes, and a reauth task that sends a fresh token before it expires.
 
 Logs carry stream ids, methods, paths, statuses and byte counts only: never tokens, query strings,
 header values, prompts or answers.
@@ -30,25 +23,32 @@ header values, prompts or answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import platform
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from cloudtolocalllm.bridge.backend import Backend, BackendError, BackendState
 from cloudtolocalllm.bridge.paths import check_request
 from cloudtolocalllm.bridge.token import TokenError, TokenSource, fingerprint
 from cloudtolocalllm.bridge.version import __version__
+from cloudtolocalllm.core.tunnel import (
+    HandshakeFailed,
+    Heartbeat,
+    StreamFailed,
+    TransportClosed,
+    Tunnel,
+    TunnelStream,
+    greet,
+)
+from cloudtolocalllm.core.tunnel.websockets_transport import WebsocketsTransport
 from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     BridgeStatus,
@@ -56,16 +56,12 @@ from cloudtolocalllm.protocol import (
     CloseCode,
     Connection,
     ConnectionProtocolError,
-    Data,
-    End,
     ErrorCode,
     Frame,
     GoAway,
     Hello,
     LocalProtocolError,
     Open,
-    Ping,
-    Pong,
     ProtocolError,
     Reauth,
     ReauthOk,
@@ -73,17 +69,14 @@ from cloudtolocalllm.protocol import (
     Role,
     StreamClosedError,
     StreamError,
-    StreamProtocolError,
     VersionMismatchError,
     Welcome,
-    encode,
 )
 from cloudtolocalllm.protocol.checks import check_headers
 from cloudtolocalllm.protocol.frames import MAX_FRAME_BYTES_LIMIT
 from cloudtolocalllm.protocol.routes import route_at
 
 __all__ = [
-    "OUTBOX_HIGH_WATER",
     "CloudUnreachable",
     "HandshakeRefused",
     "Session",
@@ -96,8 +89,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OUTBOX_HIGH_WATER = 1024 * 1024
-"""Queued outgoing bytes above which stream tasks wait for the writer (control frames never wait)."""
 DEAD_AFTER_HEARTBEATS = 3
 """Silence of this many heartbeat intervals means the connection is dead."""
 REAUTH_MARGIN_S = 30.0
@@ -235,77 +226,18 @@ class SessionStats:
 @dataclass
 class _Stream:
     open: Open
-    body: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    tunnel_stream: TunnelStream
     task: asyncio.Task[None] | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
     receive_window: int = 0
-    """The request body's window when it last granted credit (it grows for fast uploads)."""
+    """The largest window the request body reached (it grows for fast uploads)."""
 
 
 class _BodyStalled(Exception):
     pass
 
 
-class _Outbox:
-    """The writer's queue: a priority lane for control frames and a bounded lane for stream frames."""
-
-    def __init__(self, ws: ClientConnection, high_water: int = OUTBOX_HIGH_WATER) -> None:
-        self._ws = ws
-        self._control: deque[bytes] = deque()
-        self._data: deque[bytes] = deque()
-        self._queued = 0
-        self._high_water = high_water
-        self._wakeup = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
-        self.closed = False
-
-    def put_control(self, data: bytes) -> None:
-        if not self.closed:
-            self._control.append(data)
-            self._wakeup.set()
-
-    def put_data(self, data: bytes) -> None:
-        if self.closed:
-            raise StreamClosedError("the connection is closed", code=ErrorCode.CANCELLED)
-        self._data.append(data)
-        self._queued += len(data)
-        if self._queued >= self._high_water:
-            self._space.clear()
-        self._wakeup.set()
-
-    async def wait_for_space(self) -> None:
-        await self._space.wait()
-        if self.closed:
-            raise StreamClosedError("the connection is closed", code=ErrorCode.CANCELLED)
-
-    async def run(self) -> None:
-        try:
-            while True:
-                if self._control:
-                    await self._ws.send(self._control.popleft())
-                elif self._data:
-                    data = self._data.popleft()
-                    await self._ws.send(data)
-                    self._queued -= len(data)
-                    if self._queued < self._high_water:
-                        self._space.set()
-                else:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self._control.clear()
-        self._data.clear()
-        self._space.set()
-
-
 class Session:
-    """Runs the protocol over one open WebSocket until it closes."""
+    """Runs the protocol over one open WebSocket until it closes: Open -> Backend -> answer."""
 
     def __init__(
         self,
@@ -322,6 +254,7 @@ class Session:
         on_welcome: Callable[[Welcome], None] | None = None,
     ) -> None:
         self.ws = ws
+        self.transport = WebsocketsTransport(ws)
         self.backend = backend
         self.conn = Connection(Role.BRIDGE, max_recv_window=options.max_receive_window)
         self.options = options
@@ -335,12 +268,11 @@ class Session:
         self._on_streams_changed = on_streams_changed
         self._on_models_changed = on_models_changed
         self._on_welcome = on_welcome
-        self._outbox = _Outbox(ws)
+        self._tunnel: Tunnel | None = None  # from the Welcome on
         self._streams: dict[int, _Stream] = {}
         self._streams_idle = asyncio.Event()
         self._streams_idle.set()
         self._refusing = False
-        self._last_rx = time.monotonic()
         self._welcomed_at: float | None = None
         self._aux: list[asyncio.Task[None]] = []
         self._end = SessionEnd()
@@ -367,12 +299,10 @@ class Session:
         """Tell the cloud about a backend change (a BridgeStatus), if it differs from the last report."""
         self._backend_state = state
         current = (state.reachable, tuple(state.models))
-        if not self.conn.is_ready or self.conn.is_closed or current == self._reported:
+        if self._tunnel is None or not self._tunnel.is_open or current == self._reported:
             return
         self._reported = current
-        frame = self._fit_status(state.reachable, list(state.models))
-        if frame is not None:
-            self._outbox.put_control(frame)
+        self._send_status(self._tunnel, state.reachable, list(state.models))
 
     def stop_accepting(self) -> None:
         """Refuse every Open from now on (REFUSED: the cloud may retry it on another bridge)."""
@@ -397,26 +327,24 @@ class Session:
         for stream in list(self._streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
-        await self._close(1000, "bridge shutting down")
+        if self._tunnel is not None:
+            await self._tunnel.close(1000, "bridge shutting down")  # after what is queued
+        else:
+            await self.transport.close(1000, "bridge shutting down")
 
     async def close_when_idle(self) -> None:
         """After a GoAway: close the old connection ourselves once its last stream has finished."""
         await self._streams_idle.wait()
-        await self._close(1000, "going away: reconnected")
+        await self.transport.close(1000, "going away: reconnected")
 
     # --- run --------------------------------------------------------------------------------------
 
     async def run(self) -> SessionEnd:
         try:
-            if await self._handshake():
-                self._aux = [
-                    asyncio.create_task(self._outbox.run(), name="bridge-writer"),
-                    asyncio.create_task(self._watchdog(), name="bridge-watchdog"),
-                    asyncio.create_task(self._reauth_loop(), name="bridge-reauth"),
-                ]
-                await self._read_loop()
-        except ConnectionClosed:
-            pass
+            tunnel = await self._handshake()
+            if tunnel is not None:
+                self._aux = [asyncio.create_task(self._reauth_loop(), name="bridge-reauth")]
+                await tunnel.run()
         finally:
             await self._teardown()
         self._record_close()
@@ -435,27 +363,23 @@ class Session:
             list(state.models),
         )
 
-    async def _handshake(self) -> bool:
-        """Hello -> Welcome. False when the session ended here (closed, GoAway, timeout)."""
-        await self.ws.send(self.conn.send(self._hello()))
+    async def _handshake(self) -> Tunnel | None:
+        """Hello -> Welcome, then the runtime. None when the session ended here (closed, GoAway, timeout)."""
+        timeout_s = self.options.handshake_timeout_s
         try:
-            async with asyncio.timeout(self.options.handshake_timeout_s):
-                message = await self.ws.recv()
-        except TimeoutError:
-            self._end.reason = f"no Welcome from the cloud within {self.options.handshake_timeout_s:g} s"
-            await self._close(CloseCode.PROTOCOL_VIOLATION, "no Welcome in time")
-            return False
-        self._last_rx = time.monotonic()
-        try:
-            frame = self._receive(message)
-        except ConnectionProtocolError as exc:
-            await self._protocol_failure(exc)
-            return False
+            frame = await greet(self.transport, self.conn, self._hello(), timeout_s=timeout_s)
+        except HandshakeFailed as exc:
+            if isinstance(exc.error, ConnectionProtocolError):
+                self._protocol_failure(exc.error)
+            elif exc.close_code is not None:
+                self._end.reason = f"no Welcome from the cloud within {timeout_s:g} s"
+            if exc.close_code is not None:
+                await self.transport.close(exc.close_code, exc.close_reason)
+            return None
         if isinstance(frame, GoAway):
             self._handle_go_away(frame)
-            await self._close(1000, "cloud is draining")
-            return False
-        assert isinstance(frame, Welcome)
+            await self.transport.close(1000, "cloud is draining")
+            return None
         self.welcome = frame
         self._welcomed_at = time.monotonic()
         self._end.welcomed = True
@@ -470,74 +394,37 @@ class Session:
                 "max_concurrent_streams": frame.limits.max_concurrent_streams,
             },
         )
-        self._probe_rtt()
+        # The cloud pings on its schedule; each Ping is answered with one of ours, which times the round
+        # trip upload windows grow with. Silence of DEAD_AFTER_HEARTBEATS intervals means half-open TCP.
+        heartbeat = Heartbeat(dead_after_s=DEAD_AFTER_HEARTBEATS * frame.heartbeat_interval_s, ping_back=True)
+        self._tunnel = tunnel = Tunnel(
+            self.transport,
+            self.conn,
+            heartbeat=heartbeat,
+            on_frame=self._dispatch,
+            on_silence=self._on_silence,
+            on_protocol_error=self._protocol_failure,
+            keep_writer=True,
+        )
+        tunnel.probe_rtt()
         # The backend may have changed between the Hello and the Welcome.
         self.report(self._backend_state)
         if self._on_welcome is not None:
             self._on_welcome(frame)
-        return True
-
-    async def _read_loop(self) -> None:
-        async for message in self.ws:
-            self._last_rx = time.monotonic()
-            try:
-                frame = self._receive(message)
-            except StreamProtocolError as exc:
-                logger.warning(
-                    "stream reset: the cloud broke a protocol rule",
-                    extra={"stream_id": exc.stream_id, "code": exc.code.value, "reason": exc.reason},
-                )
-                self._outbox.put_control(encode(exc.reply))
-                self._cancel_stream(exc.stream_id)
-                continue
-            except ConnectionProtocolError as exc:
-                await self._protocol_failure(exc)
-                return
-            if frame is not None:
-                self._dispatch(frame)
-            buffered = self.conn.buffered_bytes
-            if buffered > self.stats.max_buffered_bytes:
-                self.stats.max_buffered_bytes = buffered
-
-    def _receive(self, message: str | bytes) -> Frame | None:
-        if isinstance(message, str):
-            self.conn.close(code=ErrorCode.PROTOCOL, reason="text message")
-            raise ConnectionProtocolError("text messages are not part of the protocol")
-        return self.conn.receive(message)
+        return tunnel
 
     def _dispatch(self, frame: Frame) -> None:
-        if isinstance(frame, Data):
-            stream = self._streams.get(frame.stream_id)
-            if stream is None:
-                # Our side already finished; let the bytes go and keep the window accounting right.
-                credit = self.conn.consumed(frame.stream_id, len(frame.payload))
-                if credit is not None:
-                    self._outbox.put_control(encode(credit))
-            else:
-                stream.body.put_nowait(frame.payload)
-        elif isinstance(frame, End):
-            stream = self._streams.get(frame.stream_id)
-            if stream is not None:
-                stream.body.put_nowait(None)
-        elif isinstance(frame, Open):
+        """What the runtime leaves to the bridge: Opens, resets, ReauthOk and GoAway."""
+        if isinstance(frame, Open):
             self._start_stream(frame)
         elif isinstance(frame, Cancel | StreamError):
             self._cancel_stream(frame.stream_id)
-        elif isinstance(frame, Ping):
-            self._outbox.put_control(self.conn.send(Pong(frame.nonce)))
-            self._probe_rtt()
         elif isinstance(frame, ReauthOk):
             self._token_expires_at = frame.expires_at
             self._reauth_ok.set()
             logger.info("token renewed", extra={"expires_at": frame.expires_at})
         elif isinstance(frame, GoAway):
             self._handle_go_away(frame)
-        # Credit: the Connection already added it to the window. Pong: it already timed the round trip.
-
-    def _probe_rtt(self) -> None:
-        """Ping the cloud so the Connection times a round trip (one probe at a time)."""
-        if not self.conn.awaiting_pong:
-            self._outbox.put_control(self.conn.send(Ping(int.from_bytes(os.urandom(4), "big"))))
 
     def _handle_go_away(self, frame: GoAway) -> None:
         self.go_away = frame
@@ -549,16 +436,16 @@ class Session:
         if self._on_go_away is not None:
             self._on_go_away(frame)
 
-    async def _protocol_failure(self, exc: ConnectionProtocolError) -> None:
+    def _protocol_failure(self, exc: ConnectionProtocolError) -> None:
         if isinstance(exc, VersionMismatchError):
             self._end.fatal = f"protocol version mismatch: {exc.reason}"
         self._end.reason = exc.reason
         logger.error("protocol error; closing the connection", extra={"reason": exc.reason})
-        await self._close(exc.close_code, exc.close_reason)
 
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
+    def _on_silence(self, silent: float) -> None:
+        self._end.reason = f"nothing received from the cloud for {silent:.0f} s"
+        logger.warning("the connection to the cloud is dead; reconnecting", extra={"silent_s": silent})
+        self.transport.abort()  # half-open TCP: a close handshake would only wait
 
     def _record_close(self) -> None:
         end = self._end
@@ -576,28 +463,20 @@ class Session:
             )
 
     async def _teardown(self) -> None:
-        self.conn.close(code=ErrorCode.CANCELLED, reason="connection closed")
-        self._outbox.close()
+        if self._tunnel is not None:
+            self._tunnel.shutdown(ErrorCode.CANCELLED, "connection closed")
+        else:
+            self.conn.close(code=ErrorCode.CANCELLED, reason="connection closed")
         tasks = [s.task for s in self._streams.values() if s.task is not None] + self._aux
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._close(1000, "")
+        if self._tunnel is not None:
+            await self._tunnel.aclose()
+        await self.transport.close(1000, "")
 
-    # --- heartbeat and reauth -----------------------------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        assert self.welcome is not None
-        limit = DEAD_AFTER_HEARTBEATS * self.welcome.heartbeat_interval_s
-        while True:
-            silent = time.monotonic() - self._last_rx
-            if silent >= limit:
-                self._end.reason = f"nothing received from the cloud for {silent:.0f} s"
-                logger.warning("the connection to the cloud is dead; reconnecting", extra={"silent_s": silent})
-                self.ws.transport.abort()  # half-open TCP: a close handshake would only wait
-                return
-            await asyncio.sleep(limit - silent)
+    # --- reauth -------------------------------------------------------------------------------------
 
     async def _reauth_loop(self) -> None:
         while True:
@@ -624,7 +503,8 @@ class Session:
                 await asyncio.sleep(self.options.token_recheck_s)
                 continue
             self._reauth_ok.clear()
-            self._outbox.put_control(self.conn.send(Reauth(token)))
+            assert self._tunnel is not None  # the loop starts after the Welcome
+            self._tunnel.send(Reauth(token))
             self._token = token
             logger.info("sent a renewed token", extra={"token_fp": fingerprint(token)})
             try:
@@ -633,9 +513,10 @@ class Session:
             except TimeoutError:
                 logger.warning("no ReauthOk from the cloud within 60 s")
 
-    # --- streams -----------------------------------------------------------------------------------
+    # --- streams: Open -> Backend -----------------------------------------------------------------
 
     def _start_stream(self, frame: Open) -> None:
+        assert self._tunnel is not None
         sid = frame.stream_id
         refusal = None
         if self._refusing:
@@ -649,9 +530,9 @@ class Session:
                 "stream refused",
                 extra={"stream_id": sid, "method": frame.method, "path": frame.path, "code": refusal[0].value},
             )
-            self._outbox.put_control(self.conn.send(StreamError(sid, refusal[0].value, refusal[1])))
+            self._tunnel.send(StreamError(sid, refusal[0].value, refusal[1]))
             return
-        stream = _Stream(frame)
+        stream = _Stream(frame, self._tunnel.accept_stream(sid))
         self._streams[sid] = stream
         self._streams_idle.clear()
         self.stats.streams_started += 1
@@ -664,31 +545,27 @@ class Session:
         if stream is not None and stream.task is not None:
             stream.task.cancel()
 
-    async def _send_stream_frame(self, frame: Frame) -> None:
-        await self._outbox.wait_for_space()
-        self._outbox.put_data(self.conn.send(frame))
-
     async def _request_body(self, stream: _Stream) -> AsyncIterator[bytes]:
-        sid = stream.open.stream_id
+        body = stream.tunnel_stream
+        sid = body.stream_id
         while True:
             try:
                 async with asyncio.timeout(self.options.idle_timeout_s):
-                    chunk = await stream.body.get()
+                    chunk = await body.read(coalesce=0)  # frame by frame: the backend client writes as it gets
             except TimeoutError:
                 raise _BodyStalled from None
             if chunk is None:
                 return
+            self.stats.max_buffered_bytes = max(self.stats.max_buffered_bytes, self.conn.buffered_bytes)
             yield chunk
             # The backend client asked for the next chunk: this one has been written to the backend.
-            stream.bytes_in += len(chunk)
-            credit = self.conn.consumed(sid, len(chunk))
-            if credit is not None:
-                stream.receive_window = self.conn.recv_window(sid)
-                self.stats.max_receive_window = max(self.stats.max_receive_window, stream.receive_window)
-                self._outbox.put_control(encode(credit))
+            body.consumed(len(chunk))
+            stream.receive_window = max(stream.receive_window, self.conn.recv_window(sid))
+            self.stats.max_receive_window = max(self.stats.max_receive_window, stream.receive_window)
 
     async def _run_stream(self, stream: _Stream) -> None:
         frame = stream.open
+        out = stream.tunnel_stream
         sid = frame.stream_id
         started = time.monotonic()
         status: int | None = None
@@ -704,18 +581,17 @@ class Session:
                 ) from None
             async with response:
                 status = response.status
-                headers = _relayable_headers(response.headers)
-                await self._send_stream_frame(ResponseHead(sid, response.status, headers))
+                await out.send(ResponseHead(sid, response.status, _relayable_headers(response.headers)))
                 async for chunk in response.body:
-                    await self._send_body(sid, chunk, stream)
-            await self._send_stream_frame(End(sid))
+                    await out.send_body(chunk)
+            await out.end_body()
             if sid in self.conn.stream_ids:
                 # The backend answered before the request body was complete: stop the upload.
-                self._outbox.put_data(self.conn.send(Cancel(sid, "response complete")))
+                out.reset(Cancel(sid, "response complete"))
         except BackendError as exc:
             outcome = exc.code.value
-            self._fail_stream(sid, exc.code, exc.message)
-        except StreamClosedError:
+            out.reset(StreamError(sid, exc.code.value, exc.message))
+        except (StreamClosedError, StreamFailed, TransportClosed):
             outcome = "cancelled"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -723,12 +599,14 @@ class Session:
         except ProtocolError as exc:
             outcome = "internal"
             logger.warning("stream failed", extra={"stream_id": sid, "reason": exc.reason})
-            self._fail_stream(sid, ErrorCode.INTERNAL, "the bridge could not relay this response")
+            out.reset(StreamError(sid, ErrorCode.INTERNAL.value, "the bridge could not relay this response"))
         except Exception:
             outcome = "internal"
             logger.exception("stream failed unexpectedly", extra={"stream_id": sid})
-            self._fail_stream(sid, ErrorCode.INTERNAL, "the bridge failed while relaying this response")
+            out.reset(StreamError(sid, ErrorCode.INTERNAL.value, "the bridge failed while relaying this response"))
         finally:
+            if self._tunnel is not None:
+                self._tunnel.release(out)
             self._streams.pop(sid, None)
             self.stats.streams_done += 1
             changed = (route := route_at(frame.path)) is not None and route.model_changing
@@ -744,8 +622,8 @@ class Session:
                     "path": frame.path,
                     "status": status,
                     "outcome": outcome,
-                    "bytes_in": stream.bytes_in,
-                    "bytes_out": stream.bytes_out,
+                    "bytes_in": out.bytes_in,
+                    "bytes_out": out.bytes_out,
                     "receive_window": stream.receive_window,
                     "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 },
@@ -753,32 +631,16 @@ class Session:
             if self._on_streams_changed is not None:
                 self._on_streams_changed()
 
-    async def _send_body(self, sid: int, chunk: bytes, stream: _Stream) -> None:
-        """Send ``chunk`` as Data frames, each within the stream's credit and the frame size limit."""
-        offset = 0
-        size = len(chunk)
-        while offset < size:
-            allowed = await self.conn.wait_for_credit(sid)
-            piece = chunk[offset : offset + allowed] if offset or allowed < size else chunk
-            await self._send_stream_frame(Data(sid, piece))
-            offset += len(piece)
-            stream.bytes_out += len(piece)
-
-    def _fail_stream(self, sid: int, code: ErrorCode, message: str) -> None:
-        if self._outbox.closed or sid not in self.conn.stream_ids:
-            return
-        with contextlib.suppress(LocalProtocolError):
-            self._outbox.put_data(self.conn.send(StreamError(sid, code.value, message)))
-
-    def _fit_status(self, reachable: bool, models: list[str]) -> bytes | None:
-        """Encode a BridgeStatus, dropping models from the end until it fits max_frame_bytes."""
+    def _send_status(self, tunnel: Tunnel, reachable: bool, models: list[str]) -> None:
+        """Send a BridgeStatus, dropping models from the end until it fits max_frame_bytes."""
         while True:
             try:
-                return self.conn.send(BridgeStatus(reachable, models))
+                tunnel.send(BridgeStatus(reachable, models))
+                return
             except LocalProtocolError as exc:
                 if exc.code is not ErrorCode.TOO_LARGE or not models:
                     logger.warning("cannot send BridgeStatus", extra={"reason": exc.reason})
-                    return None
+                    return
                 logger.warning("model list too long for one frame; truncated", extra={"models": len(models)})
                 models = models[: len(models) // 2]
 

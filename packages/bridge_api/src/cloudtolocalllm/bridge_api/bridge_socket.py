@@ -3,7 +3,6 @@ middleware answers 401 to a bad one); the first frame must be a compatible Hello
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -17,14 +16,14 @@ from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.auth import Verifier, auth_error_response, deny_websocket, requires_auth
+from cloudtolocalllm.core.tunnel import HandshakeFailed, accept_hello, send_welcome
+from cloudtolocalllm.core.tunnel.asgi_transport import AsgiTransport
 from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
     Connection,
-    ConnectionProtocolError,
     Hello,
     Limits,
-    ProtocolError,
     Role,
     Welcome,
     close_reason,
@@ -69,30 +68,19 @@ def bridge_socket_endpoint(
             await deny_websocket(websocket, auth_error_response(refusal, scope=BRIDGE))
             return
         await websocket.accept()
+        transport = AsgiTransport(websocket)
         conn = Connection(Role.CLOUD, max_recv_window=settings.max_stream_window_bytes)
         try:
-            async with asyncio.timeout(settings.handshake_timeout_s):
-                message = await websocket.receive()
-        except TimeoutError:
-            await websocket.close(CloseCode.PROTOCOL_VIOLATION, "no Hello within the handshake timeout")
+            hello = await accept_hello(transport, conn, timeout_s=settings.handshake_timeout_s)
+        except HandshakeFailed as exc:
+            if exc.error is not None:
+                metrics.errors.labels("handshake").inc()
+            if exc.close_code is not None:
+                await transport.close(exc.close_code, exc.close_reason)
             return
-        if message["type"] == "websocket.disconnect":
-            return
-        try:
-            if message.get("bytes") is None:
-                raise ConnectionProtocolError("the first message must be a binary Hello frame")
-            hello = conn.receive(message["bytes"])
-        except ProtocolError as exc:
-            metrics.errors.labels("handshake").inc()
-            code = exc.close_code if isinstance(exc, ConnectionProtocolError) else CloseCode.PROTOCOL_VIOLATION
-            reason = exc.close_reason if isinstance(exc, ConnectionProtocolError) else str(exc)[:120]
-            await websocket.close(code, reason)
-            return
-        assert isinstance(hello, Hello)  # the connection accepts nothing else first
         if problem := _hello_problem(hello):
             await websocket.close(CloseCode.PROTOCOL_VIOLATION, close_reason(CloseCode.PROTOCOL_VIOLATION, problem))
             return
-        del message  # this frame lives as long as the bridge: keep nothing in it that is not needed
         user = principal.subject
         # No set of the user's bridge ids here: it would stay alive in this frame for the whole session.
         # Counted over every replica: the limit is per account, not per server.
@@ -101,7 +89,7 @@ def bridge_socket_endpoint(
             await websocket.close(POLICY_VIOLATION, f"too many bridges for this account (limit {limit})")
             return
         session = BridgeSession(
-            websocket=websocket,
+            transport=transport,
             conn=conn,
             hello=hello,
             user=user,
@@ -118,7 +106,10 @@ def bridge_socket_endpoint(
             limits=limits,
             token_expires_at=principal.expires_at,
         )
-        await websocket.send_bytes(conn.send(welcome))
+        try:
+            await send_welcome(transport, conn, welcome)
+        except HandshakeFailed:
+            return
         await registry.add(session)
         try:
             await session.run()

@@ -19,7 +19,7 @@ from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.bridge_api.stream import StreamFailed
+from cloudtolocalllm.core.tunnel import StreamFailed
 from cloudtolocalllm.protocol.routes import Listing
 
 __all__ = ["fetch_from_bridge", "merged_response"]
@@ -31,26 +31,23 @@ _MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
 
 async def fetch_from_bridge(session: BridgeSession, path: str, timeout_s: float) -> tuple[int, bytes]:
     """A small GET through the tunnel, read whole (listings only; never for user content)."""
-    stream = await session.open_stream("GET", path, "", [("accept", "application/json")], False)
+    stream = session.open_stream("GET", path, "", [("accept", "application/json")], False)
     completed = False
     try:
         async with asyncio.timeout(timeout_s):
             head = await stream.head
             chunks: list[bytes] = []
             size = 0
-            while (chunk := await stream.next_chunk()) is not None:
+            while (chunk := await stream.read()) is not None:
                 size += len(chunk)
                 if size > _MAX_LISTING_BYTES:
                     raise RelayError(502, "model listing from the bridge is too large")
                 chunks.append(chunk)
-                await stream.consumed(len(chunk))
+                stream.consumed(len(chunk))
         completed = True
         return head.status, b"".join(chunks)
     finally:
-        if completed:
-            session.release(stream)
-        else:
-            await session.cancel_stream(stream, "listing abandoned")
+        session.end_stream(stream, None if completed else "listing abandoned")
 
 
 async def merged_response(

@@ -1,23 +1,18 @@
 """``/api/ollama/{path}``: relay one Ollama or OpenAI API call through the caller's bridge, streaming.
 
-A raw ASGI endpoint (it is the hot path): the request body streams to the bridge under the protocol's
-credit window, the response head is sent as soon as the bridge has it, and every body chunk is flushed
-to the client as it arrives. There is a first-byte and an idle timeout, never a total-time limit. When the
-client disconnects, a Cancel reaches the bridge, which aborts its local request (stopping generation).
-A bridge held by another replica is reached through that replica (forward.py).
+A raw ASGI endpoint (it is the hot path). This module decides where a call goes: it checks scope and body
+limits, reads a JSON body whole to route by the model it names, and picks the bridge. A bridge held here is
+then relayed by one ``exchange.Exchange`` (stream <-> ASGI); a bridge held by another replica is reached
+through that replica (forward.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Final
 
 import msgspec
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from cloudtolocalllm.bridge_api.body_budget import BodyBudget, Reservation
 from cloudtolocalllm.bridge_api.directory import RemoteBridge
@@ -25,21 +20,16 @@ from cloudtolocalllm.bridge_api.errors import (
     RelayError,
     directory_down,
     error_response,
-    status_for_stream_error,
-    stream_error_tail,
 )
+from cloudtolocalllm.bridge_api.exchange import Exchange
 from cloudtolocalllm.bridge_api.forward import ClientGone, ReplicaForwarder, ReplicaUnreachable
-from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, response_headers_for_client
 from cloudtolocalllm.bridge_api.keys.scopes import missing_scope
 from cloudtolocalllm.bridge_api.merge import merged_response
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.registry import Bridge, BridgeRegistry
 from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER, choose_bridge, scope_for_path
-from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.bridge_api.stream import RelayStream, StreamFailed
 from cloudtolocalllm.core.auth import MissingCredentials, auth_error_response
-from cloudtolocalllm.protocol import ErrorCode, LocalProtocolError, ResponseHead, StreamClosedError
 from cloudtolocalllm.protocol.routes import route_for
 
 __all__ = ["RelayEndpoint"]
@@ -207,16 +197,8 @@ class RelayEndpoint:
                 self.registry.suspect(exc.replica)
                 candidates = [c for c in candidates if not _on_replica(c, exc.replica)]
                 unreachable = True
-        session = target
-        query = scope.get("query_string", b"").decode("latin-1")
-        headers = request_headers_for_bridge(scope["headers"])
-        started = time.perf_counter()
-        try:
-            stream = await session.open_stream(method, path, query, headers, has_body)
-        except (LocalProtocolError, ConnectionError) as exc:
-            raise RelayError(503, f"bridge not accepting requests: {exc}", retry_after_s=1) from None
-        exchange = _Exchange(self, session, stream, scope, receive, send, started)
-        await exchange.run(body or b"", buffered=body is not None or not has_body)
+        exchange = Exchange(target, self.settings, self.metrics, scope, receive, send, has_body=has_body)
+        await exchange.run(method, path, body)
 
     def _choose(
         self,
@@ -251,153 +233,3 @@ def _replica_gone() -> RelayError:
 
 _BRIDGE: Final = BRIDGE_HEADER.encode()
 _FORWARDED: Final = FORWARDED_HEADER.encode()
-
-
-class _Exchange:
-    """One request/response through one stream; owns its helper tasks and always cleans up."""
-
-    def __init__(
-        self,
-        endpoint: RelayEndpoint,
-        session: BridgeSession,
-        stream: RelayStream,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        started: float,
-    ) -> None:
-        self.endpoint = endpoint
-        self.settings = endpoint.settings
-        self.metrics = endpoint.metrics
-        self.session = session
-        self.stream = stream
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.started = started
-        self.client_gone = False
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def run(self, body: bytes, *, buffered: bool) -> None:
-        completed = False
-        try:
-            uploader: asyncio.Task[None] | None = None
-            if buffered and not body and not _has_body(self.scope):
-                self._watch_disconnect()  # nothing to upload: no task for it
-            else:
-                uploader = self._spawn(self._send_buffered(body) if buffered else self._pump_body())
-            head = await self._await_head(uploader)
-            completed = await self._respond(head)
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if completed:
-                self.session.release(self.stream)
-            else:
-                reason = "client disconnected" if self.client_gone else "relay ended early"
-                await self.session.cancel_stream(self.stream, reason)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._tasks.append(task)
-        return task
-
-    # --- request body -----------------------------------------------------------------------------
-
-    async def _send_buffered(self, body: bytes) -> None:
-        if body:
-            await self.stream.send_body_chunk(body)
-        if _has_body(self.scope):
-            await self.stream.end_body()
-        self._watch_disconnect()
-
-    async def _pump_body(self) -> None:
-        limit = self.settings.max_request_body_bytes
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self._client_disconnected()
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                self.stream.fail(ErrorCode.TOO_LARGE, f"request body larger than {limit} bytes")
-                return
-            if chunk:
-                await self.stream.send_body_chunk(chunk)
-            if not message.get("more_body", False):
-                await self.stream.end_body()
-                break
-        self._watch_disconnect()
-
-    def _watch_disconnect(self) -> None:
-        self._spawn(self._wait_disconnect())
-
-    async def _wait_disconnect(self) -> None:
-        while True:
-            message: Message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self._client_disconnected()
-                return
-
-    def _client_disconnected(self) -> None:
-        self.client_gone = True
-        self.stream.fail(ErrorCode.CANCELLED, "client disconnected")
-
-    # --- response -------------------------------------------------------------------------------------
-
-    async def _await_head(self, uploader: asyncio.Task[None] | None) -> ResponseHead:
-        timeout = self.settings.first_byte_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                head = await self.stream.head
-        except TimeoutError:
-            self.metrics.errors.labels("first_byte_timeout").inc()
-            raise RelayError(504, f"the bridge's backend sent nothing within {timeout:g} s") from None
-        except StreamFailed as failure:
-            if self.client_gone:
-                raise ClientGone from None
-            upload_error = None
-            if uploader is not None and uploader.done() and not uploader.cancelled():
-                upload_error = uploader.exception()
-            if upload_error is not None and not isinstance(upload_error, StreamClosedError):
-                raise upload_error from None
-            self.metrics.errors.labels(failure.code.value).inc()
-            raise RelayError(status_for_stream_error(failure.code), failure.message) from None
-        self.metrics.ttfb.observe(time.perf_counter() - self.started)
-        return head
-
-    async def _respond(self, head: ResponseHead) -> bool:
-        headers = response_headers_for_client(head.headers)
-        content_type = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), "")
-        if content_type.startswith(("application/x-ndjson", "text/event-stream")):
-            headers.append((b"x-accel-buffering", b"no"))  # belt and braces for any proxy in front
-        await self.send({"type": "http.response.start", "status": head.status, "headers": headers})
-        idle = self.settings.idle_timeout_s
-        stream = self.stream
-        try:
-            while True:
-                if stream.has_chunk:  # already here: no timer to arm
-                    chunk = await stream.next_chunk()
-                else:
-                    async with asyncio.timeout(idle):
-                        chunk = await stream.next_chunk()
-                if chunk is None:
-                    await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return True
-                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await stream.consumed(len(chunk))
-        except (StreamFailed, TimeoutError) as exc:
-            if self.client_gone:
-                return False
-            message = f"no data from the bridge for {idle:g} s" if isinstance(exc, TimeoutError) else exc.message
-            kind = "idle_timeout" if isinstance(exc, TimeoutError) else exc.code.value
-            self.metrics.errors.labels(f"mid_stream_{kind}").inc()
-            tail = stream_error_tail(content_type, f"stream interrupted: {message}")
-            if tail is None:
-                raise ConnectionAbortedError(message) from None  # the server aborts: the client sees truncation
-            with contextlib.suppress(OSError):
-                await self.send({"type": "http.response.body", "body": tail, "more_body": False})
-            return False

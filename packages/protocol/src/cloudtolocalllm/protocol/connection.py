@@ -8,7 +8,7 @@ ProtocolError (see ``errors``)::
     try:
         frame = conn.receive(message)
     except StreamProtocolError as exc:      # one stream broke a rule; it is already reset
-        await ws.send_bytes(encode(exc.reply))
+        await ws.send_bytes(conn.send(exc.reply))
     except ConnectionProtocolError as exc:  # the connection is unusable; every stream has ended
         await ws.close(exc.close_code, exc.close_reason)
     else:
@@ -19,6 +19,9 @@ Stream ids: only the cloud opens streams, with odd, strictly increasing ids (eve
 bridge-initiated streams in a later version). Frames arrive in order over one WebSocket, so e.g. a
 Cancel the cloud sent before an Open always reaches the bridge first; both ends can therefore count
 concurrent streams exactly.
+
+Every frame this side sends goes through :meth:`Connection.send`, Credit and the replies to broken
+streams included, so the bytes on the wire are always the frames the state machine recorded.
 
 Credit: see :meth:`Connection.consumed` (receiving side) and :meth:`Connection.send_window` /
 :meth:`Connection.wait_for_credit` (sending side). A receiver given ``max_recv_window`` grows the window of
@@ -475,15 +478,14 @@ class Connection:
         """Validate ``frame`` as the next frame this side sends, record it, and return its bytes.
 
         Raises LocalProtocolError (StreamClosedError for a stream that has ended) and then nothing was
-        recorded: the frame must not be sent. Credit frames come from :meth:`consumed` instead.
+        recorded: the frame must not be sent. A Credit must be one :meth:`consumed` returned (the grant is
+        recorded there, when the bytes are consumed); a StreamProtocolError's ``reply`` is sent here too.
         """
         if self._closed:
             raise LocalProtocolError("the connection is closed")
         kind = type(frame)
         handler = self._send_handlers.get(kind)
         if handler is None:
-            if kind is Credit:
-                raise LocalProtocolError("Credit frames come from consumed(); encode() them directly")
             raise LocalProtocolError(f"{kind.__name__} frames are not sent by the {self.role}")
         if not self._ready and kind not in _HANDSHAKE[self.role]:
             raise LocalProtocolError(f"cannot send {kind.__name__} before the handshake has completed")
@@ -527,7 +529,7 @@ class Connection:
     def consumed(self, stream_id: int, n: int) -> Credit | None:
         """Report that the application has processed ``n`` received body bytes of ``stream_id``.
 
-        Returns a Credit frame to send (with ``encode()``) once at least half of the stream's window has
+        Returns a Credit frame to pass to :meth:`send` once at least half of the stream's window has
         been consumed since the last grant, so the peer never stalls while memory per stream stays within
         one window (which may have grown: the Credit then also carries the growth). The grant is recorded
         here already. Returns None when there is nothing to grant.
@@ -553,6 +555,7 @@ class Connection:
         increment = stream.recv_unreturned + self._tuner.extra_credit(stream, stream.recv_unreturned)
         stream.recv_unreturned = 0
         stream.recv_credit += increment
+        stream.credit_unsent += increment
         return Credit(stream_id, increment)
 
     def close(self, *, code: ErrorCode = ErrorCode.CANCELLED, reason: str = "connection closed") -> list[int]:
@@ -595,6 +598,7 @@ class Connection:
             ResponseHead: self._send_response_head,
             Data: self._send_data,
             End: self._send_end,
+            Credit: self._send_credit,
             Cancel: self._send_reset,
             StreamError: self._send_reset,
         }
@@ -688,6 +692,21 @@ class Connection:
         self._check_send_body(stream, "End")
         stream.send_open = False
         self._finish_if_done(stream)
+        return True
+
+    def _send_credit(self, frame: Credit) -> bool:
+        sid = frame.stream_id
+        stream = self._streams.get(sid)
+        if stream is None:
+            if not self._was_opened(sid):
+                raise LocalProtocolError(f"Credit for stream {sid}, which was never opened", stream_id=sid)
+            return True  # granted before the stream ended: harmless, the peer ignores it
+        if not 0 < frame.increment <= stream.credit_unsent:
+            # The grant is recorded by consumed(); a Credit made up by hand would let the peer overrun.
+            raise LocalProtocolError(
+                f"Credit of {frame.increment} bytes on stream {sid} was not granted by consumed()", stream_id=sid
+            )
+        stream.credit_unsent -= frame.increment
         return True
 
     def _send_reset(self, frame: Cancel | StreamError) -> bool:

@@ -146,7 +146,7 @@ class VersionMismatchError(ConnectionProtocolError):
 
 
 class StreamProtocolError(ProtocolError):
-    """One stream broke a rule. It is already reset in the state; send ``encode(reply)`` to the peer."""
+    """One stream broke a rule. It is already reset in the state; send ``reply`` through ``Connection.send``."""
 
     stream_id: int
 

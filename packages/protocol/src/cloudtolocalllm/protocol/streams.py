@@ -26,6 +26,7 @@ class Stream:
         "close_code",
         "close_reason",
         "closed",
+        "credit_unsent",
         "epoch_start",
         "head_pending",
         "recv_buffered",
@@ -54,6 +55,8 @@ class Stream:
         """Bytes received and handed to the application but not yet reported consumed."""
         self.recv_unreturned = 0
         """Bytes the application consumed that have not been granted back to the peer yet."""
+        self.credit_unsent = 0
+        """Credit granted by ``consumed()`` whose frame has not gone through ``send()`` yet."""
         self.recv_window = window
         """This side's receive window for the stream: starts at the initial window, may grow (``window``)."""
         self.epoch_start = 0.0
