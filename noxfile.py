@@ -205,7 +205,8 @@ STATIC_SITE_DIR = ROOT / "dist" / "static-site"
 
 @nox.session(name="package-bridge", default=False)
 def package_bridge(session: nox.Session) -> None:
-    """The bridge's downloads into dist/downloads/: its wheel, core's and the protocol's wheels, the .deb, .sha256 files, index.json."""
+    """The bridge's downloads into dist/downloads/: its, core's and the protocol's wheels, the .deb, .sha256
+    files, index.json."""
     session.install("pip>=24")  # pip download: the wheelhouse for every supported Python and CPU
     session.run("python", "scripts/build_downloads.py", "--out", str(DOWNLOADS_DIR), "--pip", "python")
 

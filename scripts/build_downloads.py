@@ -6,8 +6,8 @@
 The ``.deb`` (``Architecture: all``) installs:
 
 - ``/usr/share/cloudtolocalllm-bridge/wheels/``: the workspace's three wheels (bridge, core, protocol) and
-  every third-party wheel the bridge needs, pinned and hash-checked from ``uv.lock``, for CPython 3.11-3.14 on x86_64 and aarch64 (msgspec and
-  websockets are compiled per Python version);
+  every third-party wheel the bridge needs, pinned and hash-checked from ``uv.lock``, for CPython 3.11-3.14
+  on x86_64 and aarch64 (msgspec and websockets are compiled per Python version);
 - ``/opt/cloudtolocalllm-bridge``: a virtualenv that ``postinst`` builds offline from those wheels with the
   system's ``python3`` (so the package fits whatever Python 3.11+ the distribution has);
 - ``/usr/bin/cloudtolocalllm-bridge``: a small wrapper that runs the venv's command;

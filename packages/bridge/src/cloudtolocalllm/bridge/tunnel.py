@@ -5,7 +5,7 @@ refusal into :class:`HandshakeRefused` / :class:`CloudUnreachable`. :class:`Sess
 protocol on the open socket until it closes and returns a :class:`SessionEnd` saying why, which the
 supervisor (``runner``) turns into "reconnect after a delay", "wait for a new token" or "stop".
 
-Inside a session the runtime (``core.tunnel``) does what both ends share: it reads and dispatches, answers
+Inside a session the runtime (``protocol.tunnel``) does what both ends share: it reads and dispatches, answers
 Pings (and Pings back, which times the round trip upload windows grow with), writes through one writer whose
 control lane never waits behind body bytes, turns consumed request bytes into Credit and ends the session
 when nothing arrived for 3 heartbeat intervals (half-open TCP). What is the bridge's own:
@@ -39,16 +39,6 @@ from cloudtolocalllm.bridge.backend import Backend, BackendError, BackendState
 from cloudtolocalllm.bridge.paths import check_request
 from cloudtolocalllm.bridge.token import TokenError, TokenSource, fingerprint
 from cloudtolocalllm.bridge.version import __version__
-from cloudtolocalllm.core.tunnel import (
-    HandshakeFailed,
-    Heartbeat,
-    StreamFailed,
-    TransportClosed,
-    Tunnel,
-    TunnelStream,
-    greet,
-)
-from cloudtolocalllm.core.tunnel.websockets_transport import WebsocketsTransport
 from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     BridgeStatus,
@@ -75,6 +65,16 @@ from cloudtolocalllm.protocol import (
 from cloudtolocalllm.protocol.checks import check_headers
 from cloudtolocalllm.protocol.frames import MAX_FRAME_BYTES_LIMIT
 from cloudtolocalllm.protocol.routes import route_at
+from cloudtolocalllm.protocol.tunnel import (
+    HandshakeFailed,
+    Heartbeat,
+    StreamFailed,
+    TransportClosed,
+    Tunnel,
+    TunnelStream,
+    greet,
+)
+from cloudtolocalllm.protocol.tunnel.websockets_transport import WebsocketsTransport
 
 __all__ = [
     "CloudUnreachable",

@@ -16,8 +16,6 @@ from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.auth import Verifier, auth_error_response, deny_websocket, requires_auth
-from cloudtolocalllm.core.tunnel import HandshakeFailed, accept_hello, send_welcome
-from cloudtolocalllm.core.tunnel.asgi_transport import AsgiTransport
 from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -28,6 +26,8 @@ from cloudtolocalllm.protocol import (
     Welcome,
     close_reason,
 )
+from cloudtolocalllm.protocol.tunnel import HandshakeFailed, accept_hello, send_welcome
+from cloudtolocalllm.protocol.tunnel.asgi_transport import AsgiTransport
 
 __all__ = ["bridge_socket_endpoint"]
 

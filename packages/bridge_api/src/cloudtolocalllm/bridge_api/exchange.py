@@ -23,8 +23,8 @@ from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, respo
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.tunnel import StreamFailed, TransportClosed, TunnelStream
 from cloudtolocalllm.protocol import ErrorCode, LocalProtocolError, ResponseHead, StreamClosedError
+from cloudtolocalllm.protocol.tunnel import StreamFailed, TransportClosed, TunnelStream
 
 __all__ = ["Exchange"]
 

@@ -19,8 +19,8 @@ from cloudtolocalllm.bridge_api.forward import ReplicaForwarder
 from cloudtolocalllm.bridge_api.registry import BridgeRegistry
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
-from cloudtolocalllm.core.tunnel import StreamFailed
 from cloudtolocalllm.protocol.routes import Listing
+from cloudtolocalllm.protocol.tunnel import StreamFailed
 
 __all__ = ["fetch_from_bridge", "merged_response"]
 

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from cloudtolocalllm.bridge_api.keys.scopes import BRIDGE, key_id_of, missing_scope
 from cloudtolocalllm.core.auth import AuthError, Verifier
-from cloudtolocalllm.core.tunnel import Heartbeat, MessageTransport, Tunnel, TunnelStream
 from cloudtolocalllm.protocol import (
     BridgeStatus,
     Cancel,
@@ -29,6 +28,7 @@ from cloudtolocalllm.protocol import (
     close_reason,
 )
 from cloudtolocalllm.protocol.models import normalize_model
+from cloudtolocalllm.protocol.tunnel import Heartbeat, MessageTransport, Tunnel, TunnelStream
 
 if TYPE_CHECKING:
     from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class BridgeSession:
     """Lives as long as the bridge's WebSocket; the registry indexes it by (user, bridge id).
 
-    The tunnel runtime (``core.tunnel``) does the protocol work: reading, writing, credit, Ping/Pong, the
+    The tunnel runtime (``protocol.tunnel``) does the protocol work: reading, writing, credit, Ping/Pong, the
     heartbeat. This object is the bridge as the cloud knows it: who it is, what models it has, its token's
     deadline, and how many streams it carries (each stream has one owner, ``exchange.Exchange``).
     """

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 from cloudtolocalllm.protocol import Cancel, Data, End, ErrorCode, Frame, ResponseHead, StreamError
 
 if TYPE_CHECKING:
-    from cloudtolocalllm.core.tunnel.runtime import Tunnel
+    from cloudtolocalllm.protocol.tunnel.runtime import Tunnel
 
 __all__ = ["COALESCE_BYTES", "StreamFailed", "TunnelStream"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClosed
 from cloudtolocalllm.protocol import (
     CloseCode,
     Connection,
@@ -18,6 +17,7 @@ from cloudtolocalllm.protocol import (
     ProtocolError,
     Welcome,
 )
+from cloudtolocalllm.protocol.tunnel.transport import MessageTransport, TransportClosed
 
 __all__ = ["HandshakeFailed", "accept_hello", "greet", "send_welcome"]
 

@@ -12,17 +12,6 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from cloudtolocalllm.core.tunnel import (
-    HandshakeFailed,
-    Heartbeat,
-    StreamFailed,
-    Tunnel,
-    TunnelStream,
-    accept_hello,
-    greet,
-    send_welcome,
-)
-from cloudtolocalllm.core.tunnel.websockets_transport import WebsocketsTransport
 from cloudtolocalllm.protocol import (
     PROTOCOL_VERSION,
     BackendKind,
@@ -39,6 +28,17 @@ from cloudtolocalllm.protocol import (
     Role,
     Welcome,
 )
+from cloudtolocalllm.protocol.tunnel import (
+    HandshakeFailed,
+    Heartbeat,
+    StreamFailed,
+    Tunnel,
+    TunnelStream,
+    accept_hello,
+    greet,
+    send_welcome,
+)
+from cloudtolocalllm.protocol.tunnel.websockets_transport import WebsocketsTransport
 
 LIMITS = Limits(max_frame_bytes=16 * 1024, initial_window=32 * 1024, max_concurrent_streams=8)
 

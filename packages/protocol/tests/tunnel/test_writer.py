@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cloudtolocalllm.core.tunnel import TransportClosed, Writer
+from cloudtolocalllm.protocol.tunnel import TransportClosed, Writer
 
 
 class GatedTransport:

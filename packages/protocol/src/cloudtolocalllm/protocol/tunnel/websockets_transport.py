@@ -5,7 +5,7 @@ from __future__ import annotations
 from websockets.asyncio.connection import Connection as WebSocketConnection
 from websockets.exceptions import ConnectionClosed
 
-from cloudtolocalllm.core.tunnel.transport import TransportClosed
+from cloudtolocalllm.protocol.tunnel.transport import TransportClosed
 
 __all__ = ["WebsocketsTransport"]
 

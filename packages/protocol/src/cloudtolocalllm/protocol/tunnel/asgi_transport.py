@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cloudtolocalllm.core.tunnel.transport import TransportClosed
+from cloudtolocalllm.protocol.tunnel.transport import TransportClosed
 
 __all__ = ["AsgiTransport"]
 

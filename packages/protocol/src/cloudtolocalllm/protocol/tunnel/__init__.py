@@ -1,7 +1,8 @@
 """The tunnel runtime: one async shell around the sans-IO protocol ``Connection``, used by both ends.
 
 - ``transport``: what a WebSocket must offer (adapters: ``websockets_transport`` for the bridge,
-  ``asgi_transport`` for the cloud; import those modules directly, they need their library);
+  ``asgi_transport`` for the cloud; import those modules directly: they need the `websockets` or `asgi`
+  extra);
 - ``handshake``: Hello -> Welcome, the client and server roles;
 - ``runtime``: :class:`Tunnel`, the reader, dispatch, heartbeat and streams of one connection;
 - ``writer``: the one writer, with a control lane that never waits behind body bytes;
@@ -11,11 +12,11 @@
 Standard library and the protocol only, like ``cloudtolocalllm.protocol``.
 """
 
-from cloudtolocalllm.core.tunnel.handshake import HandshakeFailed, accept_hello, greet, send_welcome
-from cloudtolocalllm.core.tunnel.runtime import Heartbeat, Tunnel
-from cloudtolocalllm.core.tunnel.stream import COALESCE_BYTES, StreamFailed, TunnelStream
-from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClosed
-from cloudtolocalllm.core.tunnel.writer import DEFAULT_HIGH_WATER, Writer
+from cloudtolocalllm.protocol.tunnel.handshake import HandshakeFailed, accept_hello, greet, send_welcome
+from cloudtolocalllm.protocol.tunnel.runtime import Heartbeat, Tunnel
+from cloudtolocalllm.protocol.tunnel.stream import COALESCE_BYTES, StreamFailed, TunnelStream
+from cloudtolocalllm.protocol.tunnel.transport import MessageTransport, TransportClosed
+from cloudtolocalllm.protocol.tunnel.writer import DEFAULT_HIGH_WATER, Writer
 
 __all__ = [
     "COALESCE_BYTES",

@@ -18,7 +18,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClosed
+from cloudtolocalllm.protocol.tunnel.transport import MessageTransport, TransportClosed
 
 __all__ = ["DEFAULT_HIGH_WATER", "Writer"]
 

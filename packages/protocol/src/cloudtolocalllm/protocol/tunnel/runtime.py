@@ -3,7 +3,7 @@
 A :class:`Tunnel` runs one WebSocket after its handshake (``handshake``). The caller's task is the
 *reader*: :meth:`Tunnel.run` feeds every message to ``Connection.receive`` and never awaits the network
 for sending, so it can always answer a Ping and take Credit while the write side is backed up. Every frame
-goes out through ``Connection.send`` and the one :class:`~cloudtolocalllm.core.tunnel.writer.Writer`.
+goes out through ``Connection.send`` and the one :class:`~cloudtolocalllm.protocol.tunnel.writer.Writer`.
 
 The runtime handles what both ends share:
 
@@ -28,9 +28,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cloudtolocalllm.core.tunnel.stream import TunnelStream
-from cloudtolocalllm.core.tunnel.transport import MessageTransport, TransportClosed
-from cloudtolocalllm.core.tunnel.writer import DEFAULT_HIGH_WATER, Writer
 from cloudtolocalllm.protocol import (
     Cancel,
     Connection,
@@ -47,6 +44,9 @@ from cloudtolocalllm.protocol import (
     StreamError,
     StreamProtocolError,
 )
+from cloudtolocalllm.protocol.tunnel.stream import TunnelStream
+from cloudtolocalllm.protocol.tunnel.transport import MessageTransport, TransportClosed
+from cloudtolocalllm.protocol.tunnel.writer import DEFAULT_HIGH_WATER, Writer
 
 __all__ = ["Heartbeat", "Tunnel"]
 
