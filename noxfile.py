@@ -68,11 +68,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(default=True)
 def typecheck(session: nox.Session) -> None:
-    """mypy over every package (strict for core and the protocol, see pyproject.toml)."""
+    """mypy over every package and the benchmarks (strict for core and the protocol, see pyproject.toml)."""
     _uv_sync(session, "--all-packages", "--all-groups", "--all-extras")
     # Namespace packages: mypy maps each src folder to `cloudtolocalllm.*` only if it is on its path.
     mypy_path = os.pathsep.join(f"packages/{name}/src" for name in PACKAGES)
-    session.run("mypy", *(f"packages/{name}/src" for name in PACKAGES), env={"MYPYPATH": mypy_path})
+    sources = [*(f"packages/{name}/src" for name in PACKAGES), "benchmarks"]
+    session.run("mypy", *sources, env={"MYPYPATH": mypy_path})
 
 
 # Packages whose tests include the real small model (ctllm-local-model): it is built (once, cached) first.
