@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -39,6 +38,8 @@ from cloudtolocalllm.protocol.tunnel import (
     send_welcome,
 )
 from cloudtolocalllm.protocol.tunnel.websockets_transport import WebsocketsTransport
+
+from .waiting import wait_until
 
 LIMITS = Limits(max_frame_bytes=16 * 1024, initial_window=32 * 1024, max_concurrent_streams=8)
 
@@ -195,7 +196,7 @@ def _raw_data(stream_id: int) -> bytes:
 async def test_pings_are_answered_and_the_bridge_pings_back_to_time_the_round_trip() -> None:
     async with tunnel_pair(cloud_heartbeat=Heartbeat(dead_after_s=60, interval_s=0.05)) as ends:
         before = ends.cloud.last_pong
-        await _until(lambda: ends.cloud.last_pong > before and ends.bridge.conn.rtt_s > 0)
+        await wait_until(lambda: ends.cloud.last_pong > before and ends.bridge.conn.rtt_s > 0)
         assert ends.cloud.conn.rtt_s > 0
 
 
@@ -209,7 +210,7 @@ async def test_silence_ends_the_connection_through_on_silence() -> None:
             on_silence=silences.append,
         )
         tunnel._arm_heartbeat()
-        await _until(lambda: bool(silences))
+        await wait_until(lambda: bool(silences))
         assert silences[0] >= 0.1
         await tunnel.aclose()
 
@@ -235,11 +236,3 @@ async def test_handshake_timeout_and_version_mismatch_say_how_to_close() -> None
             await ws.send(encode(_hello(version=PROTOCOL_VERSION + 1000)))
             newer = await asyncio.wait_for(outcomes.get(), 5)
         assert newer.close_code == CloseCode.VERSION_INCOMPATIBLE
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
 from cloudtolocalllm.protocol.tunnel import TransportClosed, Writer
+
+from .waiting import wait_until
 
 
 class GatedTransport:
@@ -45,7 +45,7 @@ async def test_control_overtakes_body_but_not_its_own_streams_body() -> None:
     writer.put_control(b"cancel 1", 1)  # stream 1 has body queued: stays behind it
     writer.put_control(b"credit 5", 5)
     transport.gate.set()
-    await _until(lambda: len(transport.sent) == 6)
+    await wait_until(lambda: len(transport.sent) == 6)
     assert transport.sent == [b"first body 1", b"pong", b"credit 5", b"body 1", b"body 3", b"cancel 1"]
     await writer.aclose()
 
@@ -73,16 +73,8 @@ async def test_the_writing_task_exists_only_while_there_is_work() -> None:
     assert writer._task is None
     writer.put_control(b"pong")
     assert writer._task is not None
-    await _until(lambda: writer._task is None)  # it lingers a moment, then ends
+    await wait_until(lambda: writer._task is None)  # it lingers a moment, then ends
     assert transport.sent == [b"pong"]
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_flush_waits_until_what_is_queued_was_written() -> None:
@@ -105,13 +97,13 @@ async def test_the_task_waits_for_more_only_while_traffic_is_expected() -> None:
     streams_open = [True]
     writer = Writer(transport, keep_alive=lambda: streams_open[0])
     writer.put_control(b"open 1")
-    await _until(lambda: transport.sent == [b"open 1"])
+    await wait_until(lambda: transport.sent == [b"open 1"])
     task = writer._task
     assert task is not None  # waits for the stream's next frame instead of ending
     writer.put_body(b"data 1", 1)
-    await _until(lambda: len(transport.sent) == 2)
+    await wait_until(lambda: len(transport.sent) == 2)
     assert writer._task is task  # the same task wrote it
     streams_open[0] = False
     writer.put_control(b"credit 1", 1)
-    await _until(lambda: writer._task is None)
+    await wait_until(lambda: writer._task is None)
     assert transport.sent == [b"open 1", b"data 1", b"credit 1"]
