@@ -12,9 +12,9 @@ The bridge wire protocol is its own distribution, ``cloudtolocalllm-protocol``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cloudtolocalllm.core.lazy_exports import lazy_exports
 from cloudtolocalllm.core.version import __version__
 
 if TYPE_CHECKING:
@@ -59,14 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, __all__)
