@@ -30,7 +30,7 @@ from cloudtolocalllm.bridge_api.registry import Bridge, BridgeRegistry
 from cloudtolocalllm.bridge_api.routing import BRIDGE_HEADER, FORWARDED_HEADER, choose_bridge, scope_for_path
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.auth import MissingCredentials, auth_error_response
-from cloudtolocalllm.protocol.routes import route_for
+from cloudtolocalllm.protocol.routes import ApiRoute, route_for
 
 __all__ = ["RelayEndpoint"]
 
@@ -134,7 +134,7 @@ class RelayEndpoint:
                 )
                 await response(scope, receive, send)
                 return
-            await self._relay(scope, receive, send, user.identity, method, path, forwarded)
+            await self._relay(scope, receive, send, user.identity, method, path, route, forwarded)
         except RelayError as exc:
             self.metrics.errors.labels(f"http_{exc.status}").inc()
             await error_response(exc)(scope, receive, send)
@@ -142,12 +142,19 @@ class RelayEndpoint:
             self.metrics.errors.labels("client_gone").inc()
 
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, user: str, method: str, path: str, forwarded: bool
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        user: str,
+        method: str,
+        path: str,
+        route: ApiRoute | None,
+        forwarded: bool,
     ) -> None:
-        # A JSON body that names the model (the route table says which field) is read whole, up to
-        # max_json_body_bytes, to route by that model.
+        # A JSON body that names the model (``route``'s field: None for a method or path the table does not
+        # hold) is read whole, up to max_json_body_bytes, to route by that model.
         has_body = _has_body(scope)
-        route = route_for(method, path)
         model_field = route.model_field if route is not None and has_body else None
         json_body = model_field is not None
         limit = self.settings.max_json_body_bytes if json_body else self.settings.max_request_body_bytes
