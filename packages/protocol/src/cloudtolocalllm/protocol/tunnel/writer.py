@@ -75,10 +75,6 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self.closed = False
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
     def put_control(self, data: bytes, stream_id: int = 0) -> None:
         """Queue a frame that never waits (dropped once the writer is closed)."""
         if self.closed:
