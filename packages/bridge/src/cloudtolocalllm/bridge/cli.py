@@ -72,6 +72,7 @@ from cloudtolocalllm.bridge.token import (
     unverified_expiry,
 )
 from cloudtolocalllm.bridge.version import __version__
+from cloudtolocalllm.core import event_loop
 from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.logging import configure_logging
 from cloudtolocalllm.core.settings import SettingsError, load_settings
@@ -300,7 +301,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if source.world_readable:
         print(f"{PROG}: warning: {source.describe()} is readable by other users (chmod 600 it)", file=sys.stderr)
     tune_gc_for_latency()  # fewer collector stalls in the middle of relayed streams
-    code, message = asyncio.run(_run_bridge(settings, source))
+    code, message = event_loop.run(_run_bridge(settings, source))
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)
     return code
@@ -561,7 +562,7 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     if args.allow_remote_clients and not is_loopback_host(args.host):
         print(f"{PROG}: warning: listening on {args.host}: anyone who reaches it uses your account", file=sys.stderr)
     configure_logging(PROG, __version__, level=settings.log_level.upper(), stream=sys.stderr)
-    code, message = asyncio.run(_serve_client_mode(args, settings, cloud, source))
+    code, message = event_loop.run(_serve_client_mode(args, settings, cloud, source))
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)
     return code

@@ -19,6 +19,7 @@ from cloudtolocalllm.core import (
     SettingsError,
     bind_socket,
     configure_logging,
+    event_loop,
     exit_on_settings_error,
     load_settings,
     serve,
@@ -77,7 +78,7 @@ def main() -> None:
     except DevIssuerMissing as exc:
         print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    asyncio.run(run(app, settings))
+    event_loop.run(run(app, settings))
 
 
 if __name__ == "__main__":

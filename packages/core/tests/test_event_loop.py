@@ -1,0 +1,32 @@
+"""Every program's event loop: uvloop where it is installed, asyncio's when asked for (or on Windows)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from cloudtolocalllm.core import event_loop
+
+
+async def _running_loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="other platform: uvloop has no Windows build")
+def test_uvloop_runs_the_program_where_it_is_installed() -> None:
+    assert event_loop.loop_name() == "uvloop"  # a dependency on this platform (core[service], the bridge)
+    assert event_loop.run(_running_loop_module()).startswith("uvloop")
+
+
+def test_asking_for_asyncio_gets_asyncios_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(event_loop.ENV_VAR, "asyncio")
+    assert event_loop.loop_name() == "asyncio"
+    assert event_loop.run(_running_loop_module()).startswith("asyncio")
+
+
+def test_without_uvloop_asyncios_loop_runs_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows: the import fails
+    assert event_loop.loop_name() == "asyncio"
+    assert event_loop.run(_running_loop_module()).startswith("asyncio")
