@@ -13,6 +13,7 @@ from cloudtolocalllm.protocol import (
     MAX_STREAM_ID,
     PROTOCOL_VERSION,
     BackendKind,
+    Batch,
     BridgeStatus,
     Cancel,
     CloseCode,
@@ -39,6 +40,7 @@ from cloudtolocalllm.protocol import (
     encode,
     peek_version,
 )
+from cloudtolocalllm.protocol.codec import BATCH_OVERHEAD, encode_batch
 
 BIG = 16 * 1024 * 1024
 
@@ -62,6 +64,7 @@ ALL_FRAMES: list[Frame] = [
     Cancel(9, "browser went away"),
     Cancel(9),
     StreamError(11, ErrorCode.BACKEND_UNREACHABLE, "connection refused on 127.0.0.1:11434"),
+    Batch([ResponseHead(1, 200, []), Data(1, b"x"), End(1), Credit(2, 5)]),
 ]
 
 
@@ -201,3 +204,20 @@ def test_repr_hides_secrets_and_content() -> None:
     assert "abc" not in repr(opened)
     assert "authorization" in repr(opened)
     assert "Bearer" not in repr(ResponseHead(1, 200, [("set-cookie", "Bearer x")]))
+
+
+@pytest.mark.parametrize("count", [1, 2, 15, 16, 300, 70_000])
+def test_encode_batch_joins_encoded_frames_into_one_batch(count: int) -> None:
+    frames = [
+        Data(1 + 2 * (i % 3), bytes([i % 256]) * (i % 5)) if i % 2 else End(1 + 2 * (i % 3)) for i in range(count)
+    ]
+    data = encode_batch([encode(frame) for frame in frames])
+    assert data == encode(Batch(frames))  # the hand-joined bytes are exactly what msgspec would write
+    assert decode(data, max_frame_bytes=len(data)) == Batch(frames)
+    assert len(data) - sum(len(encode(frame)) for frame in frames) <= BATCH_OVERHEAD
+
+
+def test_a_batch_inside_a_batch_is_refused() -> None:
+    nested = encode_batch([encode_batch([encode(End(1))])])
+    with pytest.raises(FrameDecodeError):
+        decode(nested, max_frame_bytes=BIG)

@@ -6,10 +6,12 @@ import msgspec
 import pytest
 
 from cloudtolocalllm.protocol import (
+    BATCH,
     DEFAULT_LIMITS,
     HANDSHAKE_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     BackendKind,
+    Batch,
     BridgeStatus,
     CloseCode,
     Connection,
@@ -30,7 +32,9 @@ from cloudtolocalllm.protocol import (
     Role,
     VersionMismatchError,
     Welcome,
+    agreed_features,
     encode,
+    encode_batch,
 )
 
 
@@ -222,3 +226,57 @@ def test_close_is_idempotent_and_blocks_sending(hello: Hello) -> None:
     assert bridge.close() == []
     with pytest.raises(LocalProtocolError, match="the connection is closed"):
         bridge.send(hello)
+
+
+# --- features -------------------------------------------------------------------------------------
+
+
+def _greeted(offered: list[str]) -> tuple[Connection, Connection, Hello]:
+    cloud, bridge = Connection(Role.CLOUD), Connection(Role.BRIDGE)
+    hello = Hello(PROTOCOL_VERSION, "bridge-1", "home pc", "0.1.0", "linux", BackendKind.OLLAMA, True, [], offered)
+    cloud.receive(bridge.send(hello))
+    return cloud, bridge, hello
+
+
+def test_the_welcome_turns_on_the_features_both_sides_know() -> None:
+    cloud, bridge, hello = _greeted(["from-the-future", BATCH])
+    welcome = Welcome(PROTOCOL_VERSION, "s", 20.0, DEFAULT_LIMITS, features=agreed_features(hello.features))
+    assert welcome.features == [BATCH]
+    bridge.receive(cloud.send(welcome))
+    assert cloud.features == bridge.features == frozenset({BATCH})
+
+
+def test_an_older_bridge_offers_nothing_and_gets_nothing() -> None:
+    # A Hello from before features existed: one element shorter on the wire.
+    old = msgspec.msgpack.encode([1, PROTOCOL_VERSION, "bridge-1", "pc", "0.0.9", "linux", "ollama", True, []])
+    cloud = Connection(Role.CLOUD)
+    hello = cloud.receive(old)
+    assert isinstance(hello, Hello) and hello.features == []
+    assert agreed_features(hello.features) == []
+
+
+def test_no_side_turns_on_a_feature_the_hello_did_not_offer() -> None:
+    cloud, bridge, _ = _greeted([])
+    with pytest.raises(LocalProtocolError, match="not both offered and known"):
+        cloud.send(Welcome(PROTOCOL_VERSION, "s", 20.0, DEFAULT_LIMITS, features=[BATCH]))
+    assert not cloud.is_ready
+    err = fatal(bridge, encode(Welcome(PROTOCOL_VERSION, "s", 20.0, DEFAULT_LIMITS, features=[BATCH])))
+    assert err.reason == "Welcome turns on features the Hello did not offer: ['batch']"
+
+
+def test_a_batch_needs_the_feature() -> None:
+    cloud, bridge, _ = _greeted([BATCH])
+    bridge.receive(cloud.send(Welcome(PROTOCOL_VERSION, "s", 20.0, DEFAULT_LIMITS)))  # features left off
+    err = fatal(cloud, encode_batch([encode(Ping(1)), encode(Ping(2))]))
+    assert err.reason == "a Batch frame, but the Welcome did not turn the batch feature on"
+
+
+def test_a_batch_is_handed_over_whole_and_its_frames_checked_one_by_one() -> None:
+    cloud, bridge, _ = _greeted([BATCH])
+    bridge.receive(cloud.send(Welcome(PROTOCOL_VERSION, "s", 20.0, DEFAULT_LIMITS, features=[BATCH])))
+    batch = bridge.receive(encode_batch([cloud.send(Ping(1)), cloud.send(Open(1, "GET", "/api/tags", "", [], False))]))
+    assert isinstance(batch, Batch)
+    assert [bridge.receive_frame(frame) for frame in batch.frames] == batch.frames
+    assert set(bridge.stream_ids) == {1}
+    with pytest.raises(ConnectionProtocolError, match="Batch frames are not sent"):
+        bridge.receive_frame(batch)  # a Batch is unpacked by the caller, never validated as one frame

@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from cloudtolocalllm.protocol import (
+    BATCH,
     PROTOCOL_VERSION,
     BackendKind,
     Cancel,
@@ -26,6 +27,7 @@ from cloudtolocalllm.protocol import (
     ResponseHead,
     Role,
     Welcome,
+    agreed_features,
 )
 from cloudtolocalllm.protocol.tunnel import (
     HandshakeFailed,
@@ -44,12 +46,24 @@ from .waiting import wait_until
 LIMITS = Limits(max_frame_bytes=16 * 1024, initial_window=32 * 1024, max_concurrent_streams=8)
 
 
-def _hello(version: int = PROTOCOL_VERSION) -> Hello:
-    return Hello(version, "bridge-1", "test", "0.1.0", "linux", BackendKind.OLLAMA, True, [])
+def _hello(version: int = PROTOCOL_VERSION, features: tuple[str, ...] = ()) -> Hello:
+    return Hello(version, "bridge-1", "test", "0.1.0", "linux", BackendKind.OLLAMA, True, [], list(features))
 
 
-def _welcome() -> Welcome:
-    return Welcome(PROTOCOL_VERSION, "session-1", 20.0, LIMITS, token_expires_at=1_900_000_000.0)
+def _welcome(hello: Hello | None = None) -> Welcome:
+    features = agreed_features(hello.features) if hello is not None else []
+    return Welcome(PROTOCOL_VERSION, "session-1", 20.0, LIMITS, token_expires_at=1_900_000_000.0, features=features)
+
+
+class CountingTransport(WebsocketsTransport):
+    """Counts the WebSocket messages it receives."""
+
+    received = 0
+
+    async def receive(self) -> bytes | str:
+        message = await super().receive()
+        self.received += 1
+        return message
 
 
 @dataclass
@@ -58,22 +72,29 @@ class Ends:
     bridge: Tunnel
     bridge_frames: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
     cloud_frames: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
+    cloud_transport: CountingTransport | None = None
 
 
 @asynccontextmanager
 async def tunnel_pair(
-    cloud_heartbeat: Heartbeat | None = None, bridge_heartbeat: Heartbeat | None = None
+    cloud_heartbeat: Heartbeat | None = None,
+    bridge_heartbeat: Heartbeat | None = None,
+    features: tuple[str, ...] = (),
 ) -> AsyncIterator[Ends]:
-    """A cloud (websockets server) and a bridge (client) on loopback, shaken hands, both runtimes running."""
+    """A cloud (websockets server) and a bridge (client) on loopback, shaken hands, both runtimes running;
+    ``features``: what the bridge's Hello offers (the cloud turns on those it knows)."""
     cloud_ready: asyncio.Future[Tunnel] = asyncio.get_running_loop().create_future()
     cloud_frames: asyncio.Queue[Frame] = asyncio.Queue()
     bridge_frames: asyncio.Queue[Frame] = asyncio.Queue()
 
+    cloud_transport: list[CountingTransport] = []
+
     async def handler(ws: ServerConnection) -> None:
-        transport = WebsocketsTransport(ws)
+        transport = CountingTransport(ws)
+        cloud_transport.append(transport)
         conn = Connection(Role.CLOUD)
-        await accept_hello(transport, conn, timeout_s=5)
-        await send_welcome(transport, conn, _welcome())
+        hello = await accept_hello(transport, conn, timeout_s=5)
+        await send_welcome(transport, conn, _welcome(hello))
         tunnel = Tunnel(
             transport, conn, heartbeat=cloud_heartbeat or Heartbeat(dead_after_s=60), on_frame=cloud_frames.put_nowait
         )
@@ -85,7 +106,7 @@ async def tunnel_pair(
         async with connect(f"ws://127.0.0.1:{port}", ping_interval=None) as ws:
             transport = WebsocketsTransport(ws)
             conn = Connection(Role.BRIDGE)
-            assert isinstance(await greet(transport, conn, _hello(), timeout_s=5), Welcome)
+            assert isinstance(await greet(transport, conn, _hello(features=features), timeout_s=5), Welcome)
             accepted: dict[int, TunnelStream] = {}
 
             def on_bridge_frame(frame: Frame) -> None:
@@ -100,7 +121,7 @@ async def tunnel_pair(
                 on_frame=on_bridge_frame,
             )
             reader = asyncio.create_task(bridge.run())
-            ends = Ends(await cloud_ready, bridge, bridge_frames, cloud_frames)
+            ends = Ends(await cloud_ready, bridge, bridge_frames, cloud_frames, cloud_transport[0])
             try:
                 yield ends
             finally:
@@ -122,9 +143,11 @@ async def _read_all(stream: TunnelStream, coalesce: int = 0) -> bytes:
     return bytes(body)
 
 
-async def test_a_body_many_windows_long_crosses_both_ways_under_credit() -> None:
+@pytest.mark.parametrize("features", [(), (BATCH,)], ids=["one-frame-messages", "batches"])
+async def test_a_body_many_windows_long_crosses_both_ways_under_credit(features: tuple[str, ...]) -> None:
     upload = bytes(range(256)) * 1024  # 256 KiB: eight windows, sixteen frames at least
-    async with tunnel_pair() as ends:
+    async with tunnel_pair(features=features) as ends:
+        assert ends.cloud.conn.features == ends.bridge.conn.features == frozenset(features)
         stream = ends.cloud.open_stream("POST", "/api/chat", "", [], True)
         sending = asyncio.create_task(_send(stream, upload))
         frame, served = await _accept(ends)
@@ -139,6 +162,22 @@ async def test_a_body_many_windows_long_crosses_both_ways_under_credit() -> None
         await answering
         assert served.bytes_in == len(upload) == stream.bytes_in
         assert ends.cloud.conn.buffered_bytes == 0 == ends.bridge.conn.buffered_bytes
+
+
+async def test_with_batches_a_short_answer_crosses_in_one_message() -> None:
+    for features, messages in (((), 3), ((BATCH,), 1)):
+        async with tunnel_pair(features=features) as ends:
+            assert ends.cloud_transport is not None
+            stream = ends.cloud.open_stream("POST", "/api/chat", "", [], False)
+            frame, served = await _accept(ends)
+            before = ends.cloud_transport.received
+            # Queued in one go, as the bridge does with a short answer it already holds.
+            await served.send(ResponseHead(frame.stream_id, 200, [("content-type", "application/x-ndjson")]))
+            await served.send_body(b'{"done":true}\n')
+            await served.end_body()
+            assert (await asyncio.wait_for(stream.head, 5)).status == 200
+            assert await _read_all(stream) == b'{"done":true}\n'
+            assert ends.cloud_transport.received - before == messages, features
 
 
 async def _send(stream: TunnelStream, body: bytes) -> None:

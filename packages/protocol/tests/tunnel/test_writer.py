@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from cloudtolocalllm.protocol import Batch, Data, End, Pong, decode, encode
+from cloudtolocalllm.protocol.codec import BATCH_OVERHEAD
 from cloudtolocalllm.protocol.tunnel import TransportClosed, Writer
 
 from .waiting import wait_until
@@ -107,3 +109,23 @@ async def test_the_task_waits_for_more_only_while_traffic_is_expected() -> None:
     writer.put_control(b"credit 1", 1)
     await wait_until(lambda: writer._task is None)
     assert transport.sent == [b"open 1", b"data 1", b"credit 1"]
+
+
+async def test_with_batching_what_is_queued_goes_out_together_in_order_and_within_the_limit() -> None:
+    transport = GatedTransport()
+    frames = [encode(Pong(1)), encode(Data(1, b"a" * 100)), encode(End(1)), encode(Data(3, b"b" * 300))]
+    limit = BATCH_OVERHEAD + sum(len(frame) for frame in frames[:3])  # the last one no longer fits
+    writer = Writer(transport, high_water=1 << 20, batch_bytes=limit)
+    writer.put_body(b"first", 9)
+    await asyncio.sleep(0)  # the writer takes the first frame and waits at the gate
+    writer.put_body(frames[1], 1)
+    writer.put_body(frames[2], 1)
+    writer.put_control(frames[0])  # control first, as without batching
+    writer.put_body(frames[3], 3)
+    transport.gate.set()
+    await wait_until(lambda: len(transport.sent) == 3)
+    assert transport.sent[0] == b"first"
+    assert decode(transport.sent[1], max_frame_bytes=limit) == Batch([Pong(1), Data(1, b"a" * 100), End(1)])
+    assert transport.sent[2] == frames[3]  # alone: one frame is sent as it is, not as a Batch of one
+    await wait_until(lambda: writer._queued == 0)  # the body bytes sent in the batch left the count
+    await writer.aclose()

@@ -40,6 +40,7 @@ from cloudtolocalllm.bridge.paths import check_request
 from cloudtolocalllm.bridge.token import TokenError, TokenSource, fingerprint
 from cloudtolocalllm.bridge.version import __version__
 from cloudtolocalllm.protocol import (
+    FEATURES,
     PROTOCOL_VERSION,
     BridgeStatus,
     Cancel,
@@ -361,6 +362,7 @@ class Session:
             self.backend.kind,
             state.reachable,
             list(state.models),
+            list(FEATURES),
         )
 
     async def _handshake(self) -> Tunnel | None:

@@ -24,6 +24,7 @@ from cloudtolocalllm.protocol import (
     Limits,
     Role,
     Welcome,
+    agreed_features,
     close_reason,
 )
 from cloudtolocalllm.protocol.tunnel import HandshakeFailed, accept_hello, send_welcome
@@ -105,6 +106,7 @@ def bridge_socket_endpoint(
             heartbeat_interval_s=settings.heartbeat_interval_s,
             limits=limits,
             token_expires_at=principal.expires_at,
+            features=agreed_features(hello.features),
         )
         try:
             await send_welcome(transport, conn, welcome)

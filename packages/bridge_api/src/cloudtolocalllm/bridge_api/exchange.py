@@ -174,8 +174,11 @@ class Exchange:
                     await self.send({"type": "http.response.body", "body": b"", "more_body": False})
                     return True
                 from_bridge.inc(len(chunk))
-                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last = stream.ends_next  # the End is here too: the last chunk and the end go in one write
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": not last})
                 stream.consumed(len(chunk))
+                if last:
+                    return True
         except (StreamFailed, TimeoutError) as exc:
             if self.client_gone:
                 return False

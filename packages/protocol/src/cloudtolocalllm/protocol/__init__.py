@@ -24,7 +24,7 @@ from cloudtolocalllm.protocol.close import (
     should_reconnect,
     version_mismatch_reason,
 )
-from cloudtolocalllm.protocol.codec import decode, encode, peek_version
+from cloudtolocalllm.protocol.codec import decode, encode, encode_batch, peek_version
 from cloudtolocalllm.protocol.connection import Connection, Role
 from cloudtolocalllm.protocol.errors import (
     ConnectionProtocolError,
@@ -45,6 +45,7 @@ from cloudtolocalllm.protocol.frames import (
     MAX_STREAM_ID,
     MAX_WINDOW,
     BackendKind,
+    Batch,
     BridgeStatus,
     Cancel,
     Credit,
@@ -65,19 +66,29 @@ from cloudtolocalllm.protocol.frames import (
     StreamFrame,
     Welcome,
 )
-from cloudtolocalllm.protocol.version import PROTOCOL_VERSION, check_compatible, is_compatible
+from cloudtolocalllm.protocol.version import (
+    BATCH,
+    FEATURES,
+    PROTOCOL_VERSION,
+    agreed_features,
+    check_compatible,
+    is_compatible,
+)
 
 __all__ = [
+    "BATCH",
     "CLOSE_REASONS",
     "DATA_FRAME_OVERHEAD",
     "DEFAULT_FRAME_PAYLOAD",
     "DEFAULT_LIMITS",
+    "FEATURES",
     "HANDSHAKE_MAX_FRAME_BYTES",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
     "PROTOCOL_VERSION",
     "BackendKind",
+    "Batch",
     "BridgeStatus",
     "Cancel",
     "CloseCode",
@@ -109,11 +120,13 @@ __all__ = [
     "StreamProtocolError",
     "VersionMismatchError",
     "Welcome",
+    "agreed_features",
     "check_compatible",
     "clip_reason",
     "close_reason",
     "decode",
     "encode",
+    "encode_batch",
     "is_compatible",
     "peek_version",
     "should_reconnect",

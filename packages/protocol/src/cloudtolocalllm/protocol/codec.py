@@ -1,4 +1,4 @@
-"""Encode and decode frames: one frame per binary WebSocket message.
+"""Encode and decode frames: one frame, or one Batch of frames, per binary WebSocket message.
 
 The msgspec Encoder/Decoder instances are built once at import; creating them per call would cost more
 than encoding a small frame. Decoding validates types and ranges (msgspec does it in C while parsing), so
@@ -12,7 +12,7 @@ import msgspec
 from cloudtolocalllm.protocol.errors import FrameDecodeError, FrameTooLargeError, LocalProtocolError
 from cloudtolocalllm.protocol.frames import Frame
 
-__all__ = ["decode", "encode", "peek_version"]
+__all__ = ["BATCH_OVERHEAD", "decode", "encode", "encode_batch", "peek_version"]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
@@ -45,6 +45,27 @@ def encode(frame: Frame) -> bytes:
         return _encoder.encode(frame)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise LocalProtocolError(f"cannot encode {type(frame).__name__}: {exc}") from None
+
+
+BATCH_OVERHEAD = 7
+"""Bytes a Batch adds around its frames: array(1) + tag(1) + the frame list's header (at most 5)."""
+_BATCH_PREFIX = b"\x92\x09"  # a Batch is the MessagePack array [9, [frame, ...]]
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """One message carrying ``frames``, each already encoded by :func:`encode` (``Connection.send``).
+
+    A Batch is an array of its tag and the array of its frames, and an array is its header followed by its
+    elements: the encoded frames are joined as they are, never decoded and encoded again.
+    """
+    count = len(frames)
+    if count < 16:
+        header = bytes((0x90 | count,))
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return b"".join((_BATCH_PREFIX, header, *frames))
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_frame_bytes: int) -> Frame:

@@ -55,6 +55,7 @@ from cloudtolocalllm.protocol.frames import (
     MAX_STREAMS_LIMIT,
     MAX_WINDOW,
     MIN_FRAME_BYTES_LIMIT,
+    Batch,
     BridgeStatus,
     Cancel,
     Credit,
@@ -75,6 +76,8 @@ from cloudtolocalllm.protocol.frames import (
 )
 from cloudtolocalllm.protocol.streams import Stream
 from cloudtolocalllm.protocol.version import (
+    BATCH,
+    FEATURES,
     PROTOCOL_VERSION,
     check_compatible,
     is_compatible,
@@ -154,6 +157,7 @@ class Connection:
         self._tuner = WindowTuner(
             max_window=max_recv_window, budget=recv_window_budget or 4 * max_recv_window, clock=clock
         )
+        self._offered: tuple[str, ...] = ()  # the features the bridge's Hello listed (bridge side)
         self._ping_out: tuple[int, float] | None = None  # (nonce, sent at) of the last Ping not yet answered
         self.peer_hello: Hello | None = None
         """The bridge's Hello (cloud side), once received."""
@@ -172,6 +176,11 @@ class Connection:
     def limits(self) -> Limits | None:
         """The limits in force (from the Welcome), or None during the handshake."""
         return self._limits
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The protocol features the Welcome turned on (empty during the handshake)."""
+        return frozenset(self.welcome.features) if self.welcome is not None else frozenset()
 
     @property
     def is_ready(self) -> bool:
@@ -245,12 +254,18 @@ class Connection:
         """Decode and validate one received WebSocket message.
 
         Returns the frame for the application to act on, or None when the frame is a harmless late
-        arrival that was dropped (e.g. Data for a stream this side has already cancelled).
+        arrival that was dropped (e.g. Data for a stream this side has already cancelled). A Batch (only
+        once the Welcome turned the feature on) is returned as it is: the caller hands each of its frames to
+        :meth:`receive_frame`, in order.
         Raises StreamProtocolError or ConnectionProtocolError (then the connection is closed).
         """
         self._check_open_for_receive()
         try:
             frame = decode(data, max_frame_bytes=self._max_frame_bytes)
+            if type(frame) is Batch:
+                if BATCH not in self.features:
+                    raise self._fatal("a Batch frame, but the Welcome did not turn the batch feature on")
+                return frame  # the caller passes each of its frames to receive_frame()
         except FrameDecodeError:
             if self._awaiting_greeting():
                 # A peer of another protocol version may fail to decode: say "upgrade", not "garbage".
@@ -358,6 +373,8 @@ class Connection:
         problem = _limits_problem(frame.limits)
         if problem is not None:
             raise self._fatal(f"Welcome limits: {problem}")
+        if unknown := set(frame.features) - set(self._offered):
+            raise self._fatal(f"Welcome turns on features the Hello did not offer: {sorted(unknown)}")
         self._adopt(frame)
         return True
 
@@ -610,6 +627,7 @@ class Connection:
     def _send_hello(self, frame: Hello) -> bool:
         if self._greeted:
             raise LocalProtocolError("Hello was already sent")
+        self._offered = tuple(frame.features)
         if frame.version != PROTOCOL_VERSION:
             raise LocalProtocolError(f"Hello must carry version {PROTOCOL_VERSION}")
         self._greeted = True
@@ -625,6 +643,9 @@ class Connection:
         problem = _limits_problem(frame.limits)
         if problem is not None:
             raise LocalProtocolError(f"Welcome limits: {problem}")
+        offered = self.peer_hello.features if self.peer_hello is not None else []
+        if unknown := set(frame.features) - (set(offered) & set(FEATURES)):
+            raise LocalProtocolError(f"Welcome turns on features not both offered and known: {sorted(unknown)}")
         self._adopt(frame)
         return True
 

@@ -8,7 +8,8 @@ Direction (enforced by :class:`~cloudtolocalllm.protocol.connection.Connection`)
 
 - bridge -> cloud: Hello, Reauth, BridgeStatus, ResponseHead
 - cloud -> bridge: Welcome, ReauthOk, GoAway, Open
-- either way: Ping, Pong, Data, End, Credit, Cancel, StreamError
+- either way: Ping, Pong, Data, End, Credit, Cancel, StreamError, and Batch (several of these in one
+  message, once both sides announced the ``batch`` feature)
 
 ``__repr__`` of frames that may carry secrets or user content (tokens, query strings, header values,
 prompt/answer bytes) shows sizes and names only, so a frame that ends up in a log leaks nothing.
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_STREAM_ID",
     "MAX_WINDOW",
     "BackendKind",
+    "Batch",
     "BridgeStatus",
     "Cancel",
     "Credit",
@@ -128,6 +130,8 @@ class Hello(_Frame, tag=1, frozen=True):
     backend_kind: BackendKind
     backend_reachable: bool
     models: list[str]
+    features: list[str] = []
+    """Optional protocol features this bridge can use (``version.FEATURES``); the Welcome says which are on."""
 
 
 class Welcome(_Frame, tag=2, frozen=True):
@@ -139,6 +143,8 @@ class Welcome(_Frame, tag=2, frozen=True):
     limits: Limits
     token_expires_at: UnixTime | None = None
     """Unix time at which the bridge's token expires; it must send a Reauth before then."""
+    features: list[str] = []
+    """The features of the Hello's list that both sides use from now on."""
 
 
 class Ping(_Frame, tag=3, frozen=True):
@@ -265,6 +271,31 @@ class StreamError(_Frame, tag=22, frozen=True):
             return ErrorCode.INTERNAL
 
 
+class Batch(_Frame, tag=9, frozen=True):
+    """Several frames in one WebSocket message (either way), once the Welcome turned the ``batch`` feature on.
+
+    Each is handled as if it had arrived in a message of its own, in order. Writers batch what is queued at
+    the same moment (a short answer's ResponseHead, Data and End; many streams' chunks), so each message,
+    and its trip through both WebSocket stacks, carries more. A Batch never holds a Batch, Hello or Welcome.
+    """
+
+    frames: list[
+        Ping
+        | Pong
+        | Reauth
+        | ReauthOk
+        | BridgeStatus
+        | GoAway
+        | Open
+        | ResponseHead
+        | Data
+        | End
+        | Credit
+        | Cancel
+        | StreamError
+    ]
+
+
 Frame: TypeAlias = (
     Hello
     | Welcome
@@ -281,6 +312,7 @@ Frame: TypeAlias = (
     | Credit
     | Cancel
     | StreamError
+    | Batch
 )
 """Any frame."""
 

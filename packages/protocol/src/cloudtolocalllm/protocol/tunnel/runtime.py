@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cloudtolocalllm.protocol import (
+    BATCH,
+    Batch,
     Cancel,
     Connection,
     ConnectionProtocolError,
@@ -40,6 +42,7 @@ from cloudtolocalllm.protocol import (
     Open,
     Ping,
     Pong,
+    ProtocolError,
     ResponseHead,
     StreamError,
     StreamProtocolError,
@@ -121,7 +124,15 @@ class Tunnel:
         self.heartbeat = heartbeat
         self.streams: dict[int, TunnelStream] = {}
         """Streams the application holds; the runtime delivers their inbound frames."""
-        self._writer = Writer(transport, high_water=high_water, on_lost=self._on_lost, keep_alive=self._busy)
+        limits = conn.limits
+        self._writer = Writer(
+            transport,
+            high_water=high_water,
+            on_lost=self._on_lost,
+            keep_alive=self._busy,
+            # Batches once the Welcome turned the feature on, each within the frame size both sides obey.
+            batch_bytes=limits.max_frame_bytes if limits is not None and BATCH in conn.features else 0,
+        )
         self._keep_writer = keep_writer
         self._on_closed = on_closed
         self._last_stream_at = 0.0
@@ -216,24 +227,42 @@ class Tunnel:
                     return
                 try:
                     frame = self.conn.receive(message)
-                except StreamProtocolError as exc:
-                    logger.warning(
-                        "stream reset: the peer broke a protocol rule",
-                        extra={"stream_id": exc.stream_id, "code": exc.code.value, "reason": exc.reason},
-                    )
-                    self._fail_stream(exc.stream_id, exc.code, exc.reason)
-                    self.send(exc.reply)
-                    await self._deliver(exc.reply)  # the application hears of the reset like of a peer's
+                except ProtocolError as exc:
+                    if not await self._refused(exc):
+                        return
                     continue
-                except ConnectionProtocolError as exc:
-                    await self._fatal(exc)
-                    return
-                if frame is not None:
+                if type(frame) is Batch:
+                    for inner in frame.frames:
+                        try:
+                            accepted = self.conn.receive_frame(inner)
+                        except ProtocolError as exc:
+                            if not await self._refused(exc):
+                                return
+                            continue
+                        if accepted is not None:
+                            await self._dispatch(accepted)
+                elif frame is not None:
                     await self._dispatch(frame)
         finally:
             await self.aclose()
             if self._on_closed is not None:
                 self._on_closed()
+
+    async def _refused(self, exc: ProtocolError) -> bool:
+        """A received frame broke a rule: reset its stream (True: read on) or end the connection (False)."""
+        if isinstance(exc, StreamProtocolError):
+            logger.warning(
+                "stream reset: the peer broke a protocol rule",
+                extra={"stream_id": exc.stream_id, "code": exc.code.value, "reason": exc.reason},
+            )
+            self._fail_stream(exc.stream_id, exc.code, exc.reason)
+            self.send(exc.reply)
+            await self._deliver(exc.reply)  # the application hears of the reset like of a peer's
+            return True
+        if not isinstance(exc, ConnectionProtocolError):
+            raise exc
+        await self._fatal(exc)
+        return False
 
     async def _dispatch(self, frame: Frame) -> None:
         if isinstance(frame, Data):

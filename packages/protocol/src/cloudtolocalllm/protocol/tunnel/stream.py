@@ -108,6 +108,12 @@ class TunnelStream:
         """read() would return (or raise) without waiting."""
         return bool(self._chunks)
 
+    @property
+    def ends_next(self) -> bool:
+        """The End has arrived and nothing is before it: the next read() returns None without waiting."""
+        chunks = self._chunks
+        return bool(chunks) and chunks[0] is None
+
     async def read(self, coalesce: int = COALESCE_BYTES) -> bytes | None:
         """The next inbound body bytes, or None at the end; raises StreamFailed.
 

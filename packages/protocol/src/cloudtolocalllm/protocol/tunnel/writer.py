@@ -6,6 +6,10 @@ Credit queued behind megabytes of upload would stall the peer. One rule keeps th
 stream never overtakes an earlier frame of the same stream, so a control frame for a stream that still
 has body bytes queued waits behind them (a Cancel after the End of a complete answer stays after it).
 
+With ``batch_bytes`` set (the peer turned the ``batch`` feature on), what is queued when the task writes
+goes out as one message, in the same order, up to that many bytes: a short answer's ResponseHead, Data and
+End, or a chunk of each of many streams, cost one WebSocket message instead of one each.
+
 Body frames wait while more than ``high_water`` bytes are queued, so memory stays bounded however
 slowly the peer reads. The writing task waits for more only while ``keep_alive()`` says traffic is
 expected (streams are open); otherwise it ends once the lanes are empty and the next frame starts a new one,
@@ -18,6 +22,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
+from cloudtolocalllm.protocol.codec import BATCH_OVERHEAD, encode_batch
 from cloudtolocalllm.protocol.tunnel.transport import MessageTransport, TransportClosed
 
 __all__ = ["DEFAULT_HIGH_WATER", "Writer"]
@@ -34,6 +39,7 @@ class Writer:
     """
 
     __slots__ = (
+        "_batch_bytes",
         "_body",
         "_body_frames",
         "_control",
@@ -57,12 +63,14 @@ class Writer:
         high_water: int = DEFAULT_HIGH_WATER,
         on_lost: Callable[[], None] | None = None,
         keep_alive: Callable[[], bool] | None = None,
+        batch_bytes: int = 0,
     ) -> None:
         """``on_lost``: called once when a write fails because the socket is gone; ``keep_alive``: whether
         the writing task should wait for more once the lanes are empty (default: never)."""
         self._transport = transport
         self._on_lost = on_lost
         self._keep_alive = keep_alive
+        self._batch_bytes = batch_bytes - BATCH_OVERHEAD  # 0 or less: one frame per message
         self._control: list[bytes] = []  # a few frames at a time: a list is smaller than a deque
         self._body: deque[tuple[int, bytes]] | None = None
         self._body_frames: dict[int, int] = {}  # stream id -> its frames queued in the body lane
@@ -119,19 +127,13 @@ class Writer:
     async def _run(self) -> None:
         try:
             while True:
-                if self._control:
-                    await self._transport.send(self._control.pop(0))
-                elif self._body:
-                    stream_id, data = self._body.popleft()
-                    left = self._body_frames[stream_id] - 1
-                    if left:
-                        self._body_frames[stream_id] = left
-                    else:
-                        del self._body_frames[stream_id]
-                    await self._transport.send(data)
-                    self._queued -= len(data)
-                    if self._space is not None and self._queued < self._high_water:
-                        self._space.set()
+                if self._control or self._body:
+                    frames, body_bytes = self._take()
+                    await self._transport.send(frames[0] if len(frames) == 1 else encode_batch(frames))
+                    if body_bytes:
+                        self._queued -= body_bytes
+                        if self._space is not None and self._queued < self._high_water:
+                            self._space.set()
                 else:
                     if self._drained is not None:
                         self._drained.set()
@@ -143,6 +145,35 @@ class Writer:
                 self._on_lost()
         finally:
             self._task = None
+
+    def _take(self) -> tuple[list[bytes], int]:
+        """The next message's frames (control lane first, then the body lane, in order) and how many body
+        bytes they hold: one frame, or as many as fit ``batch_bytes`` when batching."""
+        limit = self._batch_bytes
+        control = self._control
+        frames: list[bytes] = []
+        size = 0
+        while control and (not frames or size + len(control[0]) <= limit):
+            data = control.pop(0)
+            frames.append(data)
+            size += len(data)
+            if limit <= 0:
+                return frames, 0
+        body = self._body
+        body_bytes = 0
+        while body and (not frames or size + len(body[0][1]) <= limit):
+            stream_id, data = body.popleft()
+            left = self._body_frames[stream_id] - 1
+            if left:
+                self._body_frames[stream_id] = left
+            else:
+                del self._body_frames[stream_id]
+            frames.append(data)
+            size += len(data)
+            body_bytes += len(data)
+            if limit <= 0:
+                break
+        return frames, body_bytes
 
     async def _wait_for_more(self) -> bool:
         """Wait for the next frame while traffic is expected; False to let the task end."""
