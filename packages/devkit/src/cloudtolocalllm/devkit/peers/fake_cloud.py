@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TypeVar
 
-from websockets.asyncio.server import Request, Response, Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from cloudtolocalllm.devkit.peers.wire_tap import WireTap
 from cloudtolocalllm.protocol import (
@@ -99,7 +100,7 @@ class CloudStream:
 
     async def body(self, timeout: float = 10.0) -> bytes:
         """The rest of the body, up to its End."""
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             frame = await self.next(timeout)
             if isinstance(frame, End):
