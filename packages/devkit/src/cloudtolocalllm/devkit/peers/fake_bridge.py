@@ -93,6 +93,7 @@ class FakeBridge:
         token: str,
         *,
         bridge_id: str = "bridge-1",
+        name: str = "test bridge",
         models: list[str] | None = None,
         handler: Handler = echo_handler,
         answer_pings: bool = True,
@@ -101,6 +102,7 @@ class FakeBridge:
         self.url = base_url.replace("http://", "ws://") + "/ws/bridge"
         self.token = token
         self.bridge_id = bridge_id
+        self.name = name
         self.models = ["smollm2:135m"] if models is None else models
         self.handler = handler
         self.answer_pings = answer_pings
@@ -130,7 +132,7 @@ class FakeBridge:
 
     def _hello(self) -> Hello:
         models = list(self.models)
-        return Hello(self.version, self.bridge_id, "test bridge", "0.0.1", "linux", BackendKind.OLLAMA, True, models)
+        return Hello(self.version, self.bridge_id, self.name, "0.0.1", "linux", BackendKind.OLLAMA, True, models)
 
     async def connect(self) -> None:
         """Dial and handshake; a refused WebSocket handshake raises, a close instead of a Welcome sets
