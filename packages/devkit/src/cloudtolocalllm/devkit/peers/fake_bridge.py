@@ -110,7 +110,8 @@ class FakeBridge:
         self.conn = Connection(Role.BRIDGE)
         self.opens: list[Open] = []
         self.cancelled: dict[int, float] = {}
-        """Stream id -> monotonic time the stream was reset (the cloud's Cancel or StreamError)."""
+        """Stream id -> monotonic time the stream was reset (the cloud's Cancel or StreamError, or this side's
+        reply to a frame of the cloud's that broke a rule)."""
         self.welcome: Welcome | None = None
         self.reauth_ok: list[ReauthOk] = []
         self.close_code: int | None = None

@@ -154,7 +154,7 @@ class CloudLink:
         try:
             await self.tunnel.run()
         finally:
-            for task in self._uploads:
+            for task in list(self._uploads):
                 task.cancel()
             self.close_code = self.tunnel.transport.close_code
             self.closed.set()
