@@ -10,12 +10,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import websockets
 
 from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
 from cloudtolocalllm.devkit.ollama import OllamaDouble, contract_double
+from cloudtolocalllm.devkit.peers import FakeBridge
 from cloudtolocalllm.devkit.procs import wait_for
-from cloudtolocalllm.protocol import PROTOCOL_VERSION, BackendKind, Connection, Hello, Role, Welcome
 
 from .conftest import Stack
 
@@ -106,32 +105,21 @@ def test_slow_readers_keep_api_backend_memory_bounded(stack: Stack, fake_ollama:
     assert growth_mb < 100, f"api-backend grew by {growth_mb:.1f} MB"
 
 
-async def _hello(stack: Stack, user: str, bridge_id: str) -> tuple[websockets.ClientConnection, Connection]:
-    url = stack.url.replace("http://", "ws://") + "/ws/bridge"
-    ws = await websockets.connect(url, additional_headers=stack.headers(user))
-    conn = Connection(Role.BRIDGE)
-    hello = Hello(PROTOCOL_VERSION, bridge_id, "intruder", "0", "linux", BackendKind.OLLAMA, True, [MODEL])
-    await ws.send(conn.send(hello))
-    welcome = conn.receive(await ws.recv())  # type: ignore[arg-type]
-    assert isinstance(welcome, Welcome)
-    return ws, conn
-
-
 def test_another_user_cannot_hijack_a_bridge_by_its_id(stack: Stack, fake_ollama: OllamaDouble) -> None:
     stack.bridge(fake_ollama.url, kind="ollama", name="mine")
     [alice_bridge] = stack.status("alice")
 
     async def intrude() -> None:
-        ws, _ = await _hello(stack, "mallory", str(alice_bridge["id"]))
-        try:
+        mallory = stack.token("mallory")
+        intruder = FakeBridge(stack.url, mallory, bridge_id=str(alice_bridge["id"]), name="intruder", models=[MODEL])
+        async with intruder:
+            assert intruder.welcome is not None
             # Mallory's socket is registered under mallory; alice keeps her bridge and her traffic.
             assert [b["name"] for b in stack.status("alice")] == ["mine"]
             assert [b["name"] for b in stack.status("mallory")] == ["intruder"]
             async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers("alice")) as client:
                 response = await client.get("/api/ollama/api/version")
             assert response.json() == {"version": "0.6.2"}
-        finally:
-            await ws.close()
 
     asyncio.run(intrude())
     assert stack.status("alice")[0]["id"] == alice_bridge["id"]

@@ -21,9 +21,8 @@ from cloudtolocalllm.bridge.backend import (
     response_headers,
 )
 from cloudtolocalllm.devkit.ollama import OllamaDouble
+from cloudtolocalllm.devkit.peers import FakeCloud
 from cloudtolocalllm.protocol import BackendKind, ErrorCode, ResponseHead, StreamError
-
-from .conftest import FakeCloud
 
 
 def test_response_headers_drop_hop_by_hop() -> None:

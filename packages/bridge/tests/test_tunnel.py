@@ -16,6 +16,7 @@ from cloudtolocalllm.bridge.backend import BackendState
 from cloudtolocalllm.bridge.exits import EXIT_SIGN_IN
 from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
 from cloudtolocalllm.devkit.ollama import OllamaDouble
+from cloudtolocalllm.devkit.peers import FakeCloud
 from cloudtolocalllm.protocol import (
     BridgeStatus,
     CloseCode,
@@ -28,7 +29,7 @@ from cloudtolocalllm.protocol import (
     StreamError,
 )
 
-from .conftest import TOKEN, FakeCloud, wait_until
+from .conftest import TOKEN, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -212,7 +213,7 @@ async def test_slow_reader_stops_the_backend_read(cloud: FakeCloud, backend: Oll
     # The backend is held back by TCP backpressure: it stops producing (waited for, however slow the
     # machine), having produced no more than the buffers in between hold, far from its whole body.
     stalled_at = await _settled(lambda: backend.pull_produced)
-    assert stream.frames.empty()
+    assert not stream.unread
     assert stalled_at <= held_by_tcp < backend.pull_bytes, (stalled_at, held_by_tcp)
     print(f"backend produced {stalled_at} bytes before TCP backpressure held it")
     # Granting credit again lets the whole body through.
@@ -248,7 +249,7 @@ async def test_cancel_before_the_response_head_aborts_within_1s(
     await stream.cancel()
     await wait_until(lambda: backend.embed_disconnected_at is not None, timeout=2)
     assert backend.embed_disconnected_at - cancelled_at < 1.0
-    assert stream.frames.empty()
+    assert not stream.unread
 
 
 async def test_cancel_during_an_upload_aborts_it(cloud: FakeCloud, backend: OllamaDouble, start_bridge: Any) -> None:
@@ -264,7 +265,7 @@ async def test_cancel_during_an_upload_aborts_it(cloud: FakeCloud, backend: Olla
     # The backend saw its client go away mid-body: it never got the whole 64 MB.
     await wait_until(lambda: bool(backend.upload), timeout=2)
     assert backend.upload["size"] < 64 * 1024 * 1024
-    assert stream.frames.empty()
+    assert not stream.unread
 
 
 async def test_backend_down_gives_backend_unreachable(
@@ -485,7 +486,7 @@ async def test_report_ignores_unchanged_state(cloud: FakeCloud, start_bridge: An
 async def test_reauth_refused_close_4001_stops_an_env_token_bridge(cloud: FakeCloud, start_bridge: Any) -> None:
     running = await start_bridge()
     link = await cloud.next_link()
-    await link.ws.close(CloseCode.UNAUTHORIZED, "bridge token is invalid or expired; sign in again")
+    await link.close(CloseCode.UNAUTHORIZED, "bridge token is invalid or expired; sign in again")
     assert await asyncio.wait_for(running.task, 5) == EXIT_SIGN_IN
     assert (running.bridge.exit_message or "").startswith("token invalid or expired (the cloud closed the connection")
     assert len(cloud.attempts) == 1

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import Open
 
 from .conftest import Cloud, CloudFactory
-from .fake_bridge import FakeBridge, Reply, chunks_of
 from .test_relay import wait_until
 
 KiB = 1024

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import websockets
 
+from cloudtolocalllm.devkit.peers import FakeBridge
 from cloudtolocalllm.protocol import PROTOCOL_VERSION, CloseCode
 
 from .conftest import Cloud, CloudFactory
-from .fake_bridge import FakeBridge
 from .test_relay import wait_until
 
 

@@ -11,10 +11,10 @@ import openai
 import pytest
 
 from cloudtolocalllm.bridge_api.keys.format import generate_key
+from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import CloseCode, Open
 
 from .conftest import Cloud, CloudFactory
-from .fake_bridge import FakeBridge, Reply, chunks_of
 
 
 async def test_create_shows_the_key_once_and_list_never_shows_it(cloud: Cloud) -> None:

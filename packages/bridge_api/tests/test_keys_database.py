@@ -22,9 +22,9 @@ from cloudtolocalllm.bridge_api.database import (
 from cloudtolocalllm.bridge_api.keys.format import key_digest
 from cloudtolocalllm.bridge_api.keys.store import KeyStore
 from cloudtolocalllm.core.settings import SettingsError
+from cloudtolocalllm.devkit.peers import FakeBridge
 
 from .conftest import CloudFactory
-from .fake_bridge import FakeBridge
 from .postgres_server import PostgresServer
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from cloudtolocalllm.devkit.peers import FakeBridge
+
 from .conftest import CloudFactory
-from .fake_bridge import FakeBridge
 
 
 async def test_a_request_during_the_grace_waits_for_the_bridge_to_reconnect(make_cloud: CloudFactory) -> None:

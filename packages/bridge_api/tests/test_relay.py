@@ -9,10 +9,10 @@ import time
 import httpx
 import pytest
 
+from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import ErrorCode, Open, StreamError
 
 from .conftest import Cloud
-from .fake_bridge import FakeBridge, Reply, chunks_of
 
 
 async def wait_until(predicate: object, timeout: float = 5.0) -> None:

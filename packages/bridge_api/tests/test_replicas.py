@@ -11,10 +11,10 @@ from contextlib import AsyncExitStack
 import pytest
 
 from cloudtolocalllm.bridge_api.redis_directory import RedisDirectory
+from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import CloseCode, Open
 
 from .conftest import Cloud, CloudFactory
-from .fake_bridge import FakeBridge, Reply, chunks_of
 from .redis_server import RedisServer
 from .test_relay import ndjson_reply, wait_until
 
