@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,47 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie waiting for its parent counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, read from /proc: a daemon's per-connection processes and the parts a
+    supervisor started in sessions of their own, which its process group does not hold."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if state != "Z":
+            children.setdefault(int(parent), []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        below = children.get(pending.pop(), [])
+        found += below
+        pending += below
+    return found
+
+
 class Proc:
     """A child process whose stdout+stderr go to a log file the test can read (JSON lines)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, *, own_session: bool = False
+    ) -> None:
+        """``own_session``: Ctrl-C reaches only this process, which stops the child in its own order."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self.popen = spawn(argv, self.log_path, env)
+        self.popen = spawn(argv, self.log_path, env, own_session=own_session)
 
     @property
     def pid(self) -> int:
@@ -79,6 +114,21 @@ class Proc:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first match of ``pattern`` in what the child has printed, waiting up to ``timeout`` seconds for
+        it (a command's sign-in code, the URL it serves at); fails with its output as soon as it exits
+        without printing it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = not self.alive()  # before the read: whatever it printed before it exited is in the log
+            text = self.log_text()
+            if found := re.search(pattern, text):
+                return found
+            if exited or time.monotonic() > deadline:
+                why = f"exited ({self.popen.returncode})" if exited else f"ran {timeout}s"
+                raise AssertionError(f"{self.name} {why} without printing {pattern!r}; it printed:\n{text[-3000:]}")
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -208,12 +258,14 @@ def start_bridge(
     return Proc(f"bridge-{name}-{time.monotonic_ns()}", argv, env or {}, log_dir)
 
 
-def start_local_model(log_dir: Path) -> tuple[Proc, str]:
+def start_local_model(log_dir: Path, serve_args: Sequence[str] = ()) -> tuple[Proc, str]:
     """The bundled model, ready only once it has answered one real completion (``ctllm-local-model wait``): a
-    build this CPU cannot run dies there, and the test run says so in one line instead of 20 odd failures."""
+    build this CPU cannot run dies there, and the test run says so in one line instead of 20 odd failures.
+
+    ``serve_args``: more options of ``ctllm-local-model serve`` (``--build native``, ``--threads 1``)."""
     port = free_port()
     command = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
-    proc = Proc("llama-server", [*command, "serve", "--port", str(port)], {}, log_dir)
+    proc = Proc(f"llama-server-{port}", [*command, "serve", "--port", str(port), *serve_args], {}, log_dir)
     waited = subprocess.run(
         [*command, "wait", "--port", str(port), "--timeout", "120"],
         capture_output=True,
@@ -229,25 +281,39 @@ def start_local_model(log_dir: Path) -> tuple[Proc, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_redis(log_dir: Path, work_dir: Path, port: int | None = None) -> tuple[Proc, str]:
-    """A real redis-server on loopback, without persistence (a restart starts empty, as in a crash)."""
-    port = port or free_port()
+def start_redis(
+    log_dir: Path, work_dir: Path, port: int | None = None, *, unix_socket: bool = False
+) -> tuple[Proc, str]:
+    """A real redis-server on loopback, without persistence (a restart starts empty, as in a crash).
+
+    ``unix_socket``: it listens on ``work_dir``/redis.sock only, with no TCP port."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = Proc(f"redis-{port}-{time.monotonic_ns()}", [*argv, "--dir", str(work_dir)], {}, log_dir)
+    address: str | tuple[str, int]
+    if unix_socket:
+        path = str(work_dir / "redis.sock")
+        family, address, url = socket.AF_UNIX, path, f"unix://{path}"
+        listen = ["--port", "0", "--unixsocket", path]
+    else:
+        port = port or free_port()
+        family, address, url = socket.AF_INET, ("127.0.0.1", port), f"redis://127.0.0.1:{port}/0"
+        listen = ["--port", str(port), "--bind", "127.0.0.1"]
+    argv = ["redis-server", *listen, "--save", "", "--appendonly", "no", "--dir", str(work_dir)]
+    proc = Proc(f"redis-{port or 'socket'}-{time.monotonic_ns()}", argv, {}, log_dir)
 
     def answers() -> bool:
         if not proc.alive():
             raise AssertionError(f"redis-server exited: {proc.log_text()[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            with socket.socket(family) as sock:
+                sock.settimeout(1)
+                sock.connect(address)
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
 
     wait_for(answers, 20, "redis-server")
-    return proc, f"redis://127.0.0.1:{port}/0"
+    return proc, url
 
 
 _LB_CONF = """
