@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudtolocalllm.devkit.procs import Proc, alive, descendants, wait_for
+from cloudtolocalllm.devkit.launch import Proc, alive, descendants, wait_for
 
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10

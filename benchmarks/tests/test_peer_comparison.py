@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtolocalllm.devkit.procs import alive
+from cloudtolocalllm.devkit.launch import alive
 
 from ..local_cloud import dev_auth, start_cloud_and_bridge, start_fast_backend, wait_bridge
 from ..peer_comparison import DIRECT, SSH, TARGETS, TUNNEL, Peer, Samples, Workload, measure, overhead_ratio, report

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtolocalllm.devkit.procs import alive
+from cloudtolocalllm.devkit.launch import alive
 
 from ..ssh_peer import ssh_reverse_tunnel
 

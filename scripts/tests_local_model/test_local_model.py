@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 
 from cloudtolocalllm.devkit import local_model
-from cloudtolocalllm.devkit.procs import Proc
+from cloudtolocalllm.devkit.launch import Proc
 
 LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from cloudtolocalllm.devkit.procs import REPO, Proc, alive, descendants, free_port
+from cloudtolocalllm.devkit.launch import Proc, alive, descendants
+from cloudtolocalllm.devkit.procs import REPO, free_port
 
 REAL_MODEL = "smollm2:135m"
 

@@ -14,9 +14,9 @@ import sys
 import threading
 from pathlib import Path
 
+from cloudtolocalllm.devkit.launch import Proc
 from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
 from cloudtolocalllm.devkit.ollama import contract_double
-from cloudtolocalllm.devkit.procs import Proc
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudtolocalllm.devkit.images.engine import docker_env
-from cloudtolocalllm.devkit.procs import Proc, alive
+from cloudtolocalllm.devkit.launch import Proc, alive
 
 ROOT = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parents[2])
 HERE = Path(__file__).resolve().parent

@@ -1,29 +1,28 @@
 """The one process launcher: the real programs (api-backend, a bridge, the local model, redis, nginx) as
 child processes whose output goes to a log file, for the end-to-end tests, the benchmarks and the dev stack.
 
-``launch.spawn`` is where every such child starts; :class:`Proc` adds what a test or a benchmark asks of one
-(its JSON log records, stop, RSS); ``start_*`` start one program and wait until it answers.
+Every such child starts through :mod:`cloudtolocalllm.devkit.launch` and is held as its ``Proc`` (its log
+and JSON records, what it printed, stop, RSS); ``start_*`` here start one program and wait until it answers.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.dev_issuer import DevIssuer
-from cloudtolocalllm.devkit.launch import spawn
+
+# Re-exported: the tests and the benchmarks import them from here with the start_* that return and use them.
+from cloudtolocalllm.devkit.launch import Proc as Proc
+from cloudtolocalllm.devkit.launch import wait_for as wait_for
 from cloudtolocalllm.devkit.repo import ROOT
 
 BIN = Path(sys.executable).parent
@@ -44,113 +43,6 @@ def read_metric(url: str, name: str) -> float:
         if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} not found at {url}/metrics")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not exited (a zombie waiting for its parent counts as exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, read from /proc: a daemon's per-connection processes and the parts a
-    supervisor started in sessions of their own, which its process group does not hold."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if state != "Z":
-            children.setdefault(int(parent), []).append(int(entry.name))
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        below = children.get(pending.pop(), [])
-        found += below
-        pending += below
-    return found
-
-
-class Proc:
-    """A child process whose stdout+stderr go to a log file the test can read (JSON lines)."""
-
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, *, own_session: bool = False
-    ) -> None:
-        """``own_session``: Ctrl-C reaches only this process, which stops the child in its own order."""
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.popen = spawn(argv, self.log_path, env, own_session=own_session)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_output(self, pattern: str, timeout: float) -> re.Match[str]:
-        """The first match of ``pattern`` in what the child has printed, waiting up to ``timeout`` seconds for
-        it (a command's sign-in code, the URL it serves at); fails with its output as soon as it exits
-        without printing it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            exited = not self.alive()  # before the read: whatever it printed before it exited is in the log
-            text = self.log_text()
-            if found := re.search(pattern, text):
-                return found
-            if exited or time.monotonic() > deadline:
-                why = f"exited ({self.popen.returncode})" if exited else f"ran {timeout}s"
-                raise AssertionError(f"{self.name} {why} without printing {pattern!r}; it printed:\n{text[-3000:]}")
-            time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return int(self.popen.returncode)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
 
 
 def start_port_printer(name: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
