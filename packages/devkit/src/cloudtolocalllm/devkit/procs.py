@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import httpx
 
 from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit import local_model
 
 # Re-exported: the tests and the benchmarks import them from here with the start_* that return and use them.
 from cloudtolocalllm.devkit.launch import Proc as Proc
@@ -151,25 +151,21 @@ def start_bridge(
 
 
 def start_local_model(log_dir: Path, serve_args: Sequence[str] = ()) -> tuple[Proc, str]:
-    """The bundled model, ready only once it has answered one real completion (``ctllm-local-model wait``): a
-    build this CPU cannot run dies there, and the test run says so in one line instead of 20 odd failures.
+    """The bundled model, ready only once it has answered one real completion: a build this CPU cannot run dies
+    there, and the test run says so in one line, as soon as it dies, instead of 20 odd failures.
 
     ``serve_args``: more options of ``ctllm-local-model serve`` (``--build native``, ``--threads 1``)."""
     port = free_port()
-    command = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
-    proc = Proc(f"llama-server-{port}", [*command, "serve", "--port", str(port), *serve_args], {}, log_dir)
-    waited = subprocess.run(
-        [*command, "wait", "--port", str(port), "--timeout", "120"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if waited.returncode != 0:
+    argv = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model", "serve", "--port", str(port), *serve_args]
+    proc = Proc(f"llama-server-{port}", argv, {}, log_dir)
+    try:
+        local_model.wait_ready(proc.popen, "127.0.0.1", port, timeout=120)
+    except local_model.LocalModelError as failed:  # ServerDied as soon as it exits
         state = "is still running" if proc.alive() else f"exited ({proc.popen.returncode})"
         proc.stop()
         raise AssertionError(
-            f"the bundled model {state} and failed its self-test; see {proc.log_path}: {waited.stderr}"
-        )
+            f"the bundled model {state} and failed its self-test; see {proc.log_path}: {failed}"
+        ) from None
     return proc, f"http://127.0.0.1:{port}"
 
 
