@@ -43,6 +43,7 @@ def spawn(
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """``predicate``'s first true result, asked every ``interval`` seconds; fails naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
@@ -130,6 +131,8 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """``sig`` if it still runs, SIGKILL if it has not exited ``timeout`` seconds later; its exit status
+        (negative: the signal that ended it)."""
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
