@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import httpx
 
 from cloudtolocalllm.core.auth import TokenVerifier
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.procs import start_port_printer, wait_until_answers
 
 from .stats import median
 
@@ -90,23 +90,16 @@ async def _health_rps() -> tuple[float, str]:
         "print(sock.getsockname()[1], flush=True)\n"
         "asyncio.run(serve(create_app(ServiceInfo('bench', '0')), sock=sock))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ)
-    try:
-        assert proc.stdout is not None
-        url = f"http://127.0.0.1:{int(proc.stdout.readline())}/health"
-        async with httpx.AsyncClient() as client:
-            for _ in range(50):
-                try:
-                    (await client.get(url)).raise_for_status()
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-        if shutil.which("wrk"):
-            return await asyncio.to_thread(_wrk_rps, url), "wrk -t1 -c32"
-        return await _python_rps(url), "httpx, 16 concurrent"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as logs:
+        proc, port = start_port_printer("core-health", ["-c", code], Path(logs))
+        try:
+            url = f"http://127.0.0.1:{port}/health"
+            await asyncio.to_thread(wait_until_answers, proc, url, 30)
+            if shutil.which("wrk"):
+                return await asyncio.to_thread(_wrk_rps, url), "wrk -t1 -c32"
+            return await _python_rps(url), "httpx, 16 concurrent"
+        finally:
+            proc.stop()
 
 
 async def run() -> dict[str, object]:

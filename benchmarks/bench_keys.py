@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from cloudtolocalllm.bridge_api.keys.store import KeyStore
 from cloudtolocalllm.bridge_api.keys.verifier import KeyVerifier
 from cloudtolocalllm.core.auth import TokenVerifier
 from cloudtolocalllm.dev_issuer import DevIssuer
+from cloudtolocalllm.devkit.procs import start_redis
 
 from .stats import percentile
 
@@ -59,20 +59,10 @@ async def _verification(folder: Path) -> dict[str, object]:
 
 
 async def _broadcast(folder: Path) -> dict[str, object]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         return {"keys.revoke_broadcast_ms": "redis-server not installed"}
-    socket_path = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(socket_path), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    proc, url = start_redis(folder, folder / "redis", unix_socket=True)
     try:
-        for _ in range(1000):  # redis-server creates its socket once it listens
-            if socket_path.exists():
-                break
-            await asyncio.sleep(0.01)
-        url = f"unix://{socket_path}"
         sender, receiver = RedisInvalidations(url, timeout_s=2.0), RedisInvalidations(url, timeout_s=2.0)
         arrived: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         await receiver.start(lambda key_id: arrived.put_nowait((key_id, time.perf_counter())), lambda: None)
@@ -86,8 +76,7 @@ async def _broadcast(folder: Path) -> dict[str, object]:
         await sender.close()
         await receiver.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.stop()
     return {
         "keys.revoke_broadcast_ms.p50": round(percentile(samples, 50), 3),
         "keys.revoke_broadcast_ms.p99": round(percentile(samples, 99), 3),

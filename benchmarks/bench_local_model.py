@@ -9,12 +9,15 @@ Both servers run at once with one thread each and take turns, so a busy machine 
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
+
+from cloudtolocalllm.devkit.procs import Proc, start_local_model
 
 from .stats import median
 
@@ -32,24 +35,12 @@ def _script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*LOCAL_MODEL, *args], capture_output=True, text=True, check=False)
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start(build: str) -> tuple[subprocess.Popen[bytes], str] | None:
-    port = _port()
-    server = subprocess.Popen(
-        [*LOCAL_MODEL, "serve", "--build", build, "--port", str(port), "--threads", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    if _script("wait", "--port", str(port), "--timeout", "120").returncode != 0:
-        server.kill()
-        server.wait()
+def _start(build: str, log_dir: Path) -> tuple[Proc, str] | None:
+    """The server of ``build`` on one thread, or None if it died before its first answer (native may)."""
+    try:
+        return start_local_model(log_dir, ["--build", build, "--threads", "1"])
+    except AssertionError:
         return None
-    return server, f"http://127.0.0.1:{port}"
 
 
 async def _tokens_per_s(client: httpx.AsyncClient, url: str) -> float:
@@ -63,29 +54,29 @@ async def run() -> dict[str, object]:
     if _script("ensure").returncode != 0:
         return {"local_model.error": "ensure failed: ctllm-local-model ensure"}
     builds = ["portable"] + (["native"] if _script("model-path", "--build", "native").returncode == 0 else [])
-    servers = {build: _start(build) for build in builds}
-    results: dict[str, object] = {}
-    try:
-        running = {build: started[1] for build, started in servers.items() if started is not None}
-        if "native" in builds and "native" not in running:
-            results["local_model.native"] = "prepared, but died before its first answer on this CPU"
-        rounds: dict[str, list[float]] = {build: [] for build in running}
-        async with httpx.AsyncClient() as client:
-            for _ in range(ROUNDS):
-                for build, url in running.items():
-                    rounds[build].append(await _tokens_per_s(client, url))
-        for build, figures in rounds.items():
-            results[f"local_model.tok_s.{build}"] = round(median(figures), 1)
-            results[f"local_model.tok_s.{build}.rounds"] = [round(f, 1) for f in figures]
-        if len(rounds) == 2:
-            results["local_model.portable_vs_native_ratio"] = round(
-                median(rounds["portable"]) / median(rounds["native"]), 3
-            )
-    finally:
-        for started in servers.values():
-            if started is not None:
-                started[0].terminate()
-                started[0].wait(30)
+    with tempfile.TemporaryDirectory() as logs:
+        servers = {build: _start(build, Path(logs)) for build in builds}
+        results: dict[str, object] = {}
+        try:
+            running = {build: started[1] for build, started in servers.items() if started is not None}
+            if "native" in builds and "native" not in running:
+                results["local_model.native"] = "prepared, but died before its first answer on this CPU"
+            rounds: dict[str, list[float]] = {build: [] for build in running}
+            async with httpx.AsyncClient() as client:
+                for _ in range(ROUNDS):
+                    for build, url in running.items():
+                        rounds[build].append(await _tokens_per_s(client, url))
+            for build, figures in rounds.items():
+                results[f"local_model.tok_s.{build}"] = round(median(figures), 1)
+                results[f"local_model.tok_s.{build}.rounds"] = [round(f, 1) for f in figures]
+            if len(rounds) == 2:
+                results["local_model.portable_vs_native_ratio"] = round(
+                    median(rounds["portable"]) / median(rounds["native"]), 3
+                )
+        finally:
+            for started in servers.values():
+                if started is not None:
+                    started[0].stop(timeout=30)
     return results
 
 

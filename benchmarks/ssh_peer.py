@@ -14,19 +14,20 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from cloudtolocalllm.devkit.launch import Proc, alive, descendants, wait_for
 
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
 BIND_ATTEMPTS = 5
+POLL_S = 0.02
 # Where Debian's sshd drops privileges before authentication when it runs as root; /run is emptied at boot,
 # and only the distro's service creates it again.
 PRIVSEP_DIR = Path("/run/sshd")
@@ -37,8 +38,8 @@ class SshReverseTunnel:
     """A running ``ssh -R``: connections to ``127.0.0.1:port`` reach the backend through sshd and ssh."""
 
     port: int
-    sshd: subprocess.Popen[bytes]
-    ssh: subprocess.Popen[bytes]
+    sshd: Proc
+    ssh: Proc
     version: str
 
     def pids(self) -> list[int]:
@@ -54,37 +55,6 @@ def find_binary(name: str) -> str:
     return os.path.abspath(found)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, read from /proc (sshd's per-connection processes start sessions of
-    their own, so its process group does not hold them)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if state != "Z":
-            children.setdefault(int(parent), []).append(int(entry.name))
-    found: list[int] = []
-    pending = [pid]
-    while pending:
-        below = children.get(pending.pop(), [])
-        found += below
-        pending += below
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not exited (a zombie waiting for its parent counts as exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 @contextlib.contextmanager
 def ssh_reverse_tunnel(backend_port: int, folder: Path) -> Iterator[SshReverseTunnel]:
     """sshd on loopback and ``ssh -R`` to ``127.0.0.1:backend_port`` through it; both stopped on exit."""
@@ -97,7 +67,7 @@ def ssh_reverse_tunnel(backend_port: int, folder: Path) -> Iterator[SshReverseTu
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)], check=True)
     (folder / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
     sshd, sshd_port = _start_sshd(sshd_bin, folder)
-    ssh: subprocess.Popen[bytes] | None = None
+    ssh: Proc | None = None
     try:
         host_type, host_blob = Path(f"{host_key}.pub").read_text().split()[:2]
         known_hosts = folder / "known_hosts"
@@ -109,7 +79,7 @@ def ssh_reverse_tunnel(backend_port: int, folder: Path) -> Iterator[SshReverseTu
         _stop(ssh, sshd)
 
 
-def _start_sshd(sshd_bin: str, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_sshd(sshd_bin: str, folder: Path) -> tuple[Proc, int]:
     user = pwd.getpwuid(os.getuid()).pw_name
     last_log = ""
     for attempt in range(BIND_ATTEMPTS):
@@ -141,19 +111,16 @@ def _start_sshd(sshd_bin: str, folder: Path) -> tuple[subprocess.Popen[bytes], i
                 ]
             )
         )
-        log = folder / f"sshd-{attempt}.log"
-        with log.open("wb") as out:
-            sshd = subprocess.Popen(
-                [sshd_bin, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        # Its own session: Ctrl-C reaches the benchmark only, which stops the client before sshd (see _stop).
+        sshd = Proc(f"sshd-{attempt}", [sshd_bin, "-D", "-e", "-f", str(config)], {}, folder, own_session=True)
 
-        def listening(sshd: subprocess.Popen[bytes] = sshd, log: Path = log) -> bool:
-            return sshd.poll() is not None or "Server listening on" in log.read_text(errors="replace")
+        def listening(sshd: Proc = sshd) -> bool:
+            return not sshd.alive() or "Server listening on" in sshd.log_text()
 
-        _wait(listening, "sshd to listen")
-        if sshd.poll() is None:
+        wait_for(listening, START_TIMEOUT_S, "sshd to listen", interval=POLL_S)
+        if sshd.alive():
             return sshd, port
-        last_log = log.read_text(errors="replace")
+        last_log = sshd.log_text()
         if "Address already in use" not in last_log:
             break  # not a race for the port: retrying would fail the same way
     raise RuntimeError(f"sshd did not start: {last_log[-2000:]}")
@@ -161,8 +128,7 @@ def _start_sshd(sshd_bin: str, folder: Path) -> tuple[subprocess.Popen[bytes], i
 
 def _start_ssh(
     ssh_bin: str, folder: Path, client_key: Path, known_hosts: Path, sshd_port: int, backend_port: int
-) -> tuple[subprocess.Popen[bytes], int]:
-    log = folder / "ssh.log"
+) -> tuple[Proc, int]:
     argv = [
         ssh_bin,
         "-F",
@@ -191,48 +157,35 @@ def _start_ssh(
         f"0:127.0.0.1:{backend_port}",  # port 0: sshd binds a free one and the client prints it
         "127.0.0.1",
     ]
-    with log.open("wb") as out:
-        ssh = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    allocated = re.compile(r"Allocated port (\d+) for remote forward")
-
-    def forwarded() -> bool:
-        return ssh.poll() is not None or allocated.search(log.read_text(errors="replace")) is not None
-
+    ssh = Proc("ssh", argv, {}, folder)
     try:
-        _wait(forwarded, "ssh to set up the remote forward")
-        match = allocated.search(log.read_text(errors="replace"))
-        if ssh.poll() is not None or match is None:
-            raise RuntimeError(f"ssh -R failed: {log.read_text(errors='replace')[-2000:]}")
+        # sshd binds the forwarded port itself (-R 0:...) and the client prints which one.
+        allocated = ssh.wait_for_output(r"Allocated port (\d+) for remote forward", START_TIMEOUT_S)
     except BaseException:
-        _terminate(ssh)
+        ssh.stop(timeout=STOP_TIMEOUT_S)
         raise
-    return ssh, int(match.group(1))
+    return ssh, int(allocated.group(1))
 
 
-def _stop(ssh: subprocess.Popen[bytes] | None, sshd: subprocess.Popen[bytes]) -> None:
+def _stop(ssh: Proc | None, sshd: Proc) -> None:
     """The client first: its connection's sshd processes then end by themselves and the listener reaps them
     (killed first, the listener would leave them to init). Whatever is still running after that is ended by
     its pid."""
     connection = descendants(sshd.pid)
     if ssh is not None:
-        _terminate(ssh)
-    with contextlib.suppress(RuntimeError):
-        _wait(lambda: not any(alive(pid) for pid in connection), "sshd's connection processes to exit", STOP_TIMEOUT_S)
+        ssh.stop(timeout=STOP_TIMEOUT_S)
+    with contextlib.suppress(AssertionError):  # not in time: killed below
+        wait_for(
+            lambda: not any(alive(pid) for pid in connection),
+            STOP_TIMEOUT_S,
+            "sshd's connection processes to exit",
+            interval=POLL_S,
+        )
     for pid in connection + descendants(sshd.pid):
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    _terminate(sshd)
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
+    sshd.stop(timeout=STOP_TIMEOUT_S)
 
 
 def _free_port() -> int:
@@ -240,11 +193,3 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)

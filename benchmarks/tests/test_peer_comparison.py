@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cloudtolocalllm.devkit.launch import alive
+
 from ..local_cloud import dev_auth, start_cloud_and_bridge, start_fast_backend, wait_bridge
 from ..peer_comparison import DIRECT, SSH, TARGETS, TUNNEL, Peer, Samples, Workload, measure, overhead_ratio, report
-from ..ssh_peer import alive, ssh_reverse_tunnel
+from ..ssh_peer import ssh_reverse_tunnel
 
 MB = 1_000_000
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ..ssh_peer import alive, ssh_reverse_tunnel
+from cloudtolocalllm.devkit.launch import alive
+
+from ..ssh_peer import ssh_reverse_tunnel
 
 pytestmark = pytest.mark.slow
 

@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 
 from cloudtolocalllm.devkit import local_model
+from cloudtolocalllm.devkit.launch import Proc
 
 LOCAL_MODEL = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
 
@@ -378,8 +379,7 @@ def test_the_cached_wheel_is_the_portable_build_on_any_host() -> None:
 @pytest.mark.slow
 def test_real_server_answers_chat(tmp_path: Path) -> None:
     port = _free_port()
-    with (tmp_path / "server.log").open("wb") as log:
-        server = subprocess.Popen([*LOCAL_MODEL, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    server = Proc("server", [*LOCAL_MODEL, "serve", "--port", str(port)], {}, tmp_path)
     try:
         assert "ready after" in _run("wait", "--port", str(port), "--timeout", "60")
         body = {
@@ -398,5 +398,4 @@ def test_real_server_answers_chat(tmp_path: Path) -> None:
             answer = json.loads(response.read())
         assert answer["choices"][0]["message"]["content"] == "The capital of France is Paris."
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(timeout=30)

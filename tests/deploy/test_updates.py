@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from cloudtolocalllm.devkit.ollama import OllamaDouble
+from cloudtolocalllm.devkit.procs import Proc, start_bridge
 
 from .conftest import APP_HOST, SITE_HOST, Deployment, docker, wait_for
 from .load import Load, chat_stream, page
 
-BRIDGE = Path(sys.executable).parent / "cloudtolocalllm-bridge"
 MODEL = "deploy-test:latest"
 
 
@@ -37,32 +35,18 @@ def _bridges(deployment: Deployment) -> list[dict[str, object]]:
     return list(response.json()["bridges"])
 
 
-def _start_bridge(deployment: Deployment, backend_url: str) -> subprocess.Popen[bytes]:
+def _start_bridge(deployment: Deployment, backend_url: str) -> Proc:
     token_file = deployment.root / "bridge-token"
     token_file.write_text(deployment.token())
-    with (deployment.root / "bridge.log").open("ab") as log:
-        return subprocess.Popen(
-            [
-                str(BRIDGE), "run",
-                "--cloud", deployment.edge_url,  # through the edge: Host 127.0.0.1 is the app site
-                "--token-file", str(token_file),
-                "--backend", backend_url,
-                "--backend-kind", "ollama",
-                "--state-dir", str(deployment.root / "bridge-state"),
-                "--name", "deploy-bridge",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+    return start_bridge(
+        deployment.root,
+        cloud=deployment.edge_url,  # through the edge: Host 127.0.0.1 is the app site
+        token_file=token_file,
+        backend=backend_url,
+        kind="ollama",
+        state_dir=deployment.root / "bridge-state",
+        name="deploy-bridge",
+    )
 
 
 def test_no_downtime_updates_of_static_site_flutter_app_and_api_backend(deployment: Deployment) -> None:
@@ -102,9 +86,9 @@ def test_no_downtime_updates_of_static_site_flutter_app_and_api_backend(deployme
                         load.wait_for_successes(name, 10)
                 wait_for(lambda: any(b["name"] == "deploy-bridge" for b in _bridges(deployment)), "the bridge back")
                 load.wait_for_successes("api-backend", 10)
-            assert bridge.poll() is None, "the bridge process exited"
+            assert bridge.alive(), "the bridge process exited"
         finally:
-            _stop(bridge)
+            bridge.stop(timeout=30)
 
     report = {
         name: {

@@ -5,12 +5,7 @@ SmolLM2 on llama.cpp."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +13,7 @@ import httpx
 import ollama
 import pytest
 
-from cloudtolocalllm.devkit.procs import BIN, dev_auth_env, free_port, start_api_backend, wait_for
+from cloudtolocalllm.devkit.procs import BIN, Proc, dev_auth_env, free_port, start_api_backend, wait_for
 
 from .conftest import AUDIENCE, FAST_TIMINGS
 
@@ -27,31 +22,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 16}
 
 
-def _cli(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[str]:
-    """The bridge's command; its output in a pipe to read (short-lived output), or in ``log``."""
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(log.open("ab")) if log is not None else subprocess.PIPE
-        return subprocess.Popen(
-            [str(BIN / "cloudtolocalllm-bridge"), *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-
-def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> re.Match[str]:
-    assert proc.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if found := re.search(pattern, line):
-            return found
-    raise AssertionError(f"{pattern!r} not printed; got: {''.join(seen)}")
+def _cli(name: str, *args: str, env: dict[str, str], logs: Path) -> Proc:
+    """The bridge's command, its output in ``logs``/``name``.log."""
+    return Proc(name, [str(BIN / "cloudtolocalllm-bridge"), *args], env, logs)
 
 
 @pytest.fixture
@@ -64,18 +37,18 @@ def laptop(logs: Path, tmp_path: Path, local_model: str) -> Iterator[str]:
     auth_env, issuer = dev_auth_env(tmp_path / "issuer", cloud + "/dev-issuer", AUDIENCE)
     api, _ = start_api_backend(logs, {**auth_env, **FAST_TIMINGS}, port=port)
     env = {"CLOUDTOLOCALLLM_BRIDGE_STATE_DIR": str(tmp_path / "signed-in"), "DISPLAY": ""}
-    login = _cli("login", cloud, "--no-browser", env=env)
-    procs: list[subprocess.Popen[str]] = [login]
+    login = _cli(f"bridge-login-{port}", "login", cloud, "--no-browser", env=env, logs=logs)
+    procs = [login]
     try:
-        code = _read_until(login, r"enter the code ([A-Z]{4}-[A-Z]{4})").group(1)
+        code = login.wait_for_output(r"enter the code ([A-Z]{4}-[A-Z]{4})", 30).group(1)
         form = {"user_code": code, "subject": "alice", "action": "approve"}
         approved = httpx.post(cloud + "/dev-issuer/activate", data=form, timeout=10)
         assert approved.status_code == 200
-        _read_until(login, rf"Signed in to {re.escape(cloud)} as alice")
-        assert login.wait(30) == 0
+        login.wait_for_output(rf"Signed in to {re.escape(cloud)} as alice", 30)
+        assert login.popen.wait(30) == 0
 
         run = ("run", "--backend", local_model, "--backend-kind", "openai", "--name", "desk")
-        bridge = _cli(*run, env=env, log=logs / f"bridge-signed-in-{port}.log")
+        bridge = _cli(f"bridge-signed-in-{port}", *run, env=env, logs=logs)
         procs.append(bridge)
         headers = {"Authorization": f"Bearer {issuer.mint('alice')}"}
         wait_for(
@@ -84,20 +57,16 @@ def laptop(logs: Path, tmp_path: Path, local_model: str) -> Iterator[str]:
             "the bridge signed in with the stored login",
             interval=0.1,
         )
-        connect = _cli("connect", "--port", "0", env=env)
+        connect = _cli(f"bridge-connect-{port}", "connect", "--port", "0", env=env, logs=logs)
         procs.append(connect)
-        url = _read_until(connect, rf"Serving {re.escape(cloud)} \(as alice\) at (http://127\.0\.0\.1:\d+)").group(1)
+        serving = rf"Serving {re.escape(cloud)} \(as alice\) at (http://127\.0\.0\.1:\d+)"
+        url = connect.wait_for_output(serving, 30).group(1)
         yield url
         for proc in (connect, bridge):
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+            assert proc.stop(timeout=30) == 0  # SIGTERM: a clean exit
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            proc.kill()  # only what is still running
         api.stop()
 
 

@@ -10,75 +10,39 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from cloudtolocalllm.devkit.procs import REPO, free_port, wait_for
+from cloudtolocalllm.devkit.launch import Proc, alive, descendants
+from cloudtolocalllm.devkit.procs import REPO, free_port
 
 REAL_MODEL = "smollm2:135m"
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc), nginx's master and workers included."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
+def _start_devstack(command: list[str], log_dir: Path) -> Proc:
+    """Start the dev stack (its own output in ``log_dir``/devstack.log) and wait until it says it runs."""
+    proc = Proc("devstack", command, {}, log_dir)
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _start_devstack(command: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Event, threading.Thread]:
-    """Start the dev stack; its output lines gather in a list, and the event is set once it says it runs."""
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output: list[str] = []
-    running = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if "dev stack is running" in line:
-                running.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    return proc, output, running, reader
+        proc.wait_for_output("dev stack is running", 150)
+    except BaseException:
+        proc.stop(signal.SIGINT, timeout=60)
+        raise
+    time.sleep(0.5)  # the rest of the banner
+    return proc
 
 
 def _part_pids(root: int, marker: str) -> list[int]:
     """The processes under ``root`` whose command line contains ``marker``."""
     found = []
-    for pid in _descendants(root):
+    for pid in descendants(root):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if marker in cmdline and _alive(pid):
+        if marker in cmdline and alive(pid):
             found.append(pid)
     return found
 
@@ -108,36 +72,28 @@ def test_devstack_restarts_a_part_that_exits_while_the_rest_keeps_running(tmp_pa
     ports = {name: free_port() for name in ("api", "model")}
     command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--no-edge", "--bundled-model"]
     command += ["--dev-dir", str(tmp_path), "--api-port", str(ports["api"]), "--model-port", str(ports["model"])]
-    proc, output, running, reader = _start_devstack(command)
+    proc = _start_devstack(command, tmp_path)
     api = f"http://127.0.0.1:{ports['api']}"
     try:
-        assert running.wait(150), "".join(output)[-4000:]
-        time.sleep(0.5)  # the rest of the banner
-        token = re.search(r"export TOKEN=(\S+)", "".join(output))
-        assert token, "".join(output)
+        token = re.search(r"export TOKEN=(\S+)", proc.log_text())
+        assert token, proc.log_text()
         _chat_until_it_answers(api, token.group(1), 30)
 
         for part, marker in (("local-model", "llama_cpp.server"), ("api-backend", "cloudtolocalllm-api-backend")):
             (pid,) = _part_pids(proc.pid, marker)
-            others = {p for p in _descendants(proc.pid) if _alive(p)} - {pid} - _descendants(pid)
+            others = set(descendants(proc.pid)) - {pid} - set(descendants(pid))
             os.kill(pid, signal.SIGKILL)  # a crash, not a clean stop
             recovered = _chat_until_it_answers(api, token.group(1), 60)
             # The supervisor's own readiness check (the model's self-test) may finish after the first chat.
-            back = f"devstack: {part} is back up"
-            wait_for(lambda: back in "".join(output), 60, back)  # noqa: B023 - called right here
-            text = "".join(output)
+            proc.wait_for_output(f"devstack: {part} is back up", 60)
+            text = proc.log_text()
             assert f"devstack: {part} exited (killed by SIGKILL); restarting in 0.5s" in text, text[-3000:]
-            assert proc.poll() is None, "the dev stack stopped"
-            assert all(_alive(p) for p in others), f"a part other than {part} stopped"
+            assert proc.alive(), "the dev stack stopped"
+            assert all(alive(p) for p in others), f"a part other than {part} stopped"
             print(f"{part}: a chat answered again {recovered:.1f}s after it was killed")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        status = proc.wait(timeout=60)
-        reader.join(5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert status == 0, "".join(output)[-4000:]
+        status = proc.stop(signal.SIGINT, timeout=60)  # what Ctrl-C does
+    assert status == 0, proc.log_text()[-4000:]
 
 
 def test_devstack_serves_the_app_site_docs_and_chat_through_the_edge_and_stops_everything(tmp_path: Path) -> None:
@@ -145,17 +101,15 @@ def test_devstack_serves_the_app_site_docs_and_chat_through_the_edge_and_stops_e
     command = [sys.executable, str(REPO / "scripts" / "devstack.py"), "--bundled-model", "--dev-dir", str(tmp_path)]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port)]
-    proc, output, running, reader = _start_devstack(command)
+    proc = _start_devstack(command, tmp_path)
     children: set[int] = set()
     try:
-        assert running.wait(150), "".join(output)[-4000:]
-        time.sleep(0.5)  # the rest of the banner
-        text = "".join(output)
+        text = proc.log_text()
         https = ports["https"]
         assert f"https://app.localhost:{https}/" in text
         token = re.search(r"export TOKEN=(\S+)", text)
         assert token, text
-        children = _descendants(proc.pid)
+        children = set(descendants(proc.pid))
         assert len(children) >= 7  # model, api-backend, bridge, two static servers, edge, nginx (+ workers)
 
         # *.localhost resolves to loopback in browsers and curl, not in Python: connect to 127.0.0.1 by name.
@@ -190,18 +144,9 @@ def test_devstack_serves_the_app_site_docs_and_chat_through_the_edge_and_stops_e
         assert redirect.status_code == 301
         assert redirect.headers["location"] == f"https://app.localhost:{https}/"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-        try:
-            status = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        reader.join(5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert status == 0, "".join(output)[-4000:]
-    left = {pid for pid in children if _alive(pid)}
+        status = proc.stop(signal.SIGINT, timeout=60)  # what Ctrl-C does
+    assert status == 0, proc.log_text()[-4000:]
+    left = {pid for pid in children if alive(pid)}
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after Ctrl-C: {left}"

@@ -10,29 +10,30 @@ SIGTERM, which it passes on to the bridge.
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import threading
+from pathlib import Path
 
+from cloudtolocalllm.devkit.launch import Proc
 from cloudtolocalllm.devkit.ollama import LLAMA32 as MODEL
 from cloudtolocalllm.devkit.ollama import contract_double
 
 
 def main() -> int:
-    cloud, state_dir = sys.argv[1], sys.argv[2]
+    cloud, state_dir = sys.argv[1], Path(sys.argv[2])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contract_double() as backend:
-        bridge = subprocess.Popen(
-            [sys.executable, "-m", "cloudtolocalllm.bridge", "run", "--cloud", cloud, "--backend", backend.url,
-             "--state-dir", state_dir, "--name", "swarm-test", "--status-interval", "1"],
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "cloudtolocalllm.bridge", "run", "--cloud", cloud, "--backend", backend.url,
+                "--state-dir", str(state_dir), "--name", "swarm-test", "--status-interval", "1"]  # fmt: skip
+        # Its log beside its state, not in the test's pipe, which nobody reads while the test runs.
+        bridge = Proc("bridge", argv, {}, state_dir.parent)
         print(f"ready {MODEL}", flush=True)
         while not stop.wait(0.5):
-            if bridge.poll() is not None:  # the bridge gave up: say so instead of pretending to run
-                return bridge.returncode
-        bridge.terminate()
-        return bridge.wait(timeout=60)
+            if not bridge.alive():  # the bridge gave up: say so instead of pretending to run
+                print(bridge.log_text()[-3000:], file=sys.stderr)
+                return int(bridge.popen.returncode)
+        return bridge.stop(timeout=60)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudtolocalllm.devkit.images.engine import docker_env
+from cloudtolocalllm.devkit.launch import Proc, alive
 
 ROOT = Path(os.environ.get("CTLLM_REPO_ROOT") or Path(__file__).resolve().parents[2])
 HERE = Path(__file__).resolve().parent
@@ -39,9 +40,8 @@ class PrivateSwarm:
         self.socket = state / "docker.sock"
         self.pidfile = state / "dockerd.pid"
         self.exec_root = state / "exec"
-        self.log = state / "dockerd.log"
         self.docker_binary = shutil.which("/usr/bin/docker") or shutil.which("docker") or "docker"
-        self._dockerd: subprocess.Popen[bytes] | None = None
+        self._dockerd: Proc | None = None  # its log: state/dockerd.log
 
     @property
     def env(self) -> dict[str, str]:
@@ -119,12 +119,13 @@ class PrivateSwarm:
             "--shutdown-timeout=5",
             "--log-level=warn",
         ]
-        with self.log.open("ab") as log:
-            self._dockerd = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self._dockerd = Proc("dockerd", args, {}, self.state)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._dockerd.poll() is not None:
-                raise SwarmError(f"dockerd exited with {self._dockerd.returncode}:\n{self.log.read_text()[-3000:]}")
+            if not self._dockerd.alive():
+                raise SwarmError(
+                    f"dockerd exited with {self._dockerd.popen.returncode}:\n{self._dockerd.log_text()[-3000:]}"
+                )
             with contextlib.suppress(SwarmError, subprocess.TimeoutExpired):
                 self.docker("version", "--format", "{{.Server.Version}}", timeout=5)
                 break
@@ -141,12 +142,7 @@ class PrivateSwarm:
                 self.docker("swarm", "leave", "--force", timeout=60)
         containerd = _pid_in(self.exec_root / "containerd" / "containerd.pid")
         if self._dockerd is not None:
-            self._dockerd.terminate()
-            try:
-                self._dockerd.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._dockerd.kill()
-                self._dockerd.wait()
+            self._dockerd.stop(timeout=30)
         if containerd is not None:
             _terminate(containerd, 30)
         # Whatever still runs in the namespace was started by this engine (shims, docker-proxy).
@@ -294,21 +290,13 @@ def _terminate(pid: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.1)
-    if _alive(pid):
+    if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _unmount_below(root: Path) -> None:

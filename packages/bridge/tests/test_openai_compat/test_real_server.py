@@ -11,7 +11,6 @@ import asyncio
 import json
 import math
 import re
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +20,7 @@ import ollama
 import pytest
 
 from cloudtolocalllm.bridge.backend import HttpBackend
+from cloudtolocalllm.devkit.procs import Proc, start_local_model
 from cloudtolocalllm.protocol import BackendKind
 
 from .openai_compat_fakes import serve_translator, start
@@ -37,44 +37,24 @@ SHORT = {"num_predict": 6, "temperature": 0}
 GENERATION_DONE = re.compile(r"(?<!prompt )eval time\s*=\s*[\d.]+ ms /\s*(\d+) runs")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
-def llama_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("llama") / "server.log"
-
-
-@pytest.fixture(scope="module")
-def llama_url(llama_log: Path) -> Iterator[str]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
     if subprocess.run([*LOCAL_MODEL, "model-path"], capture_output=True, check=False).returncode != 0:
         pytest.fail("the local model cache is not built: run `ctllm-local-model ensure` (nox does)")
-    port = _free_port()
-    with llama_log.open("wb") as log:
-        server = subprocess.Popen([*LOCAL_MODEL, "serve", "--port", str(port)], stdout=log, stderr=log)
-    try:
-        # `wait` returns once one real completion has come back: a build the CPU cannot run fails here.
-        waited = subprocess.run(
-            [*LOCAL_MODEL, "wait", "--port", str(port), "--timeout", "60"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert waited.returncode == 0, (
-            f"{waited.stderr.strip()}; server log {llama_log}:\n{llama_log.read_text()[-2000:]}"
-        )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    # Ready once one real completion has come back: a build the CPU cannot run fails here, with its log.
+    server, url = start_local_model(tmp_path_factory.mktemp("llama"))
+    yield server, url
+    server.stop(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def llama_url(llama_server: tuple[Proc, str]) -> str:
+    return llama_server[1]
+
+
+@pytest.fixture(scope="module")
+def llama_log(llama_server: tuple[Proc, str]) -> Path:
+    return llama_server[0].log_path
 
 
 @pytest.fixture

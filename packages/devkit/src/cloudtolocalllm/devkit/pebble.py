@@ -8,10 +8,8 @@ Used by the edge's test_acme.py and by tests/deploy/test_ssl_setup.py (the devki
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from cloudtolocalllm.devkit.launch import Proc
 from cloudtolocalllm.edge.certs import write_self_signed
 
 
@@ -74,33 +73,29 @@ def running_pebble(
         "-management", f"127.0.0.1:{free_port()}",
     ]  # fmt: skip
     pebble_env = {
-        **os.environ,
         "PEBBLE_VA_NOSLEEP": "1",  # no random 0-5 s sleep before each validation
         "PEBBLE_WFE_NONCEREJECT": "0",  # no deliberately rejected nonces
         "PEBBLE_AUTHZREUSE": "0",  # every order (a forced renewal too) is validated again, through the edge
     }
     pebble_argv = ["pebble", "-config", str(folder / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"]
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[Proc] = []
     try:
-        for argv, name, env in ((dns_argv, "challtestsrv", None), (pebble_argv, "pebble", pebble_env)):
-            with (folder / f"{name}.log").open("wb") as log:
-                processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        for argv, name, env in ((dns_argv, "challtestsrv", {}), (pebble_argv, "pebble", pebble_env)):
+            processes.append(Proc(name, argv, env, folder))
         pebble = Pebble(f"https://127.0.0.1:{api}/dir", f"https://127.0.0.1:{management}", cert, http_port)
-        _wait_until_answering(pebble, processes, folder, timeout)
+        _wait_until_answering(pebble, processes, timeout)
         yield pebble
     finally:
         for process in reversed(processes):
-            _stop(process)
+            process.stop(timeout=10)
 
 
-def _wait_until_answering(
-    pebble: Pebble, processes: list[subprocess.Popen[bytes]], folder: Path, timeout: float
-) -> None:
+def _wait_until_answering(pebble: Pebble, processes: list[Proc], timeout: float) -> None:
     """Until the management API and the ACME directory answer; at once (with the logs) if either process exits."""
     deadline = time.monotonic() + timeout
     while True:
-        if any(process.poll() is not None for process in processes):
-            logs = "\n".join(f"{log.name}:\n{log.read_text(errors='replace')}" for log in sorted(folder.glob("*.log")))
+        if not all(process.alive() for process in processes):
+            logs = "\n".join(f"{process.log_path.name}:\n{process.log_text()}" for process in processes)
             raise AssertionError(f"pebble or challtestsrv exited:\n{logs}")
         try:
             pebble.get("/roots/0")
@@ -111,13 +106,3 @@ def _wait_until_answering(
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for pebble") from None
         time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)

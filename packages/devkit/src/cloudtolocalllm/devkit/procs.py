@@ -1,28 +1,28 @@
 """The one process launcher: the real programs (api-backend, a bridge, the local model, redis, nginx) as
 child processes whose output goes to a log file, for the end-to-end tests, the benchmarks and the dev stack.
 
-``launch.spawn`` is where every such child starts; :class:`Proc` adds what a test or a benchmark asks of one
-(its JSON log records, stop, RSS); ``start_*`` start one program and wait until it answers.
+Every such child starts through :mod:`cloudtolocalllm.devkit.launch` and is held as its ``Proc`` (its log
+and JSON records, what it printed, stop, RSS); ``start_*`` here start one program and wait until it answers.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.dev_issuer import DevIssuer
-from cloudtolocalllm.devkit.launch import spawn
+from cloudtolocalllm.devkit import local_model
+
+# Re-exported: the tests and the benchmarks import them from here with the start_* that return and use them.
+from cloudtolocalllm.devkit.launch import Proc as Proc
+from cloudtolocalllm.devkit.launch import wait_for as wait_for
 from cloudtolocalllm.devkit.repo import ROOT
 
 BIN = Path(sys.executable).parent
@@ -43,64 +43,6 @@ def read_metric(url: str, name: str) -> float:
         if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} not found at {url}/metrics")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Proc:
-    """A child process whose stdout+stderr go to a log file the test can read (JSON lines)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.popen = spawn(argv, self.log_path, env)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return out
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return int(self.popen.returncode)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
 
 
 def start_port_printer(name: str, args: list[str], log_dir: Path) -> tuple[Proc, int]:
@@ -208,46 +150,58 @@ def start_bridge(
     return Proc(f"bridge-{name}-{time.monotonic_ns()}", argv, env or {}, log_dir)
 
 
-def start_local_model(log_dir: Path) -> tuple[Proc, str]:
-    """The bundled model, ready only once it has answered one real completion (``ctllm-local-model wait``): a
-    build this CPU cannot run dies there, and the test run says so in one line instead of 20 odd failures."""
+def start_local_model(log_dir: Path, serve_args: Sequence[str] = ()) -> tuple[Proc, str]:
+    """The bundled model, ready only once it has answered one real completion: a build this CPU cannot run dies
+    there, and the test run says so in one line, as soon as it dies, instead of 20 odd failures.
+
+    ``serve_args``: more options of ``ctllm-local-model serve`` (``--build native``, ``--threads 1``)."""
     port = free_port()
-    command = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model"]
-    proc = Proc("llama-server", [*command, "serve", "--port", str(port)], {}, log_dir)
-    waited = subprocess.run(
-        [*command, "wait", "--port", str(port), "--timeout", "120"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if waited.returncode != 0:
+    argv = [sys.executable, "-m", "cloudtolocalllm.devkit.local_model", "serve", "--port", str(port), *serve_args]
+    proc = Proc(f"llama-server-{port}", argv, {}, log_dir)
+    try:
+        local_model.wait_ready(proc.popen, "127.0.0.1", port, timeout=120)
+    except local_model.LocalModelError as failed:  # ServerDied as soon as it exits
         state = "is still running" if proc.alive() else f"exited ({proc.popen.returncode})"
         proc.stop()
         raise AssertionError(
-            f"the bundled model {state} and failed its self-test; see {proc.log_path}: {waited.stderr}"
-        )
+            f"the bundled model {state} and failed its self-test; see {proc.log_path}: {failed}"
+        ) from None
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_redis(log_dir: Path, work_dir: Path, port: int | None = None) -> tuple[Proc, str]:
-    """A real redis-server on loopback, without persistence (a restart starts empty, as in a crash)."""
-    port = port or free_port()
+def start_redis(
+    log_dir: Path, work_dir: Path, port: int | None = None, *, unix_socket: bool = False
+) -> tuple[Proc, str]:
+    """A real redis-server on loopback, without persistence (a restart starts empty, as in a crash).
+
+    ``unix_socket``: it listens on ``work_dir``/redis.sock only, with no TCP port."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = Proc(f"redis-{port}-{time.monotonic_ns()}", [*argv, "--dir", str(work_dir)], {}, log_dir)
+    address: str | tuple[str, int]
+    if unix_socket:
+        path = str(work_dir / "redis.sock")
+        family, address, url = socket.AF_UNIX, path, f"unix://{path}"
+        listen = ["--port", "0", "--unixsocket", path]
+    else:
+        port = port or free_port()
+        family, address, url = socket.AF_INET, ("127.0.0.1", port), f"redis://127.0.0.1:{port}/0"
+        listen = ["--port", str(port), "--bind", "127.0.0.1"]
+    argv = ["redis-server", *listen, "--save", "", "--appendonly", "no", "--dir", str(work_dir)]
+    proc = Proc(f"redis-{port or 'socket'}-{time.monotonic_ns()}", argv, {}, log_dir)
 
     def answers() -> bool:
         if not proc.alive():
             raise AssertionError(f"redis-server exited: {proc.log_text()[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            with socket.socket(family) as sock:
+                sock.settimeout(1)
+                sock.connect(address)
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
 
     wait_for(answers, 20, "redis-server")
-    return proc, f"redis://127.0.0.1:{port}/0"
+    return proc, url
 
 
 _LB_CONF = """

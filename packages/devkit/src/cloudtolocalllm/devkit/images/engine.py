@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudtolocalllm.devkit.launch import spawn
+
 # Debian's client: it has the BuildKit builder built in (a newer client elsewhere on PATH may lack buildx).
 DOCKER_CANDIDATES = ("/usr/bin/docker", "docker")
 
@@ -111,8 +113,9 @@ class Engine:
             "--shutdown-timeout=5",
             "--log-level=warn",
         ]
-        with self.log.open("ab") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its own session: it may outlive the command that starts it (`ctllm-images dockerd start`); stop() ends
+        # it by its pid, from any process.
+        proc = spawn(args, self.log, own_session=True)
         _started[proc.pid] = proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

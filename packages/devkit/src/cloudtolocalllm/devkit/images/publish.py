@@ -19,6 +19,7 @@ from cloudtolocalllm.devkit.images.engine import docker, docker_env, image_exist
 from cloudtolocalllm.devkit.images.net import free_port, http_get
 from cloudtolocalllm.devkit.images.specs import tags
 from cloudtolocalllm.devkit.images.test import expect
+from cloudtolocalllm.devkit.launch import Proc
 from cloudtolocalllm.devkit.repo import ROOT
 
 MANIFEST_TYPES = (
@@ -151,13 +152,12 @@ def local_registry(storage: Path, port: int = 0, timeout: float = 30.0) -> Itera
         )
     )
     address = f"127.0.0.1:{port}"
-    with (storage / "registry.log").open("ab") as log:
-        proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    proc = Proc("registry", [binary, "serve", str(config)], {}, storage)
     try:
         deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"images: docker-registry exited with {proc.returncode}; see {storage}/registry.log")
+            if not proc.alive():
+                raise SystemExit(f"images: docker-registry exited with {proc.popen.returncode}; see {proc.log_path}")
             with contextlib.suppress(OSError):
                 if http_get(f"http://{address}/v2/")[0] == 200:
                     break
@@ -166,9 +166,4 @@ def local_registry(storage: Path, port: int = 0, timeout: float = 30.0) -> Itera
             time.sleep(0.1)
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(timeout=10)
