@@ -22,9 +22,8 @@ from cloudtolocalllm.bridge_api.app import build_app
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.auth import AuthSettings
 from cloudtolocalllm.core.serving import bind_socket, serve
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.dev_issuer import DevIssuer, dev_issuer_from
-
-from .conftest import wait_until
 
 AUDIENCE = "cloudtolocalllm-test"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,6 @@ from cloudtolocalllm.devkit.ollama import OllamaDouble, OpenAIServer
 from cloudtolocalllm.devkit.peers import FakeCloud
 
 TOKEN = "tok-1"
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 # --- the local backend: the devkit's Ollama double ---------------------------------------------------

@@ -23,10 +23,9 @@ from cloudtolocalllm.bridge.config import BridgeSettings, ConfigError
 from cloudtolocalllm.bridge.credentials import CREDENTIALS_FILE, StoredCredentialsSource, load_credentials
 from cloudtolocalllm.bridge.exits import EXIT_SIGN_IN
 from cloudtolocalllm.bridge.runner import Bridge
-from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.core.testing import running_server, wait_until
 
 from .cloud_stack import AUDIENCE, Cloud, api_backend
-from .conftest import wait_until
 
 
 async def _login_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -25,10 +25,10 @@ from cloudtolocalllm.bridge.connect import ClientMode
 from cloudtolocalllm.bridge.credentials import Credentials, StoredCredentialsSource, save_credentials
 from cloudtolocalllm.bridge.exits import EXIT_CONFIG, EXIT_SIGN_IN
 from cloudtolocalllm.bridge.token import TokenSource
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.devkit.ollama import OllamaDouble
 
 from .cloud_stack import Cloud, api_backend, running_bridge
-from .conftest import wait_until
 
 
 @dataclass

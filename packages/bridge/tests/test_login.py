@@ -37,11 +37,9 @@ from cloudtolocalllm.bridge_api.app import build_app
 from cloudtolocalllm.bridge_api.settings import ApiSettings
 from cloudtolocalllm.core.app import ServiceInfo, create_app
 from cloudtolocalllm.core.auth import AuthSettings, TokenVerifier
-from cloudtolocalllm.core.testing import refused_port, running_server
+from cloudtolocalllm.core.testing import refused_port, running_server, wait_until
 from cloudtolocalllm.dev_issuer.device_flow import DevDeviceFlow, dev_issuer_routes
 from cloudtolocalllm.dev_issuer.issuer import DevIssuer
-
-from .conftest import wait_until
 
 ISSUER = "http://issuer.test/dev-issuer"
 AUDIENCE = "cloudtolocalllm-test"

@@ -40,11 +40,10 @@ from cloudtolocalllm.bridge.oauth import (
 )
 from cloudtolocalllm.bridge.token import TokenError
 from cloudtolocalllm.core.app import ServiceInfo, create_app
-from cloudtolocalllm.core.testing import refused_port, running_server
+from cloudtolocalllm.core.testing import refused_port, running_server, wait_until
 from cloudtolocalllm.dev_issuer.device_flow import DevDeviceFlow, dev_issuer_routes
 from cloudtolocalllm.dev_issuer.issuer import DevIssuer
 
-from .conftest import wait_until
 from .test_login import AUDIENCE, ISSUER, _credentials
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")

@@ -14,6 +14,7 @@ import pytest
 
 from cloudtolocalllm.bridge.backend import BackendState
 from cloudtolocalllm.bridge.exits import EXIT_SIGN_IN
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.core.testing.tcp_relay import tcp_relay
 from cloudtolocalllm.devkit.ollama import OllamaDouble
 from cloudtolocalllm.devkit.peers import FakeCloud
@@ -29,7 +30,7 @@ from cloudtolocalllm.protocol import (
     StreamError,
 )
 
-from .conftest import TOKEN, wait_until
+from .conftest import TOKEN
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ import msgspec
 import pytest
 
 from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import Open
 
 from .conftest import Cloud, CloudFactory
-from .test_relay import wait_until
 
 KiB = 1024
 

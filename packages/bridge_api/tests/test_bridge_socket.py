@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import websockets
 
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.devkit.peers import FakeBridge
 from cloudtolocalllm.protocol import PROTOCOL_VERSION, CloseCode
 
 from .conftest import Cloud, CloudFactory
-from .test_relay import wait_until
 
 
 async def test_handshake_returns_welcome_with_limits_and_token_expiry(cloud: Cloud) -> None:

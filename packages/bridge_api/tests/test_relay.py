@@ -9,18 +9,11 @@ import time
 import httpx
 import pytest
 
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import ErrorCode, Open, StreamError
 
 from .conftest import Cloud
-
-
-async def wait_until(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def ndjson_reply(release: asyncio.Event) -> object:

@@ -11,12 +11,13 @@ from contextlib import AsyncExitStack
 import pytest
 
 from cloudtolocalllm.bridge_api.redis_directory import RedisDirectory
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.devkit.peers import FakeBridge, Reply, chunks_of
 from cloudtolocalllm.protocol import CloseCode, Open
 
 from .conftest import Cloud, CloudFactory
 from .redis_server import RedisServer
-from .test_relay import ndjson_reply, wait_until
+from .test_relay import ndjson_reply
 
 FAST = {"directory_ttl_s": 2.0, "directory_refresh_s": 0.5}
 

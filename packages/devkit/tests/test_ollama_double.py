@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -10,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from cloudtolocalllm.core.testing import running_server
+from cloudtolocalllm.core.testing import running_server, wait_until
 from cloudtolocalllm.devkit.ollama import LLAMA32, OllamaDouble, contract_double
 
 
@@ -22,15 +21,6 @@ async def served() -> AsyncIterator[tuple[OllamaDouble, httpx.AsyncClient]]:
             yield double, client
 
 
-async def _recorded(double: OllamaDouble, kind: str) -> None:
-    """Wait until the double recorded an event of ``kind`` (it records from its own task)."""
-    for _ in range(500):
-        if double.event_times(kind):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {kind} event in 5 s: {double.events}")
-
-
 async def test_chat_counts_as_the_request_asks(served: tuple[OllamaDouble, httpx.AsyncClient]) -> None:
     double, client = served
     body = {"model": LLAMA32, "messages": [], "options": {"num_predict": 3, "delay_ms": 0}}
@@ -38,7 +28,7 @@ async def test_chat_counts_as_the_request_asks(served: tuple[OllamaDouble, httpx
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert [line["message"]["content"] for line in lines] == ["t0 ", "t1 ", "t2 ", ""]
     assert lines[-1]["done"] and lines[-1]["eval_count"] == 3
-    await _recorded(double, "chat-closed")  # after the last byte went out
+    await wait_until(lambda: double.event_times("chat-closed"))  # after the last byte went out
     assert [kind for kind, _, _ in double.events] == ["chat-start", "chat-body", "chat-done", "chat-closed"]
 
 
@@ -47,7 +37,7 @@ async def test_a_client_that_leaves_stops_the_generation(served: tuple[OllamaDou
     body = {"model": LLAMA32, "messages": [], "options": {"num_predict": 1000, "delay_ms": 50}}  # 50 s
     async with client.stream("POST", "/api/chat", json=body) as response:
         await anext(response.aiter_lines())
-    await _recorded(double, "chat-closed")
+    await wait_until(lambda: double.event_times("chat-closed"))
     assert not double.event_times("chat-done")
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from cloudtolocalllm.core.testing import wait_until
 from cloudtolocalllm.devkit.peers import SMALL_LIMITS, CloudLink, FakeBridge, FakeCloud, Reply, chunks_of
 from cloudtolocalllm.protocol import PROTOCOL_VERSION, CloseCode, Data, End, Open, Ping, Pong, ResponseHead
 
@@ -77,7 +78,7 @@ async def test_a_frame_that_arrived_is_unread_until_taken(cloud: FakeCloud) -> N
     async with FakeBridge(cloud.url, TOKEN):
         link = await cloud.next_link()
         stream = await link.open("GET", "/api/version")
-        await _until(lambda: stream.unread)
+        await wait_until(lambda: stream.unread)
         assert isinstance(await stream.next(), ResponseHead)
         assert isinstance(await stream.next(), Data)
         assert isinstance(await stream.next(), End)
@@ -94,9 +95,9 @@ async def test_a_cancel_from_the_cloud_reaches_the_bridge(cloud: FakeCloud) -> N
     async with FakeBridge(cloud.url, TOKEN, handler=hangs) as bridge:
         link = await cloud.next_link()
         stream = await link.open("POST", "/api/chat", body=b"{}")
-        await _until(lambda: bool(bridge.opens))
+        await wait_until(lambda: bool(bridge.opens))
         await stream.cancel()
-        await _until(lambda: stream.sid in bridge.cancelled)
+        await wait_until(lambda: stream.sid in bridge.cancelled)
         assert not stream.unread
 
 
@@ -133,12 +134,3 @@ async def test_the_cloud_closing_is_seen_by_the_bridge(cloud: FakeCloud) -> None
         await asyncio.wait_for(bridge.closed.wait(), 5)
         await asyncio.wait_for(link.closed.wait(), 5)
     assert (bridge.close_code, bridge.close_reason) == (CloseCode.UNAUTHORIZED, "token revoked")
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    """Wait until ``predicate`` holds (the peers act in their own tasks); fails after 5 s."""
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met within 5 s")

@@ -1,4 +1,5 @@
-"""Polling for the tunnel tests, which watch a task or a transport reach a state."""
+"""Polling for the tunnel tests, which watch a task or a transport reach a state. (core.testing has the same
+helper for the packages built on core; the protocol's tests install only the protocol, so they keep this one.)"""
 
 from __future__ import annotations
 

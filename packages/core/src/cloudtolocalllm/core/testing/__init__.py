@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -24,7 +25,17 @@ from cloudtolocalllm.core.serving import (
     serve,
 )
 
-__all__ = ["refused_port", "restartable_port", "running_server"]
+__all__ = ["refused_port", "restartable_port", "running_server", "wait_until"]
+
+
+async def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:  # noqa: ASYNC109 - the tests name a time
+    """Poll ``condition`` every 10 ms until it holds; TimeoutError after ``timeout`` seconds. For a state a
+    test cannot await directly (a task or a peer reaching it); never a stand-in for an event it could await."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout:g} s")
+        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager
