@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cloudtolocalllm.core import ServiceInfo, configure_logging, create_app, current_request_id
+from cloudtolocalllm.core.logging import JsonFormatter
 
 SECRET_TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl"
 PROMPT = "my private prompt about my medical history"
@@ -88,3 +89,29 @@ def test_every_line_is_one_json_object(log_output: io.StringIO) -> None:
     assert first["request_id"] is None
     assert first["ts"].endswith("Z")
     assert "ValueError: bad" in second["exc"]
+
+
+def test_timestamps_are_utc_to_the_millisecond_across_seconds() -> None:
+    formatter = JsonFormatter("svc", "1.2.3")
+    record = logging.LogRecord("svc", logging.INFO, __file__, 1, "tick", None, None)
+    stamps = []
+    # The text of a second is kept between records: a new second, and a return to an old one, must show.
+    for created in (1_700_000_000.125, 1_700_000_000.75, 1_700_000_001.0, 1_700_000_000.5):
+        record.created = created
+        stamps.append(json.loads(formatter.format(record))["ts"])
+    assert stamps == [
+        "2023-11-14T22:13:20.125Z",
+        "2023-11-14T22:13:20.750Z",
+        "2023-11-14T22:13:21.000Z",
+        "2023-11-14T22:13:20.500Z",
+    ]
+
+
+def test_extra_fields_are_written_and_redacted_ones_dropped() -> None:
+    formatter = JsonFormatter("svc", "1.2.3")
+    record = logging.LogRecord("svc", logging.INFO, __file__, 1, "request", None, None)
+    record.__dict__.update({"status": 200, "Authorization": "Bearer x", "prompt": "hi", "msg_extra": [1]})
+    line = json.loads(formatter.format(record))
+    assert line["status"] == 200 and line["msg_extra"] == [1]
+    assert "Authorization" not in line and "prompt" not in line
+    assert line["msg"] == "request"  # an extra field never overwrites the record's own

@@ -6,6 +6,8 @@ process independent. Services add their own collectors with ``registry=app.state
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,9 +39,20 @@ class HttpMetrics:
             registry=self.registry,
         )
 
+        # Each label set's children, looked up once: labels() takes a lock and builds a key on every call.
+        # Bounded: methods x route templates x statuses.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 async def metrics_endpoint(request: Request) -> Response:

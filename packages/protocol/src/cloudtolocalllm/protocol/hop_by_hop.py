@@ -40,8 +40,10 @@ _NONE: Final[frozenset[str]] = frozenset()
 
 def connection_tokens(headers: Iterable[tuple[AnyStr, AnyStr]]) -> frozenset[str]:
     """The lower-case field names that ``Connection:`` lists: hop-by-hop too (RFC 9110 §7.6.1)."""
-    # A cheap length test first: this runs on every hop of the relay's hot path, mostly finding nothing.
-    values = [value for name, value in headers if len(name) == 10 and _lower(name) == "connection"]
+    return _listed([value for name, value in headers if len(name) == 10 and _lower(name) == "connection"])
+
+
+def _listed(values: list[AnyStr]) -> frozenset[str]:
     if not values:
         return _NONE
     return frozenset(token for value in values for part in _lower(value).split(",") if (token := part.strip()))
@@ -51,12 +53,11 @@ def drop_hop_by_hop(
     headers: Iterable[tuple[AnyStr, AnyStr]], *, also: Collection[str] = ()
 ) -> list[tuple[AnyStr, AnyStr]]:
     """``headers`` without hop-by-hop fields, those ``Connection:`` lists, and the lower-case names ``also``."""
-    pairs = list(headers)
-    named = connection_tokens(pairs)
+    # Each name is lowered once; this runs on every hop of the relay's hot path, both ways.
+    named = [(_lower(name), name, value) for name, value in headers]
+    listed = _listed([value for lower, _, value in named if lower == "connection"])
     return [
         (name, value)
-        for name, value in pairs
-        if (lower := name.decode("latin-1").lower() if isinstance(name, bytes) else name.lower()) not in HOP_BY_HOP
-        and lower not in also
-        and lower not in named
+        for lower, name, value in named
+        if lower not in HOP_BY_HOP and lower not in also and lower not in listed
     ]
