@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from cloudtolocalllm.bridge import event_loop
 from cloudtolocalllm.bridge.cloud import (
     CloudConfig,
     CloudUnavailable,
@@ -72,7 +73,6 @@ from cloudtolocalllm.bridge.token import (
     unverified_expiry,
 )
 from cloudtolocalllm.bridge.version import __version__
-from cloudtolocalllm.core import event_loop
 from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.logging import configure_logging
 from cloudtolocalllm.core.settings import SettingsError, load_settings

@@ -19,7 +19,6 @@ from cloudtolocalllm.core import (
     SettingsError,
     bind_socket,
     configure_logging,
-    event_loop,
     exit_on_settings_error,
     load_settings,
     serve,
@@ -78,7 +77,7 @@ def main() -> None:
     except DevIssuerMissing as exc:
         print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    event_loop.run(run(app, settings))
+    asyncio.run(run(app, settings))
 
 
 if __name__ == "__main__":

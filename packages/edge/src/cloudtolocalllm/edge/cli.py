@@ -20,7 +20,6 @@ from cloudtolocalllm.core import (
     SettingsError,
     bind_socket,
     configure_logging,
-    event_loop,
     exit_on_settings_error,
     load_settings,
     serve,
@@ -87,7 +86,7 @@ def main() -> None:
         print(f"{PROG}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(config.logging.service, __version__, level=settings.log_level.upper())
-    raise SystemExit(event_loop.run(run(config, settings)))
+    raise SystemExit(asyncio.run(run(config, settings)))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import Sequence
 
-from cloudtolocalllm.core import (
-    SettingsError,
-    bind_socket,
-    configure_logging,
-    event_loop,
-    exit_on_settings_error,
-    serve,
-)
+from cloudtolocalllm.core import SettingsError, bind_socket, configure_logging, exit_on_settings_error, serve
 from cloudtolocalllm.static_site.app import build_app
 from cloudtolocalllm.static_site.settings import load
 from cloudtolocalllm.static_site.version import __version__
@@ -50,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "spa": settings.spa,
         },
     )
-    event_loop.run(
+    asyncio.run(
         serve(
             app,
             sock=sock,

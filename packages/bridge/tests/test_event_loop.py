@@ -1,4 +1,4 @@
-"""Every program's event loop: uvloop where it is installed, asyncio's when asked for (or on Windows)."""
+"""The bridge's event loop: uvloop where it is installed, asyncio's when asked for (or on Windows)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cloudtolocalllm.core import event_loop
+from cloudtolocalllm.bridge import event_loop
 
 
 async def _running_loop_module() -> str:
@@ -16,7 +16,7 @@ async def _running_loop_module() -> str:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="other platform: uvloop has no Windows build")
 def test_uvloop_runs_the_program_where_it_is_installed() -> None:
-    assert event_loop.loop_name() == "uvloop"  # a dependency on this platform (core[service], the bridge)
+    assert event_loop.loop_name() == "uvloop"  # the bridge depends on it on this platform
     assert event_loop.run(_running_loop_module()).startswith("uvloop")
 
 
