@@ -79,3 +79,19 @@ def _refuses_changes(client: ollama.Client, fake_ollama: OllamaDouble) -> None:
         assert "read-only" in caught.value.error
     assert not [k for k, _, _ in fake_ollama.events if k in ("pull", "delete")]
     assert client.list().models[0].model == MODEL
+
+
+def test_the_real_bridge_and_api_backend_batch_frames_and_answers_stay_whole(
+    stack: Stack, client: ollama.Client
+) -> None:
+    # The two real programs agree on the protocol's batch feature at the handshake ...
+    connected = [record for record in stack.api.records() if record.get("msg") == "bridge connected"]
+    assert connected and connected[-1]["features"] == ["batch"]
+    # ... and short answers, which now cross as one Batch message, arrive whole, one after another.
+    names = [client.show(MODEL).details.family for _ in range(20)]
+    assert names == [names[0]] * 20 and names[0]
+    for i in range(5):
+        question = [{"role": "user", "content": f"n{i}"}]
+        parts = list(client.chat(model=MODEL, messages=question, stream=True, options={"num_predict": 5}))
+        assert parts[-1].done and not any(part.done for part in parts[:-1])
+        assert "".join(part.message.content for part in parts)

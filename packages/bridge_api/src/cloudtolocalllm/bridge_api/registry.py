@@ -161,7 +161,14 @@ class BridgeRegistry:
         else:
             previous.on_change = None  # its closing streams must not republish the stale record
             await previous.close(CloseCode.REPLACED, close_reason(CloseCode.REPLACED))
-        log.info("bridge connected", extra={"bridge_id": session.bridge_id, "session_id": session.session_id})
+        log.info(
+            "bridge connected",
+            extra={
+                "bridge_id": session.bridge_id,
+                "session_id": session.session_id,
+                "features": sorted(session.conn.features),  # the protocol features this session uses
+            },
+        )
 
     def _superseded(self, record: BridgeRecord) -> None:
         """The bridge reconnected to another replica while this one still held it: this session is stale."""
