@@ -33,6 +33,7 @@ __all__ = [
     "MAX_WINDOW",
     "BackendKind",
     "Batch",
+    "BatchedFrame",
     "BridgeStatus",
     "Cancel",
     "Credit",
@@ -271,35 +272,8 @@ class StreamError(_Frame, tag=22, frozen=True):
             return ErrorCode.INTERNAL
 
 
-class Batch(_Frame, tag=9, frozen=True):
-    """Several frames in one WebSocket message (either way), once the Welcome turned the ``batch`` feature on.
-
-    Each is handled as if it had arrived in a message of its own, in order. Writers batch what is queued at
-    the same moment (a short answer's ResponseHead, Data and End; many streams' chunks), so each message,
-    and its trip through both WebSocket stacks, carries more. A Batch never holds a Batch, Hello or Welcome.
-    """
-
-    frames: list[
-        Ping
-        | Pong
-        | Reauth
-        | ReauthOk
-        | BridgeStatus
-        | GoAway
-        | Open
-        | ResponseHead
-        | Data
-        | End
-        | Credit
-        | Cancel
-        | StreamError
-    ]
-
-
-Frame: TypeAlias = (
-    Hello
-    | Welcome
-    | Ping
+BatchedFrame: TypeAlias = (
+    Ping
     | Pong
     | Reauth
     | ReauthOk
@@ -312,8 +286,22 @@ Frame: TypeAlias = (
     | Credit
     | Cancel
     | StreamError
-    | Batch
 )
+"""A frame a Batch may carry: any but Hello, Welcome and Batch."""
+
+
+class Batch(_Frame, tag=9, frozen=True):
+    """Several frames in one WebSocket message (either way), once the Welcome turned the ``batch`` feature on.
+
+    Each is handled as if it had arrived in a message of its own, in order. Writers batch what is queued at
+    the same moment (a short answer's ResponseHead, Data and End; many streams' chunks), so each message,
+    and its trip through both WebSocket stacks, carries more. A Batch never holds a Batch, Hello or Welcome.
+    """
+
+    frames: list[BatchedFrame]
+
+
+Frame: TypeAlias = Hello | Welcome | BatchedFrame | Batch
 """Any frame."""
 
 StreamFrame: TypeAlias = Open | ResponseHead | Data | End | Credit | Cancel | StreamError
