@@ -158,6 +158,8 @@ class Connection:
             max_window=max_recv_window, budget=recv_window_budget or 4 * max_recv_window, clock=clock
         )
         self._offered: tuple[str, ...] = ()  # the features the bridge's Hello listed (bridge side)
+        self.features: frozenset[str] = frozenset()
+        """The protocol features the Welcome turned on (empty during the handshake)."""
         self._ping_out: tuple[int, float] | None = None  # (nonce, sent at) of the last Ping not yet answered
         self.peer_hello: Hello | None = None
         """The bridge's Hello (cloud side), once received."""
@@ -176,11 +178,6 @@ class Connection:
     def limits(self) -> Limits | None:
         """The limits in force (from the Welcome), or None during the handshake."""
         return self._limits
-
-    @property
-    def features(self) -> frozenset[str]:
-        """The protocol features the Welcome turned on (empty during the handshake)."""
-        return frozenset(self.welcome.features) if self.welcome is not None else frozenset()
 
     @property
     def is_ready(self) -> bool:
@@ -627,9 +624,9 @@ class Connection:
     def _send_hello(self, frame: Hello) -> bool:
         if self._greeted:
             raise LocalProtocolError("Hello was already sent")
-        self._offered = tuple(frame.features)
         if frame.version != PROTOCOL_VERSION:
             raise LocalProtocolError(f"Hello must carry version {PROTOCOL_VERSION}")
+        self._offered = tuple(frame.features)
         self._greeted = True
         return True
 
@@ -749,6 +746,7 @@ class Connection:
         """The Welcome's limits are in force from the moment it is sent or received."""
         limits = welcome.limits
         self.welcome = welcome
+        self.features = frozenset(welcome.features)  # read for every Batch received: built once
         self._limits = limits
         self._max_frame_bytes = limits.max_frame_bytes
         self._window = limits.initial_window

@@ -232,21 +232,27 @@ class Tunnel:
                         return
                     continue
                 if type(frame) is Batch:
-                    for inner in frame.frames:
-                        try:
-                            accepted = self.conn.receive_frame(inner)
-                        except ProtocolError as exc:
-                            if not await self._refused(exc):
-                                return
-                            continue
-                        if accepted is not None:
-                            await self._dispatch(accepted)
+                    if not await self._receive_batch(frame):
+                        return
                 elif frame is not None:
                     await self._dispatch(frame)
         finally:
             await self.aclose()
             if self._on_closed is not None:
                 self._on_closed()
+
+    async def _receive_batch(self, batch: Batch) -> bool:
+        """Each of a Batch's frames, in order, as if it had arrived alone; False once one ended the connection."""
+        for inner in batch.frames:
+            try:
+                frame = self.conn.receive_frame(inner)
+            except ProtocolError as exc:
+                if not await self._refused(exc):
+                    return False
+                continue
+            if frame is not None:
+                await self._dispatch(frame)
+        return True
 
     async def _refused(self, exc: ProtocolError) -> bool:
         """A received frame broke a rule: reset its stream (True: read on) or end the connection (False)."""
