@@ -229,6 +229,8 @@ def _local_model(args: argparse.Namespace) -> Service | None:
         nonlocal build
         try:
             proc, build = local_model.start_first_working(args.model_port, log, say, build=build)
+        except local_model.PortTaken as exc:
+            raise SystemExit(f"devstack: the bundled model cannot start: {exc} (--model-port N)") from None
         except local_model.LocalModelError as exc:
             raise SystemExit(f"devstack: the bundled model cannot start: {exc}") from None
         say(f"the bundled model runs its {build} build")

@@ -16,6 +16,7 @@ from types import ModuleType
 
 import pytest
 
+from cloudtolocalllm.core.testing import restartable_port
 from cloudtolocalllm.devkit import local_model
 from cloudtolocalllm.devkit.launch import Proc
 
@@ -132,9 +133,9 @@ def test_serve_without_venv_says_how_to_fix(lm: ModuleType, capsys: pytest.Captu
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port a spawned server is told to bind: below the ephemeral range, so that no bind(0) or outgoing
+    connection elsewhere on the machine takes it before the server does."""
+    return restartable_port()
 
 
 def test_wait_times_out_on_a_closed_port(lm: ModuleType) -> None:
@@ -316,6 +317,45 @@ def test_when_no_build_runs_the_error_names_the_log(x86: ModuleType, tmp_path: P
     ):
         lm.start_first_working(_free_port(), log, said.append, build="baseline", timeout=30)
     assert said == [f"the bundled model's baseline build died before its first answer (killed by SIGSEGV); see {log}"]
+
+
+def test_a_port_another_server_holds_is_refused_before_any_build_starts(
+    x86: ModuleType, fake_server: tuple[int, type[_FakeServer]], tmp_path: Path
+) -> None:
+    # A server left running on the port answers like a model: taking it for ours would chat with the wrong
+    # server, and blaming the build would mark a good build bad for this host.
+    lm = x86
+    port, handler = fake_server
+    _fake_venv(lm, "native", crash=False)
+    with pytest.raises(lm.PortTaken, match=rf"127.0.0.1:{port} is held by another process"):
+        lm.start_first_working(port, tmp_path / "local-model.log", print, build="native", timeout=30)
+    assert handler.posted == []
+    assert lm.known_bad("native") is None
+
+
+def test_answers_from_another_process_are_not_our_server_being_ready(
+    lm: ModuleType, fake_server: tuple[int, type[_FakeServer]]
+) -> None:
+    # The race the check above cannot close: another server binds the port after it, and the one we started
+    # (here a process that never listens) is still starting when the answers come.
+    port, _handler = fake_server
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(lm.PortTaken, match=rf":{port} is held by another process"):
+            lm.wait_ready(ours, "127.0.0.1", port, timeout=10)
+    finally:
+        ours.kill()
+        ours.wait(10)
+
+
+def test_a_server_that_could_not_bind_a_held_port_is_not_a_dead_build(
+    lm: ModuleType, fake_server: tuple[int, type[_FakeServer]]
+) -> None:
+    port, _handler = fake_server
+    ours = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    ours.wait(10)
+    with pytest.raises(lm.PortTaken):
+        lm.wait_ready(ours, "127.0.0.1", port, timeout=10)
 
 
 def test_concurrent_lock_waits_for_the_holder(lm: ModuleType, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -578,8 +579,49 @@ def spawn_server(build: str, port: int, log: Path, host: str = "127.0.0.1") -> s
     return spawn([*command, "--host", host, "--port", str(port)], log, own_session=True)
 
 
+class PortTaken(LocalModelError):
+    """Another process holds the server's port: neither the build's fault nor a reason to try another build."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is held by another process; stop it, or choose another port")
+
+
+def _accepts(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def _holds_listener(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` listens on TCP ``port``; None where /proc cannot tell (not Linux, or gone)."""
+    if not Path("/proc/net/tcp").exists():
+        return None
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()  # sl, local address (hex ip:port), remote, state (0A: LISTEN), ..., inode
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+    return False
+
+
+def _died(proc: subprocess.Popen[bytes], host: str, port: int) -> LocalModelError:
+    """Why the server exited: a build that died, or a port someone else holds (the server could not bind it)."""
+    return PortTaken(host, port) if _accepts(host, port) else ServerDied(_exit_reason(proc.returncode or 0))
+
+
 def wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> float:
-    """`wait` for a server this process started: raises ServerDied as soon as the process exits."""
+    """`wait` for a server this process started: raises ServerDied as soon as the process exits, and PortTaken
+    when the answers come from another process on the port (checked on Linux)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -587,11 +629,13 @@ def wait_ready(proc: subprocess.Popen[bytes], host: str, port: int, timeout: flo
             break
         except LocalModelError:
             if proc.poll() is not None:
-                raise ServerDied(_exit_reason(proc.returncode)) from None
+                raise _died(proc, host, port) from None
             if time.monotonic() > deadline:
                 raise
-    if proc.poll() is not None:  # answered, then died (a second process on the port would also get here)
-        raise ServerDied(_exit_reason(proc.returncode))
+    if proc.poll() is not None:  # answered, then died; or another server answered and ours could not bind
+        raise _died(proc, host, port)
+    if _holds_listener(proc.pid, port) is False:  # ours is alive but someone else answered: it will fail to bind
+        raise PortTaken(host, port)
     return time.monotonic() - (deadline - timeout)
 
 
@@ -614,6 +658,8 @@ def start_first_working(
             say(f"skipping the bundled model's {candidate} build: it died here before ({reason})")
             continue
         ensure(candidate)
+        if _accepts(host, port):  # a server left running (another tool's, an earlier stack's) is not ours
+            raise PortTaken(host, port)
         proc = spawn_server(candidate, port, log, host)
         try:
             wait_ready(proc, host, port, timeout)
