@@ -15,7 +15,7 @@ from .http_calls import BLOB_PATH, burst_ttfb_ms, lines_per_s, sequential_ttfb_m
 from .proc_cpu import cpu_ms
 from .stats import median, percentile
 
-DIRECT, SSH, TUNNEL = "direct", "ssh", "tunnel"
+DIRECT, SSH, TUNNEL, TWO_HOP_RELAY = "direct", "ssh", "tunnel", "two_hop_relay"
 
 # Issue 14's targets for the tunnel against ssh -R (they replace issue 3's bulk_ratio_vs_direct >= 0.3).
 TARGETS = {
@@ -64,11 +64,11 @@ class Samples:
     burst_cpu_ms_per_request: list[float] = field(default_factory=list)  # many at once: work is shared
 
 
-async def measure(peers: Sequence[Peer], workload: Workload, upload_only: Sequence[Peer] = ()) -> dict[str, Samples]:
-    """Every call through every peer, ``workload.rounds`` times; ``upload_only`` peers take part in uploads."""
-    samples = {peer.name: Samples() for peer in (*peers, *upload_only)}
+async def measure(peers: Sequence[Peer], workload: Workload) -> dict[str, Samples]:
+    """Every call through every peer, ``workload.rounds`` times."""
+    samples = {peer.name: Samples() for peer in peers}
     for _ in range(workload.rounds):
-        for peer in (*peers, *upload_only):
+        for peer in peers:
             seconds = await upload_seconds(peer.port, peer.prefix + BLOB_PATH, peer.headers, workload.upload_bytes)
             samples[peer.name].upload_s.append(seconds)
         for peer in peers:
@@ -107,8 +107,6 @@ def report(samples: Mapping[str, Samples], workload: Workload) -> dict[str, obje
         out[f"tunnel.bulk_{name}_mb_s"] = round(workload.upload_bytes / median(peer.upload_s) / 1e6, 1)
         out[f"tunnel.bulk_{name}_mb_s.rounds"] = [round(workload.upload_bytes / s / 1e6) for s in peer.upload_s]
     for name, peer in samples.items():
-        if not peer.seq_ttfb_ms:
-            continue  # an upload-only peer
         out[f"tunnel.{name}_seq_ttfb_ms.p50"] = round(percentile(_pooled(peer.seq_ttfb_ms), 50), 3)
         out[f"tunnel.{name}_burst_ttfb_ms.p50"] = round(percentile(_pooled(peer.burst_ttfb_ms), 50), 3)
         out[f"tunnel.{name}_lines_per_s"] = round(median(peer.lines_per_s))
@@ -140,6 +138,12 @@ def report(samples: Mapping[str, Samples], workload: Workload) -> dict[str, obje
             overhead_ratio(*(percentile(one_peer, 50) for one_peer in one_round))
             for one_round in zip(*by_peer, strict=True)
         ]
+    if (relay := samples.get(TWO_HOP_RELAY)) and relay.cpu_ms_per_request and tunnel.cpu_ms_per_request:
+        # The tunnel's CPU in units of the least a two-process Python relay costs: what library and code
+        # changes can still win, on any machine (the relay parses nothing; ssh -R is C).
+        out["tunnel.cpu_ratio_vs_two_hop_relay"] = round(
+            median(tunnel.cpu_ms_per_request) / median(relay.cpu_ms_per_request), 2
+        )
     out.update({f"{key}.target": target for key, target in TARGETS.items()})
     return out
 

@@ -11,7 +11,19 @@ import pytest
 from cloudtolocalllm.devkit.launch import alive
 
 from ..local_cloud import dev_auth, start_cloud_and_bridge, start_fast_backend, wait_bridge
-from ..peer_comparison import DIRECT, SSH, TARGETS, TUNNEL, Peer, Samples, Workload, measure, overhead_ratio, report
+from ..peer_comparison import (
+    DIRECT,
+    SSH,
+    TARGETS,
+    TUNNEL,
+    TWO_HOP_RELAY,
+    Peer,
+    Samples,
+    Workload,
+    measure,
+    overhead_ratio,
+    report,
+)
 from ..ssh_peer import ssh_reverse_tunnel
 
 MB = 1_000_000
@@ -35,14 +47,14 @@ def test_report_divides_what_the_tunnel_adds_by_what_ssh_adds() -> None:
         DIRECT: _samples(0.1, seq_ms=1.0, burst_ms=5.0, lines=100_000, cpu=[]),
         SSH: _samples(0.5, seq_ms=1.5, burst_ms=7.0, lines=80_000, cpu=[0.2, 0.4]),
         TUNNEL: _samples(0.4, seq_ms=2.5, burst_ms=11.0, lines=120_000, cpu=[1.0, 2.0]),
-        "two_hop_relay": Samples(upload_s=[0.2, 0.2]),
+        TWO_HOP_RELAY: _samples(0.2, seq_ms=1.2, burst_ms=6.0, lines=110_000, cpu=[0.5, 0.5]),
     }
     keys = report(samples, workload)
     assert keys["tunnel.bulk_ratio_vs_ssh"] == 1.25  # 0.75 s median for ssh against 0.6 s for the tunnel
     assert keys["tunnel.bulk_ratio_vs_ssh.rounds"] == [1.25, 1.25]
     assert keys["tunnel.bulk_ratio_vs_direct"] == 0.25
     assert keys["tunnel.bulk_tunnel_mb_s"] == pytest.approx(166.7)
-    assert keys["tunnel.bulk_two_hop_relay_mb_s"] == 500
+    assert keys["tunnel.bulk_two_hop_relay_mb_s"] == pytest.approx(333.3)
     assert keys["tunnel.chunks_ratio_vs_ssh"] == 1.5
     assert keys["tunnel.seq_ttfb_overhead_ratio_vs_ssh"] == 3.0  # 1.5 ms added against 0.5 ms
     assert keys["tunnel.seq_ttfb_overhead_ms.p50"] == 1.5
@@ -54,7 +66,9 @@ def test_report_divides_what_the_tunnel_adds_by_what_ssh_adds() -> None:
     assert keys["tunnel.burst_cpu_ms_per_request"] == pytest.approx(0.15)
     assert keys["tunnel.ssh_burst_cpu_ms_per_request.rounds"] == [0.02, 0.04]
     assert "tunnel.direct_cpu_ms_per_request" not in keys  # no processes named for direct
-    assert "tunnel.two_hop_relay_seq_ttfb_ms.p50" not in keys  # an upload-only peer
+    assert keys["tunnel.two_hop_relay_seq_ttfb_ms.p50"] == 1.2
+    assert keys["tunnel.two_hop_relay_cpu_ms_per_request"] == 0.5
+    assert keys["tunnel.cpu_ratio_vs_two_hop_relay"] == 3.0
     for key, target in TARGETS.items():
         assert keys[f"{key}.target"] == target
 
