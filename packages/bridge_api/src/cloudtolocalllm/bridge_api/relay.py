@@ -9,6 +9,7 @@ through that replica (forward.py).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
@@ -95,6 +96,20 @@ async def _read_body(receive: Receive, limit: int, reservation: Reservation) -> 
             return b"".join(chunks)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One call on its way: the ASGI triple, and what the endpoint read from its scope once."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    user: str
+    method: str
+    path: str
+    forwarded: bool  # sent on by another replica: only this replica's bridges may take it
+    has_body: bool
+
+
 class RelayEndpoint:
     def __init__(
         self, registry: BridgeRegistry, settings: ApiSettings, metrics: TunnelMetrics, forwarder: ReplicaForwarder
@@ -134,63 +149,41 @@ class RelayEndpoint:
                 )
                 await response(scope, receive, send)
                 return
-            await self._relay(scope, receive, send, user.identity, method, path, route, forwarded)
+            call = _Call(scope, receive, send, user.identity, method, path, forwarded, _has_body(scope))
+            await self._relay(call, route)
         except RelayError as exc:
             self.metrics.errors.labels(f"http_{exc.status}").inc()
             await error_response(exc)(scope, receive, send)
         except ClientGone:
             self.metrics.errors.labels("client_gone").inc()
 
-    async def _relay(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        user: str,
-        method: str,
-        path: str,
-        route: ApiRoute | None,
-        forwarded: bool,
-    ) -> None:
+    async def _relay(self, call: _Call, route: ApiRoute | None) -> None:
         # A JSON body that names the model (``route``'s field: None for a method or path the table does not
         # hold) is read whole, up to max_json_body_bytes, to route by that model.
-        has_body = _has_body(scope)
-        model_field = route.model_field if route is not None and has_body else None
+        model_field = route.model_field if route is not None and call.has_body else None
         json_body = model_field is not None
         limit = self.settings.max_json_body_bytes if json_body else self.settings.max_request_body_bytes
-        length = _content_length(scope)
+        length = _content_length(call.scope)
         if length is not None and length > limit:  # refused before a byte of the body is read
             raise RelayError(413, f"request body larger than {limit} bytes")
-        with self.json_budget.reservation(user) as reservation:
+        with self.json_budget.reservation(call.user) as reservation:
             body: bytes | None = None
             model: str | None = None
             if model_field is not None:
                 reservation.take(length or 0)  # what it announces, before reading it (429 if over budget)
-                body = await _read_body(receive, limit, reservation)
+                body = await _read_body(call.receive, limit, reservation)
                 model = _model_in(body, model_field)
-            await self._route(scope, receive, send, user, method, path, forwarded, has_body, body, model)
+            await self._route(call, body, model)
 
-    async def _route(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        user: str,
-        method: str,
-        path: str,
-        forwarded: bool,
-        has_body: bool,
-        body: bytes | None,
-        model: str | None,
-    ) -> None:
-        pinned = _header(scope, _BRIDGE)
+    async def _route(self, call: _Call, body: bytes | None, model: str | None) -> None:
+        pinned = _header(call.scope, _BRIDGE)
         candidates, complete = await self.registry.candidates(
-            user, local_only=forwarded, reconnect_grace_s=self.settings.reconnect_grace_s
+            call.user, local_only=call.forwarded, reconnect_grace_s=self.settings.reconnect_grace_s
         )
         unreachable = False
         while True:
             try:
-                target = self._choose(candidates, complete, forwarded, path, model, pinned)
+                target = self._choose(candidates, complete, call.forwarded, call.path, model, pinned)
             except RelayError as exc:
                 if unreachable and exc.status in (404, 503):
                     raise _replica_gone() from None
@@ -198,14 +191,18 @@ class RelayEndpoint:
             if not isinstance(target, RemoteBridge):
                 break
             try:
-                await self.forwarder.forward(scope, receive, send, target, path, body, has_body)
+                await self.forwarder.forward(
+                    call.scope, call.receive, call.send, target, call.path, body, call.has_body
+                )
                 return
             except ReplicaUnreachable as exc:  # nothing was sent: try a bridge on another replica
                 self.registry.suspect(exc.replica)
                 candidates = [c for c in candidates if not _on_replica(c, exc.replica)]
                 unreachable = True
-        exchange = Exchange(target, self.settings, self.metrics, scope, receive, send, has_body=has_body)
-        await exchange.run(method, path, body)
+        exchange = Exchange(
+            target, self.settings, self.metrics, call.scope, call.receive, call.send, has_body=call.has_body
+        )
+        await exchange.run(call.method, call.path, body)
 
     def _choose(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from typing import AnyStr, Final
 
-__all__ = ["HOP_BY_HOP", "connection_tokens", "drop_hop_by_hop"]
+__all__ = ["HOP_BY_HOP", "drop_hop_by_hop"]
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -38,12 +38,8 @@ def _lower(name: str | bytes) -> str:
 _NONE: Final[frozenset[str]] = frozenset()
 
 
-def connection_tokens(headers: Iterable[tuple[AnyStr, AnyStr]]) -> frozenset[str]:
-    """The lower-case field names that ``Connection:`` lists: hop-by-hop too (RFC 9110 §7.6.1)."""
-    return _listed([value for name, value in headers if len(name) == 10 and _lower(name) == "connection"])
-
-
 def _listed(values: list[AnyStr]) -> frozenset[str]:
+    """The lower-case field names the ``Connection:`` values list: hop-by-hop too (RFC 9110 §7.6.1)."""
     if not values:
         return _NONE
     return frozenset(token for value in values for part in _lower(value).split(",") if (token := part.strip()))
