@@ -20,9 +20,9 @@
   tunnel.burst_cpu_ms_per_request: 60 at once; tunnel.ssh_cpu_ms_per_request: sshd + ssh).
   tunnel.seq_ttfb_overhead_ms.p50 (one at a time, vs direct) and tunnel.bulk_ratio_vs_direct come from the
   same rounds; the latter is no longer a target: ssh -R itself carries a small fraction of a direct loopback
-  upload (0.15-0.3 here), so ">= 0.3 of direct" measured the machine. A fourth peer, two plain asyncio TCP
-  relays in a row (core's testing.tcp_relay: no HTTP, no framing), takes every call in the same rounds: the
-  least any two-process Python relay costs here. tunnel.bulk_two_hop_relay_ratio is its upload vs direct,
+  upload (0.15-0.3 here), so ">= 0.3 of direct" measured the machine. A fourth peer, two plain TCP relays
+  in a row (core's testing.tcp_relay on uvloop: no HTTP, no framing), takes every call in the same rounds:
+  the least any two-process Python relay costs here. tunnel.bulk_two_hop_relay_ratio is its upload vs direct,
   tunnel.two_hop_relay_cpu_ms_per_request its CPU per one-chunk chat, and tunnel.cpu_ratio_vs_two_hop_relay
   the tunnel's CPU per request in units of it
 - tunnel.bulk_wan_mb_s / tunnel.bulk_wan_fixed_window_mb_s: a 64 MB upload when the bridge's WebSocket

@@ -10,7 +10,7 @@ import pytest
 
 from cloudtolocalllm.devkit.launch import alive
 
-from ..local_cloud import dev_auth, start_cloud_and_bridge, start_fast_backend, wait_bridge
+from ..local_cloud import dev_auth, start_cloud_and_bridge, start_fast_backend, start_tcp_relay, wait_bridge
 from ..peer_comparison import (
     DIRECT,
     SSH,
@@ -79,6 +79,10 @@ def test_no_ratio_to_noise_when_ssh_adds_nothing() -> None:
     assert overhead_ratio(1.0, 1.25, 2.0) == 4.0
 
 
+def _runs_uvloop(pid: int) -> bool:
+    return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
+
+
 @pytest.fixture
 def fast_backend(tmp_path: Path) -> Iterator[int]:
     backend, port = start_fast_backend(tmp_path)
@@ -87,12 +91,14 @@ def fast_backend(tmp_path: Path) -> Iterator[int]:
 
 
 @pytest.mark.slow
-async def test_a_tiny_run_through_all_three_peers_reports_every_key(fast_backend: int, tmp_path: Path) -> None:
+async def test_a_tiny_run_through_every_peer_reports_every_key(fast_backend: int, tmp_path: Path) -> None:
     auth_env, issuer = dev_auth(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text(issuer.mint("bench", ttl_s=600))
     auth = {"authorization": f"Bearer {token_file.read_text()}"}
     api, bridge, api_port = start_cloud_and_bridge(tmp_path, auth_env, token_file, fast_backend)
+    second_hop, second_port = start_tcp_relay(tmp_path, fast_backend)
+    first_hop, relay_port = start_tcp_relay(tmp_path, second_port)
     try:
         await wait_bridge(api_port, auth)
         with ssh_reverse_tunnel(fast_backend, tmp_path / "ssh") as ssh:
@@ -101,7 +107,10 @@ async def test_a_tiny_run_through_all_three_peers_reports_every_key(fast_backend
                 Peer(DIRECT, fast_backend),
                 Peer(SSH, ssh.port, cpu_pids=ssh.pids),
                 Peer(TUNNEL, api_port, "/api/ollama", auth, cpu_pids=lambda: [api.pid, bridge.pid]),
+                Peer(TWO_HOP_RELAY, relay_port, cpu_pids=lambda: [first_hop.pid, second_hop.pid]),
             ]
+            # The relays are the least a Python hop costs: on uvloop, the bridge's loop, as they document.
+            assert all(_runs_uvloop(hop.pid) for hop in (first_hop, second_hop))
             workload = Workload(
                 rounds=2,
                 upload_bytes=4 * 1024 * 1024,
@@ -113,11 +122,13 @@ async def test_a_tiny_run_through_all_three_peers_reports_every_key(fast_backend
             )
             keys = report(await measure(peers, workload), workload)
     finally:
+        first_hop.stop()
+        second_hop.stop()
         bridge.stop()
         api.stop()
     assert [pid for pid in ssh_pids if alive(pid)] == []
     assert keys["tunnel.peer_rounds"] == 2
-    for name in (DIRECT, SSH, TUNNEL):
+    for name in (DIRECT, SSH, TUNNEL, TWO_HOP_RELAY):
         assert len(keys[f"tunnel.bulk_{name}_mb_s.rounds"]) == 2  # type: ignore[arg-type]
         assert len(keys[f"tunnel.{name}_lines_per_s.rounds"]) == 2  # type: ignore[arg-type]
         assert keys[f"tunnel.{name}_seq_ttfb_ms.p50"] > 0  # type: ignore[operator]
