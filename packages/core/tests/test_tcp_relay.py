@@ -19,6 +19,24 @@ async def test_bytes_go_through_both_ways() -> None:
         writer.write(b"hello")  # at once: the relay may still be dialling onward
         assert await reader.read() == b"echo:hello"
         writer.close()
+        await writer.wait_closed()
+
+
+async def test_the_relay_keeps_only_open_connections() -> None:
+    live: set[_Half] = set()
+    half = _Half(0.0, live)
+
+    class _Transport(asyncio.Transport):
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+            pass
+
+        def pause_reading(self) -> None:
+            pass
+
+    half.connection_made(_Transport())
+    assert live == {half}
+    half.connection_lost(None)
+    assert live == set()
 
 
 def test_bytes_read_before_the_onward_connection_are_sent_once_it_is_made() -> None:

@@ -30,8 +30,9 @@ HIGH_WATER = 4 << 20
 class _Half(asyncio.Protocol):
     """One side of a relayed connection: what it receives goes to ``peer`` (after ``delay_s``)."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, live: set[_Half] | None = None) -> None:
         self.delay_s = delay_s
+        self._live = live if live is not None else set()  # the relay's open halves, closed when it stops
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self._due: deque[tuple[float, bytes]] = deque()
@@ -41,6 +42,7 @@ class _Half(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self._live.add(self)
         transport = self.transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
         if self.peer is None:
@@ -101,6 +103,7 @@ class _Half(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._live.discard(self)  # a long benchmark run makes many connections: keep only the open ones
         if self.peer is not None and not self._due:
             self.peer.close()
 
@@ -111,19 +114,17 @@ async def tcp_relay(target_port: int, one_way_s: float = 0.0, host: str = "127.0
     directions (a ``2 * one_way_s`` round trip); yields the relay's port and closes it on exit."""
     loop = asyncio.get_running_loop()
     dialling: set[asyncio.Task[None]] = set()
-    halves: list[_Half] = []
+    halves: set[_Half] = set()
 
     def accept() -> _Half:
-        inbound = _Half(one_way_s)
-        halves.append(inbound)
+        inbound = _Half(one_way_s, halves)
 
         async def dial() -> None:
             try:
-                _, outbound = await loop.create_connection(lambda: _Half(one_way_s), host, target_port)
+                _, outbound = await loop.create_connection(lambda: _Half(one_way_s, halves), host, target_port)
             except OSError:
                 inbound.close()
                 return
-            halves.append(outbound)
             outbound.pair(inbound)
             inbound.pair(outbound)
 
@@ -139,7 +140,7 @@ async def tcp_relay(target_port: int, one_way_s: float = 0.0, host: str = "127.0
         server.close()
         for task in list(dialling):
             task.cancel()
-        for half in halves:
+        for half in list(halves):
             half.close()
         await server.wait_closed()
 
