@@ -12,10 +12,10 @@ slowly (``tunnel.slow_reader_rss_mb``), a key that must not get worse, for about
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from cloudtolocalllm.core import event_loop
 
 __all__ = ["ENV_VAR", "loop_name", "run"]
 
@@ -26,19 +26,9 @@ T = TypeVar("T")
 
 def loop_name() -> str:
     """``uvloop`` or ``asyncio``: the loop :func:`run` uses here."""
-    if os.environ.get(ENV_VAR, "").strip().lower() == "asyncio":
-        return "asyncio"
-    try:
-        import uvloop  # noqa: F401
-    except ModuleNotFoundError:
-        return "asyncio"
-    return "uvloop"
+    return event_loop.loop_name(ENV_VAR)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` to completion on a new event loop (see the module's docstring for which one)."""
-    if loop_name() == "uvloop":
-        import uvloop
-
-        return uvloop.run(main)
-    return asyncio.run(main)
+    return event_loop.run(main, ENV_VAR)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
+
+from cloudtolocalllm.core import event_loop
 
 __all__ = ["tcp_relay"]
 
@@ -41,9 +43,8 @@ class _Half(asyncio.Protocol):
         self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio's
         self._live.add(self)
-        transport = self.transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
         if self.peer is None:
             transport.pause_reading()  # until the other side is connected
@@ -151,15 +152,6 @@ async def _main(target_port: int, one_way_s: float) -> None:
         await asyncio.Event().wait()  # until the process is stopped
 
 
-def _run_fastest(main: Coroutine[None, None, None]) -> None:
-    """On uvloop where it is installed (the bridge's loop): the least a Python hop can cost, as documented."""
-    try:
-        import uvloop
-    except ModuleNotFoundError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-
-
 if __name__ == "__main__":
-    _run_fastest(_main(int(sys.argv[1]), float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0))
+    # On uvloop where it is installed (the bridge's loop): the least a Python hop can cost, as documented.
+    event_loop.run(_main(int(sys.argv[1]), float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.0))

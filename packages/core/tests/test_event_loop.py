@@ -1,0 +1,26 @@
+"""core.event_loop: uvloop where it is installed, asyncio's loop when asked for or when it is not."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from cloudtolocalllm.core import event_loop
+
+
+async def _running_loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def test_the_variable_set_to_asyncio_gets_asyncios_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_EVENT_LOOP", " AsyncIO ")
+    assert event_loop.loop_name("SOME_EVENT_LOOP") == "asyncio"
+    assert event_loop.run(_running_loop_module(), "SOME_EVENT_LOOP").startswith("asyncio")
+
+
+def test_without_uvloop_asyncios_loop_runs_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows, or where nothing installed it
+    assert event_loop.loop_name() == "asyncio"
+    assert event_loop.run(_running_loop_module()).startswith("asyncio")
