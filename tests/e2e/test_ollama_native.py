@@ -95,3 +95,19 @@ def test_the_real_bridge_and_api_backend_batch_frames_and_answers_stay_whole(
         parts = list(client.chat(model=MODEL, messages=question, stream=True, options={"num_predict": 5}))
         assert parts[-1].done and not any(part.done for part in parts[:-1])
         assert "".join(part.message.content for part in parts)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_api_backend_relays_on_asyncios_loop_by_default_and_on_uvloop_when_asked(
+    stack: Stack, fake_ollama: OllamaDouble, loop: str
+) -> None:
+    if loop == "uvloop":
+        stack.env["API_EVENT_LOOP"] = "uvloop"
+        stack.restart_api()
+    listening = [record for record in stack.api.records() if record.get("msg") == "listening"]
+    assert listening[-1]["event_loop"] == loop
+    stack.bridge(fake_ollama.url, kind="ollama")
+    with ollama.Client(host=stack.url + "/api/ollama", headers=stack.headers()) as client:
+        question = [{"role": "user", "content": "hello"}]
+        parts = list(client.chat(model=MODEL, messages=question, stream=True, options={"num_predict": 5}))
+    assert parts[-1].done and "".join(part.message.content for part in parts)

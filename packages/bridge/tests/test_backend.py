@@ -68,6 +68,7 @@ async def recorder() -> AsyncIterator[tuple[str, list[SeenRequest]]]:
                 length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
                 seen.append(SeenRequest(method, target, headers, await reader.readexactly(length)))  # type: ignore[arg-type]
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                writer.write(b"set-cookie: session=from-the-backend; Path=/\r\n")
                 writer.write(b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
                 await writer.drain()
         writer.close()
@@ -112,6 +113,21 @@ async def test_request_headers_and_url(recorder: tuple[str, list[SeenRequest]]) 
     assert request.body == b"{}" and request.header("content-length") == "2"  # a known length stays unchunked
     assert request.header("accept-encoding") == "identity"  # the body is relayed undecoded
     assert str(request.header("user-agent")).startswith("cloudtolocalllm-bridge/")
+
+
+async def test_a_cookie_the_backend_sets_goes_to_the_client_and_never_into_the_next_request(
+    recorder: tuple[str, list[SeenRequest]],
+) -> None:
+    """The bridge is a relay, not a browser: it keeps no cookie jar across the requests it carries."""
+    url, seen = recorder
+    backend = HttpBackend(url.replace("127.0.0.1", "localhost"))  # a jar keeps no cookies for IP addresses
+    for _ in range(2):
+        response = await backend.request("GET", "/api/tags", "", [], None)
+        assert ("set-cookie", "session=from-the-backend; Path=/") in [(k.lower(), v) for k, v in response.headers]
+        assert b"".join([chunk async for chunk in response.body])
+        await response.aclose()
+    await backend.aclose()
+    assert [request.header("cookie") for request in seen] == [None, None]
 
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:

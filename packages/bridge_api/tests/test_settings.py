@@ -47,3 +47,11 @@ def test_redis_settings_are_read_from_the_environment() -> None:
         5,
         1,
     )
+
+
+def test_the_event_loop_is_asyncios_unless_uvloop_is_asked_for_and_a_typo_is_named() -> None:
+    assert load_settings(ApiSettings, prefix="API_", environ={}).event_loop == "asyncio"
+    assert load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    with pytest.raises(SettingsError) as caught:
+        load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uv-loop"})
+    assert "API_EVENT_LOOP" in str(caught.value)

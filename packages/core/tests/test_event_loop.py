@@ -24,3 +24,11 @@ def test_without_uvloop_asyncios_loop_runs_the_program(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows, or where nothing installed it
     assert event_loop.loop_name() == "asyncio"
     assert event_loop.run(_running_loop_module()).startswith("asyncio")
+
+
+def test_a_services_own_setting_wins_over_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_EVENT_LOOP", "uvloop")
+    assert event_loop.loop_name("SOME_EVENT_LOOP", choice="asyncio") == "asyncio"
+    assert event_loop.run(_running_loop_module(), "SOME_EVENT_LOOP", choice="asyncio").startswith("asyncio")
+    monkeypatch.setenv("SOME_EVENT_LOOP", "asyncio")
+    assert event_loop.loop_name("SOME_EVENT_LOOP", choice="uvloop") == "uvloop"

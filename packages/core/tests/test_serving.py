@@ -232,3 +232,42 @@ async def test_oversized_heads_are_refused_with_json_431_and_refusals_log_no_err
             assert answer.startswith(b"HTTP/1.1 401 ")
         await asyncio.sleep(0.1)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_clients_writes_wait_above_16_kib_buffered_and_a_websockets_above_the_loops_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow reader pins its credit window and little more; a bridge's tunnel keeps the larger buffer."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+    from websockets.asyncio.client import connect
+
+    from cloudtolocalllm.core.server_protocols import CLIENT_WRITE_HIGH_WATER, BoundedHttpToolsProtocol
+    from cloudtolocalllm.core.testing import running_server
+
+    transports: list[asyncio.Transport] = []
+    made = BoundedHttpToolsProtocol.connection_made
+
+    def recording(self: BoundedHttpToolsProtocol, transport: asyncio.Transport) -> None:
+        transports.append(transport)
+        made(self, transport)
+
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "connection_made", recording)
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_bytes(await websocket.receive_bytes())
+
+    app = Starlette(routes=[Route("/", lambda _: PlainTextResponse("ok")), WebSocketRoute("/ws", echo)])
+    async with running_server(app) as url:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(url + "/")).text == "ok"
+            assert [t.get_write_buffer_limits() for t in transports] == [
+                (CLIENT_WRITE_HIGH_WATER // 4, CLIENT_WRITE_HIGH_WATER)
+            ]
+        async with connect(url.replace("http", "ws", 1) + "/ws") as ws:
+            await ws.send(b"x")
+            assert await ws.recv() == b"x"
+            assert transports[-1].get_write_buffer_limits() == (16 * 1024, 64 * 1024)  # asyncio's default

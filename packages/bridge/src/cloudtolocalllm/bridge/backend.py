@@ -212,6 +212,9 @@ class HttpBackend:
                 timeout=self._timeout,
                 auto_decompress=False,  # relayed byte for byte
                 trust_env=False,  # HTTP(S)_PROXY must never route local requests elsewhere
+                # A relay, not a browser: a cookie the backend sets goes to the client that asked, never
+                # into the next request the bridge carries (and no jar to look up per request).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"user-agent": f"cloudtolocalllm-bridge/{__version__}"},
                 # Send the caller's headers, not the client's defaults (Accept, a guessed Content-Type).
                 skip_auto_headers=("accept", "accept-encoding", "content-type"),

@@ -75,6 +75,7 @@ from cloudtolocalllm.bridge.token import (
 from cloudtolocalllm.bridge.version import __version__
 from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.logging import configure_logging
+from cloudtolocalllm.core.malloc_tuning import tune_malloc_for_streaming
 from cloudtolocalllm.core.settings import SettingsError, load_settings
 
 __all__ = ["PROG", "build_settings", "format_status", "main", "resolve_cloud", "select_token_source"]
@@ -301,6 +302,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if source.world_readable:
         print(f"{PROG}: warning: {source.describe()} is readable by other users (chmod 600 it)", file=sys.stderr)
     tune_gc_for_latency()  # fewer collector stalls in the middle of relayed streams
+    tune_malloc_for_streaming()  # no fresh mapping per large buffer
     code, message = event_loop.run(_run_bridge(settings, source))
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)

@@ -19,6 +19,7 @@ from cloudtolocalllm.core import (
     SettingsError,
     bind_socket,
     configure_logging,
+    event_loop,
     exit_on_settings_error,
     load_settings,
     serve,
@@ -34,12 +35,18 @@ async def run(app: ServiceApp, settings: ApiSettings) -> None:
     registry: BridgeRegistry = app.state.registry
     registry.replica_url = replica_url_for(settings, port)  # where peers relay requests for our bridges
     directory = "redis" if settings.redis_url else "in-memory"
+    loop = asyncio.get_running_loop()
     log.info(
         "listening",
-        extra={"host": settings.host, "port": port, "replica_url": registry.replica_url, "directory": directory},
+        extra={
+            "host": settings.host,
+            "port": port,
+            "replica_url": registry.replica_url,
+            "directory": directory,
+            "event_loop": type(loop).__module__.split(".")[0],
+        },
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
@@ -77,7 +84,7 @@ def main() -> None:
     except DevIssuerMissing as exc:
         print(f"{SERVICE_NAME}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    asyncio.run(run(app, settings))
+    event_loop.run(run(app, settings), choice=settings.event_loop)
 
 
 if __name__ == "__main__":

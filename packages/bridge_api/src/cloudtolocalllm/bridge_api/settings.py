@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -83,6 +83,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The bridge's public OAuth client (an Auth0 Native application with the Device Code grant), published
     # in the discovery document so that `cloudtolocalllm-bridge login <cloud>` needs nothing else.
     bridge_client_id: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,200}$")] = "cloudtolocalllm-bridge"
+    # uvloop costs about a sixth less CPU per relayed request, but 100 slow readers make the process hold
+    # ~20 MB more (docs/performance.md): a choice for CPU-bound deployments, not the default.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     def __post_init__(self) -> None:
         if self.redis_url and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:

@@ -7,6 +7,10 @@ refusals that log no error, is in ``websocket_protocol``).
   the WebSocket protocol, so every route (``/ws/`` ones included) answers ``431`` with an Ollama-shaped
   ``{"error": ...}``, and what a connection makes the server hold before that is bounded by the limit plus
   one read.
+- **Write buffers.** A response's writes wait while the client's transport holds more than
+  ``CLIENT_WRITE_HIGH_WATER`` (the event loops' default is 64 KiB): a client that reads slowly makes the
+  server hold its stream's credit window and little more. A connection upgraded to a WebSocket gets the
+  default back: a bridge's tunnel carries uploads, which want the larger buffer.
 - **WebSocket refusals.** Refusing a handshake with a response (the ASGI ``websocket.http.response``
   extension, how a 401 reaches a bridge) leaves the sans-I/O protocol thinking the handshake never
   finished, so uvicorn logs "ASGI callable returned without completing handshake." at ERROR for every
@@ -15,6 +19,7 @@ refusals that log no error, is in ``websocket_protocol``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Final
@@ -26,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
 
 __all__ = [
+    "CLIENT_WRITE_HIGH_WATER",
     "DEFAULT_MAX_HEADER_BYTES",
     "MAX_HEADER_COUNT",
     "MAX_HEADER_LINE_BYTES",
@@ -33,6 +39,8 @@ __all__ = [
     "head_problem",
 ]
 
+CLIENT_WRITE_HIGH_WATER: Final = 16 * 1024
+"""Bytes a client's transport may hold before a response's next write waits (resumes below a quarter)."""
 MAX_HEADER_LINE_BYTES: Final = 8192
 """One line with its CRLF: websockets' handshake parser refuses longer ones, nginx's default buffer too."""
 MAX_HEADER_COUNT: Final = 100
@@ -79,6 +87,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # read since the current head began (an upper bound on its size)
         self._in_head = True
         self._problem: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        super().connection_made(transport)
+
+    def handle_websocket_upgrade(self) -> None:
+        self.transport.set_write_buffer_limits()  # the loop's default
+        super().handle_websocket_upgrade()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -1,0 +1,45 @@
+"""glibc malloc settings for processes that move streams in buffers of a few hundred KiB.
+
+glibc serves an allocation above its mmap threshold (128 KiB at start, then raised to the largest block
+freed, up to 32 MiB) with a fresh mapping, and returns it on free: the kernel zeroes and faults in every page
+of it again. A relay's reads (256 KiB), frames and joined buffers sit just around that threshold, so whether
+each one costs a mapping depends on the order of sizes it happens to meet. Measured on the tunnel's bulk
+upload with api-backend on uvloop (whose reads are 256,000 bytes, the frames a little more): the bridge
+spent 2.3 ms of CPU per MB, a third of it zeroing and faulting pages; with the threshold fixed at 1 MiB,
+1.4 ms, and the upload went from about 280 to 430 MB/s (docs/performance.md).
+
+A fixed threshold turns glibc's adjustment off, and with it the trim threshold's; both are set here. The
+heap keeps up to ``TRIM_THRESHOLD`` free at its top rather than returning it at once. Elsewhere (macOS,
+Windows, musl) nothing changes. ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment,
+glibc's own knobs, win over these.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from typing import Final
+
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc_for_streaming"]
+
+MMAP_THRESHOLD: Final = 1024 * 1024
+"""Blocks up to this come from the heap: above the largest frame (256 KiB) and read with room to spare."""
+TRIM_THRESHOLD: Final = 8 * 1024 * 1024
+"""Free memory at the heap's top kept for reuse before it is returned to the system."""
+
+_M_TRIM_THRESHOLD: Final = -1  # glibc's malloc.h
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def tune_malloc_for_streaming() -> bool:
+    """Fix glibc's mmap and trim thresholds (see the module's doc); False where nothing was changed."""
+    if not sys.platform.startswith("linux") or os.environ.keys() & {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}:
+        return False
+    libc = ctypes.CDLL(None)  # the C library the interpreter is linked with
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl): its thresholds are not these
+        return False
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
