@@ -4,9 +4,9 @@ glibc serves an allocation above its mmap threshold (128 KiB at start, then rais
 freed, up to 32 MiB) with a fresh mapping, and returns it on free: the kernel zeroes and faults in every page
 of it again. A relay's reads (256 KiB), frames and joined buffers sit just around that threshold, so whether
 each one costs a mapping depends on the order of sizes it happens to meet. Measured on the tunnel's bulk
-upload with api-backend on uvloop (whose reads are 256,000 bytes, the frames a little more): the bridge
-spent 2.3 ms of CPU per MB, a third of it zeroing and faulting pages; with the threshold fixed at 1 MiB,
-1.4 ms, and the upload went from about 280 to 430 MB/s (docs/performance.md).
+upload (docs/performance.md): the bridge's CPU per MB went from 1.72-1.91 ms to 1.41-1.52 ms with the
+threshold fixed at 1 MiB, and with api-backend on uvloop (reads of 256,000 bytes, frames a little more) from
+2.3 to 1.4 ms, the upload from about 280 to 430 MB/s.
 
 A fixed threshold turns glibc's adjustment off, and with it the trim threshold's; both are set here. The
 heap keeps up to ``TRIM_THRESHOLD`` free at its top rather than returning it at once. Elsewhere (macOS,
