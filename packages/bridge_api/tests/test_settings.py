@@ -54,4 +54,4 @@ def test_the_event_loop_is_asyncios_unless_uvloop_is_asked_for_and_a_typo_is_nam
     assert load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
     with pytest.raises(SettingsError) as caught:
         load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uv-loop"})
-    assert "API_EVENT_LOOP" in str(caught.value)
+    assert "API_EVENT_LOOP: expected one of asyncio, uvloop (got 'uv-loop')" in str(caught.value)

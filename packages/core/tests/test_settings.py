@@ -55,6 +55,7 @@ def test_one_error_names_every_bad_variable() -> None:
     assert "PUBLIC_URL: required" in message
     assert "PORT: Expected `int` <= 65535" in message
     assert "'70000'" in message
+    assert "LOG_LEVEL: expected one of debug, info, warning (got 'loud')" in message  # the choices, not just "invalid"
 
 
 def test_sensitive_values_are_not_echoed() -> None:

@@ -66,6 +66,13 @@ def _read_value_file(path: str) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
+def _reason(error: msgspec.ValidationError, tp: Any) -> str:
+    # msgspec names a bad choice without the good ones; an operator needs those.
+    if typing.get_origin(tp) is typing.Literal:
+        return "expected one of " + ", ".join(str(choice) for choice in typing.get_args(tp))
+    return str(error)
+
+
 def _convert(raw: str, tp: Any) -> Any:
     # Comma-separated lists are the least surprising shape for list settings in an env file.
     value: Any = [item.strip() for item in raw.split(",") if item.strip()] if _is_sequence(tp) else raw
@@ -102,7 +109,7 @@ def load_settings(cls: type[S], *, prefix: str = "", environ: Mapping[str, str] 
             # Echo the bad value to help the operator, unless it may be a credential.
             secret = path is not None or any(word in field.name for word in _SENSITIVE)
             shown = "" if secret else f" (got {raw!r})"
-            problems[name] = f"{exc}{shown}"
+            problems[name] = f"{_reason(exc, tp)}{shown}"
     if problems:
         raise SettingsError(problems)
     try:
