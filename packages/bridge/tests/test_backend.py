@@ -120,7 +120,8 @@ async def test_a_cookie_the_backend_sets_goes_to_the_client_and_never_into_the_n
 ) -> None:
     """The bridge is a relay, not a browser: it keeps no cookie jar across the requests it carries."""
     url, seen = recorder
-    backend = HttpBackend(url.replace("127.0.0.1", "localhost"))  # a jar keeps no cookies for IP addresses
+    # A host name: aiohttp's jar never keeps cookies for an IP address, so 127.0.0.1 could not show the bug.
+    backend = HttpBackend(url.replace("127.0.0.1", "localhost"))
     for _ in range(2):
         response = await backend.request("GET", "/api/tags", "", [], None)
         assert ("set-cookie", "session=from-the-backend; Path=/") in [(k.lower(), v) for k, v in response.headers]

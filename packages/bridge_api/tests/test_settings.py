@@ -55,3 +55,21 @@ def test_the_event_loop_is_asyncios_unless_uvloop_is_asked_for_and_a_typo_is_nam
     with pytest.raises(SettingsError) as caught:
         load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uv-loop"})
     assert "API_EVENT_LOOP: expected one of asyncio, uvloop (got 'uv-loop')" in str(caught.value)
+
+
+def test_uvloop_asked_for_where_it_is_not_installed_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from cloudtolocalllm.bridge_api import cli
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows
+    monkeypatch.setenv("API_EVENT_LOOP", "uvloop")
+    monkeypatch.setenv("OIDC_ISSUER", "https://issuer.example")  # valid otherwise: only the loop is wrong
+    monkeypatch.setenv("OIDC_AUDIENCE", "cloudtolocalllm")
+    monkeypatch.setattr(sys, "argv", ["cloudtolocalllm-api-backend"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    assert "API_EVENT_LOOP: uvloop is not installed here" in capsys.readouterr().err

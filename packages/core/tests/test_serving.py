@@ -270,4 +270,4 @@ async def test_a_clients_writes_wait_above_16_kib_buffered_and_a_websockets_abov
         async with connect(url.replace("http", "ws", 1) + "/ws") as ws:
             await ws.send(b"x")
             assert await ws.recv() == b"x"
-            assert transports[-1].get_write_buffer_limits() == (16 * 1024, 64 * 1024)  # asyncio's default
+            assert transports[-1].get_write_buffer_limits() == (64 * 1024 // 4, 64 * 1024)  # asyncio's default

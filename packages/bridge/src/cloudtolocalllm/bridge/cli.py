@@ -73,9 +73,8 @@ from cloudtolocalllm.bridge.token import (
     unverified_expiry,
 )
 from cloudtolocalllm.bridge.version import __version__
-from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
 from cloudtolocalllm.core.logging import configure_logging
-from cloudtolocalllm.core.malloc_tuning import tune_malloc_for_streaming
+from cloudtolocalllm.core.process_tuning import tune_process_for_relaying
 from cloudtolocalllm.core.settings import SettingsError, load_settings
 
 __all__ = ["PROG", "build_settings", "format_status", "main", "resolve_cloud", "select_token_source"]
@@ -301,8 +300,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(PROG, __version__, level=settings.log_level.upper(), stream=sys.stderr)
     if source.world_readable:
         print(f"{PROG}: warning: {source.describe()} is readable by other users (chmod 600 it)", file=sys.stderr)
-    tune_gc_for_latency()  # fewer collector stalls in the middle of relayed streams
-    tune_malloc_for_streaming()  # no fresh mapping per large buffer
+    tune_process_for_relaying()  # fewer collector stalls and page faults in the middle of relayed streams
     code, message = event_loop.run(_run_bridge(settings, source))
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)

@@ -6,8 +6,8 @@ Windows build), so the bridge starts through :func:`run` and works on either loo
 ``CLOUDTOLOCALLLM_BRIDGE_EVENT_LOOP=asyncio`` chooses asyncio's loop even where uvloop is installed, to rule
 it out when troubleshooting.
 
-The cloud's services stay on asyncio's loop: on uvloop api-backend held 10-20 MB more while 100 clients read
-slowly (``tunnel.slow_reader_rss_mb``), a key that must not get worse, for about 0.1 ms less CPU per request.
+api-backend stays on asyncio's loop unless ``API_EVENT_LOOP=uvloop``: on uvloop it held about 20 MB more while
+100 clients read slowly (``tunnel.slow_reader_rss_mb``), for about a sixth less CPU per request.
 """
 
 from __future__ import annotations

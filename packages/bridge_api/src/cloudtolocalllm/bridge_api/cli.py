@@ -35,7 +35,6 @@ async def run(app: ServiceApp, settings: ApiSettings) -> None:
     registry: BridgeRegistry = app.state.registry
     registry.replica_url = replica_url_for(settings, port)  # where peers relay requests for our bridges
     directory = "redis" if settings.redis_url else "in-memory"
-    loop = asyncio.get_running_loop()
     log.info(
         "listening",
         extra={
@@ -43,10 +42,11 @@ async def run(app: ServiceApp, settings: ApiSettings) -> None:
             "port": port,
             "replica_url": registry.replica_url,
             "directory": directory,
-            "event_loop": type(loop).__module__.split(".")[0],
+            "event_loop": event_loop.running_loop_name(),
         },
     )
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
@@ -76,6 +76,9 @@ def main() -> None:
         database = load_settings(DatabaseSettings)  # DATABASE_URL, unprefixed as most platforms set it
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
+    if event_loop.loop_name(choice=settings.event_loop) != settings.event_loop:  # uvloop asked for, not installed
+        missing = SettingsError({"API_EVENT_LOOP": "uvloop is not installed here (install it, or choose asyncio)"})
+        exit_on_settings_error(missing, SERVICE_NAME)
     configure_logging(SERVICE_NAME, __version__)
     try:
         app = build_app(settings, auth, database=database)  # reads the dev issuer's settings (DEV_REDIRECT_URIS, ...)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["loop_name", "run"]
+__all__ = ["loop_name", "run", "running_loop_name"]
 
 T = TypeVar("T")
 
@@ -30,6 +30,11 @@ def loop_name(env_var: str | None = None, *, choice: str | None = None) -> str:
     except ModuleNotFoundError:
         return "asyncio"
     return "uvloop"
+
+
+def running_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the loop running now (call it from a coroutine)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 def run(main: Coroutine[Any, Any, T], env_var: str | None = None, *, choice: str | None = None) -> T:

@@ -24,8 +24,7 @@ from typing import NoReturn
 
 from starlette.types import ASGIApp
 
-from cloudtolocalllm.core.gc_tuning import tune_gc_for_latency
-from cloudtolocalllm.core.malloc_tuning import tune_malloc_for_streaming
+from cloudtolocalllm.core.process_tuning import tune_process_for_relaying
 from cloudtolocalllm.core.settings import SettingsError
 
 __all__ = ["DEFAULT_MAX_HEADER_BYTES", "bind_socket", "exit_on_settings_error", "serve"]
@@ -102,8 +101,7 @@ async def serve(
         timeout_graceful_shutdown=max(1, round(graceful_timeout_s)),
     )
     server = uvicorn.Server(config)
-    tune_gc_for_latency()  # the app is built: freeze it out of the collector's full passes
-    tune_malloc_for_streaming()  # no fresh mapping per large buffer
+    tune_process_for_relaying()  # the app is built: freeze it out of the collector's full passes
     # uvicorn's own signal capture re-raises the signal after shutdown (the process would die of it instead
     # of exiting 0): the caller's loop handlers, or ours below, decide when to stop.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
