@@ -41,7 +41,8 @@ async def test_the_relay_keeps_only_open_connections() -> None:
 
 def test_bytes_read_before_the_onward_connection_are_sent_once_it_is_made() -> None:
     # uvloop reads what the client sent with its connection before connection_made can pause reading.
-    inbound, onward = _Half(0.0), _Half(0.0)
+    live: set[_Half] = set()
+    inbound, onward = _Half(0.0, live), _Half(0.0, live)
     sent: list[bytes] = []
     onward.write = sent.append  # type: ignore[method-assign]
     inbound.data_received(b"GET / HTTP/1.1\r\n")

@@ -31,8 +31,6 @@ TRIM_THRESHOLD: Final = 8 * 1024 * 1024
 
 _M_TRIM_THRESHOLD: Final = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD: Final = -3
-
-
 _GLIBC_KNOBS: Final = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 _GLIBC_TUNABLES: Final = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
 

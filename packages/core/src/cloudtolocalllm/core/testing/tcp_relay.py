@@ -32,9 +32,9 @@ HIGH_WATER = 4 << 20
 class _Half(asyncio.Protocol):
     """One side of a relayed connection: what it receives goes to ``peer`` (after ``delay_s``)."""
 
-    def __init__(self, delay_s: float, live: set[_Half] | None = None) -> None:
+    def __init__(self, delay_s: float, live: set[_Half]) -> None:
         self.delay_s = delay_s
-        self._live = live if live is not None else set()  # the relay's open halves, closed when it stops
+        self._live = live  # the relay's open halves, closed when it stops
         self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self._due: deque[tuple[float, bytes]] = deque()
