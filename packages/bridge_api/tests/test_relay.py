@@ -189,7 +189,13 @@ async def test_sse_stream_interrupted_gets_an_error_event(cloud: Cloud) -> None:
     assert tail.startswith(b"event: error\ndata: {")
 
 
-async def test_client_disconnect_cancels_on_the_bridge_within_a_second(cloud: Cloud) -> None:
+@pytest.mark.parametrize("learnt_from", ["server extension", "receive"])
+async def test_client_disconnect_cancels_on_the_bridge_within_a_second(
+    cloud: Cloud, learnt_from: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve()'s protocol tells of the loss with a future; under another server a task asks receive()."""
+    if learnt_from == "receive":
+        monkeypatch.setattr("cloudtolocalllm.bridge_api.exchange.connection_lost", lambda scope: None)
     release = asyncio.Event()
     async with FakeBridge(cloud.url, cloud.token(), handler=ndjson_reply(release)) as bridge:  # type: ignore[arg-type]
         async with cloud.client() as client:

@@ -271,3 +271,36 @@ async def test_a_clients_writes_wait_above_16_kib_buffered_and_a_websockets_abov
             await ws.send(b"x")
             assert await ws.recv() == b"x"
             assert transports[-1].get_write_buffer_limits() == (64 * 1024 // 4, 64 * 1024)  # asyncio's default
+
+
+async def test_a_requests_scope_carries_a_future_done_when_its_connection_closes() -> None:
+    """An endpoint learns of a client that left without a task reading receive() (api-backend's relay)."""
+    from starlette.types import Receive, Scope, Send
+
+    from cloudtolocalllm.core.server_protocols import connection_lost
+    from cloudtolocalllm.core.testing import running_server
+
+    seen: list[asyncio.Future[None] | None] = []
+    lost_seen = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        lost = connection_lost(scope)
+        seen.append(lost)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        if scope["path"] == "/hold" and lost is not None:
+            await asyncio.wait_for(asyncio.shield(lost), 10)
+            lost_seen.set()
+
+    async with running_server(app) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b"first" in await asyncio.wait_for(reader.readuntil(b"first"), 10)
+        assert seen[0] is not None and not seen[0].done()  # open while the client is
+        writer.close()
+        await asyncio.wait_for(lost_seen.wait(), 10)
+    assert seen[0].done()
+    assert connection_lost({"type": "http"}) is None  # another server: the caller falls back to receive()

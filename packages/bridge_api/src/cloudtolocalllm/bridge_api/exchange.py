@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -23,6 +23,7 @@ from cloudtolocalllm.bridge_api.headers import request_headers_for_bridge, respo
 from cloudtolocalllm.bridge_api.metrics import TunnelMetrics
 from cloudtolocalllm.bridge_api.session import BridgeSession
 from cloudtolocalllm.bridge_api.settings import ApiSettings
+from cloudtolocalllm.core.server_protocols import connection_lost
 from cloudtolocalllm.protocol import ErrorCode, LocalProtocolError, ResponseHead, StreamClosedError
 from cloudtolocalllm.protocol.tunnel import StreamFailed, TransportClosed, TunnelStream
 
@@ -52,6 +53,7 @@ class Exchange:
         self.has_body = has_body
         self.client_gone = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._unwatch: Callable[[], object] | None = None
 
     async def run(self, method: str, path: str, body: bytes | None) -> None:
         """Relay the request; ``body``: already read whole (JSON routed by model), else None to stream it."""
@@ -73,6 +75,8 @@ class Exchange:
             head = await self._await_head(stream, uploader, started)
             completed = await self._respond(stream, head)
         finally:
+            if self._unwatch is not None:
+                self._unwatch()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -117,7 +121,19 @@ class Exchange:
         self._watch_disconnect(stream)
 
     def _watch_disconnect(self, stream: TunnelStream) -> None:
-        self._spawn(self._wait_disconnect(stream))
+        lost = connection_lost(self.scope)
+        if lost is None:  # a server without the extension: ask receive(), in a task
+            self._spawn(self._wait_disconnect(stream))
+            return
+        if lost.done():
+            self._client_disconnected(stream)
+            return
+
+        def on_lost(_: object) -> None:
+            self._client_disconnected(stream)
+
+        lost.add_done_callback(on_lost)
+        self._unwatch = lambda: lost.remove_done_callback(on_lost)
 
     async def _wait_disconnect(self, stream: TunnelStream) -> None:
         while True:
@@ -127,6 +143,8 @@ class Exchange:
                 return
 
     def _client_disconnected(self, stream: TunnelStream) -> None:
+        if self.client_gone:
+            return
         self.client_gone = True
         stream.fail(ErrorCode.CANCELLED, "client disconnected")
 
