@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -304,3 +305,66 @@ async def test_a_requests_scope_carries_a_future_done_when_its_connection_closes
         await asyncio.wait_for(lost_seen.wait(), 10)
     assert seen[0].done()
     assert connection_lost({"type": "http"}) is None  # another server: the caller falls back to receive()
+
+
+async def test_a_websocket_pauses_reading_only_while_its_app_is_behind_and_loses_no_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn's rule (pause after every message) costs two epoll_ctl calls a message; ours, none in step."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+    from websockets.asyncio.client import connect
+
+    from cloudtolocalllm.core.testing import running_server
+    from cloudtolocalllm.core.websocket_protocol import QuietRefusalWebSocketProtocol
+
+    protocols: list[QuietRefusalWebSocketProtocol] = []
+    pauses: list[int] = []
+    made = QuietRefusalWebSocketProtocol.connection_made
+
+    def recording(self: QuietRefusalWebSocketProtocol, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        protocols.append(self)
+        pause = transport.pause_reading
+
+        def counted() -> None:
+            pauses.append(len(pauses))
+            pause()
+
+        transport.pause_reading = counted  # type: ignore[method-assign]
+        made(self, transport)
+
+    monkeypatch.setattr(QuietRefusalWebSocketProtocol, "connection_made", recording)
+    stalled = asyncio.Event()
+    go_on = asyncio.Event()
+    block = b"m" * 32 * 1024
+
+    async def app(websocket: WebSocket) -> None:
+        await websocket.accept()
+        for _ in range(50):  # in step: each message is taken before the next is sent
+            await websocket.send_bytes(await websocket.receive_bytes())
+        stalled.set()
+        await go_on.wait()
+        received = [await websocket.receive_bytes() for _ in range(200)]
+        await websocket.send_bytes(str(sum(len(m) for m in received)).encode())
+
+    async with running_server(Starlette(routes=[WebSocketRoute("/ws", app)])) as url:
+        async with connect(url.replace("http", "ws", 1) + "/ws", max_size=None) as ws:
+            for n in range(50):
+                await ws.send(b"%d" % n)
+                assert await ws.recv() == b"%d" % n
+            await asyncio.wait_for(stalled.wait(), 10)
+            assert pauses == []  # an app in step never pauses reading
+            sender = asyncio.create_task(_send_all(ws, [block] * 200))  # 6.4 MB the app does not take yet
+            await asyncio.sleep(0.5)
+            transport = protocols[0].transport
+            assert pauses and not transport.is_reading()  # behind: the server stopped reading
+            assert protocols[0].queue.qsize() < 200
+            go_on.set()
+            await asyncio.wait_for(sender, 10)
+            assert await asyncio.wait_for(ws.recv(), 10) == str(200 * len(block)).encode()  # nothing lost
+
+
+async def _send_all(ws: Any, messages: list[bytes]) -> None:
+    for message in messages:
+        await ws.send(message)
