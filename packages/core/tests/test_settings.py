@@ -133,3 +133,18 @@ def test_oidc_jwks_file_is_read_and_checked_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as alone:
         load_settings(AuthSettings, environ={"DEV_AUTH": "1", "OIDC_JWKS_FILE": str(tmp_path / "empty.json")})
     assert "OIDC_ISSUER" in alone.value.problems["OIDC_JWKS_FILE"]
+
+
+class Choices(msgspec.Struct, kw_only=True):
+    mode: Literal["fast", "safe"] | None = None
+    level: Annotated[Literal["low", "high"], msgspec.Meta(title="level")] = "low"
+
+
+def test_a_bad_choice_is_refused_naming_the_choices_through_optional_and_annotated() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(Choices, environ={"MODE": "quick", "LEVEL": "mid"})
+    assert caught.value.problems == {
+        "MODE": "expected one of fast, safe (got 'quick')",
+        "LEVEL": "expected one of low, high (got 'mid')",
+    }
+    assert load_settings(Choices, environ={"MODE": "safe"}) == Choices(mode="safe")

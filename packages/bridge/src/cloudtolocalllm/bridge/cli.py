@@ -301,7 +301,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if source.world_readable:
         print(f"{PROG}: warning: {source.describe()} is readable by other users (chmod 600 it)", file=sys.stderr)
     tune_process_for_relaying()  # fewer collector stalls and page faults in the middle of relayed streams
-    code, message = event_loop.run(_run_bridge(settings, source))
+    code, message = event_loop.run(_run_bridge(settings, source), settings.event_loop)
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)
     return code
@@ -562,7 +562,7 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     if args.allow_remote_clients and not is_loopback_host(args.host):
         print(f"{PROG}: warning: listening on {args.host}: anyone who reaches it uses your account", file=sys.stderr)
     configure_logging(PROG, __version__, level=settings.log_level.upper(), stream=sys.stderr)
-    code, message = event_loop.run(_serve_client_mode(args, settings, cloud, source))
+    code, message = event_loop.run(_serve_client_mode(args, settings, cloud, source), settings.event_loop)
     if message:
         print(f"{PROG}: {message}", file=sys.stderr)
     return code

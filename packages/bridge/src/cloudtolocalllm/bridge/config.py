@@ -13,7 +13,7 @@ import socket
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -64,6 +64,9 @@ class BridgeSettings(msgspec.Struct, kw_only=True, frozen=True):
     state_dir: str = ""
     """Where the bridge id and the status file live; defaults to the user's config dir."""
     log_level: str = "INFO"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """``asyncio`` runs the bridge on asyncio's own loop even where uvloop is installed (troubleshooting);
+    without uvloop (Windows) it always does."""
     backend_connect_timeout_s: PositiveSeconds = 5.0
     backend_idle_timeout_s: PositiveSeconds = 300.0
     """Longest silence from the backend while a request is in flight (never a total-time limit)."""

@@ -3,8 +3,8 @@
 uvloop (libuv, in C) runs the same asyncio code with less CPU per event: relaying a one-chunk chat cost the
 bridge about 10 % less CPU on it (docs/performance.md). It is a dependency on Linux and macOS (there is no
 Windows build), so the bridge starts through :func:`run` and works on either loop.
-``CLOUDTOLOCALLLM_BRIDGE_EVENT_LOOP=asyncio`` chooses asyncio's loop even where uvloop is installed, to rule
-it out when troubleshooting.
+The ``event_loop`` setting (``CLOUDTOLOCALLLM_BRIDGE_EVENT_LOOP``, validated with the others) set to
+``asyncio`` chooses asyncio's loop even where uvloop is installed, to rule it out when troubleshooting.
 
 api-backend stays on asyncio's loop unless ``API_EVENT_LOOP=uvloop``: on uvloop it held about 20 MB more while
 100 clients read slowly (``tunnel.slow_reader_rss_mb``), for about a sixth less CPU per request.
@@ -13,22 +13,20 @@ api-backend stays on asyncio's loop unless ``API_EVENT_LOOP=uvloop``: on uvloop 
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from cloudtolocalllm.core import event_loop
 
-__all__ = ["ENV_VAR", "loop_name", "run"]
-
-ENV_VAR = "CLOUDTOLOCALLLM_BRIDGE_EVENT_LOOP"
+__all__ = ["loop_name", "run"]
 
 T = TypeVar("T")
 
 
-def loop_name() -> str:
-    """``uvloop`` or ``asyncio``: the loop :func:`run` uses here."""
-    return event_loop.loop_name(ENV_VAR)
+def loop_name(choice: Literal["uvloop", "asyncio"] = "uvloop") -> str:
+    """``uvloop`` or ``asyncio``: the loop :func:`run` uses here for the ``event_loop`` setting ``choice``."""
+    return event_loop.loop_name(choice=choice)
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
+def run(main: Coroutine[Any, Any, T], choice: Literal["uvloop", "asyncio"] = "uvloop") -> T:
     """Run ``main`` to completion on a new event loop (see the module's docstring for which one)."""
-    return event_loop.run(main, ENV_VAR)
+    return event_loop.run(main, choice=choice)

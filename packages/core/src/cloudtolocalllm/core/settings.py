@@ -68,9 +68,23 @@ def _read_value_file(path: str) -> str:
 
 def _reason(error: msgspec.ValidationError, tp: Any) -> str:
     # msgspec names a bad choice without the good ones; an operator needs those.
-    if typing.get_origin(tp) is typing.Literal:
-        return "expected one of " + ", ".join(str(choice) for choice in typing.get_args(tp))
+    choices = _choices(tp)
+    if choices is not None:
+        return "expected one of " + ", ".join(str(choice) for choice in choices)
     return str(error)
+
+
+def _choices(tp: Any) -> tuple[Any, ...] | None:
+    """A Literal's values, through ``Annotated[...]`` and ``... | None``; None for any other type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _choices(typing.get_args(tp)[0])
+    if origin is typing.Literal:
+        return typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        members = [member for member in typing.get_args(tp) if member is not type(None)]
+        return _choices(members[0]) if len(members) == 1 else None
+    return None
 
 
 def _convert(raw: str, tp: Any) -> Any:
