@@ -317,13 +317,13 @@ async def test_a_websocket_pauses_reading_only_while_its_app_is_behind_and_loses
     from websockets.asyncio.client import connect
 
     from cloudtolocalllm.core.testing import running_server
-    from cloudtolocalllm.core.websocket_protocol import QuietRefusalWebSocketProtocol
+    from cloudtolocalllm.core.websocket_protocol import ServingWebSocketProtocol
 
-    protocols: list[QuietRefusalWebSocketProtocol] = []
+    protocols: list[ServingWebSocketProtocol] = []
     pauses: list[int] = []
-    made = QuietRefusalWebSocketProtocol.connection_made
+    made = ServingWebSocketProtocol.connection_made
 
-    def recording(self: QuietRefusalWebSocketProtocol, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def recording(self: ServingWebSocketProtocol, transport: asyncio.Transport) -> None:  # type: ignore[override]
         protocols.append(self)
         pause = transport.pause_reading
 
@@ -334,7 +334,7 @@ async def test_a_websocket_pauses_reading_only_while_its_app_is_behind_and_loses
         transport.pause_reading = counted  # type: ignore[method-assign]
         made(self, transport)
 
-    monkeypatch.setattr(QuietRefusalWebSocketProtocol, "connection_made", recording)
+    monkeypatch.setattr(ServingWebSocketProtocol, "connection_made", recording)
     stalled = asyncio.Event()
     go_on = asyncio.Event()
     block = b"m" * 32 * 1024

@@ -77,9 +77,9 @@ async def serve(
 
     ws: str | type[asyncio.Protocol]
     try:
-        from cloudtolocalllm.core.websocket_protocol import QuietRefusalWebSocketProtocol
+        from cloudtolocalllm.core.websocket_protocol import ServingWebSocketProtocol
 
-        ws = QuietRefusalWebSocketProtocol  # websockets' sans-I/O protocol, refusals logged at info only
+        ws = ServingWebSocketProtocol  # websockets' sans-I/O protocol: paced reads, refusals logged at info only
     except ModuleNotFoundError:
         ws = "none"  # no core[websockets] (a file server): upgrade requests are plain HTTP requests
 

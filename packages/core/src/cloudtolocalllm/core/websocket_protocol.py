@@ -1,8 +1,9 @@
-"""uvicorn's sans-I/O WebSocket protocol, whose refusals log no error and whose reads pause only when the
-app falls behind (``core[websockets]``).
+"""The WebSocket protocol ``serve()`` runs (``core[websockets]``): uvicorn's sans-I/O one, whose reads pause
+only when the app falls behind and whose refusals log no error.
 
 - **Reads.** uvicorn pauses reading after every message until the app takes it, and resumes in
-  ``receive()``: two ``epoll_ctl`` calls for each message, about two for each request a bridge answers.
+  ``receive()``: two ``epoll_ctl`` calls for each message (``strace`` counted four for each request a bridge
+  answered).
   Here reading pauses only when a message arrives while another is still queued. An app that keeps up
   costs none; one that does not holds one message more than under uvicorn's rule (which holds the
   messages of one read).
@@ -18,11 +19,12 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-__all__ = ["QuietRefusalWebSocketProtocol"]
+__all__ = ["ServingWebSocketProtocol"]
 
 
-class QuietRefusalWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, whose refusals by response end the handshake (no ERROR)."""
+class ServingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol: reads pause only behind a queued message; a refusal by response
+    ends the handshake (no ERROR)."""
 
     def send_receive_event_to_app(self) -> None:
         if self.read_paused or not self.queue.empty():
