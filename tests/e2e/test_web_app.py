@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,6 +270,36 @@ def test_session_renews_silently_and_sign_out(logs: Path, tmp_path: Path, build:
         expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "none")  # the API still answers
         page.get_by_role("button", name="Sign out").click()
         expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('ctllm.refresh')") is None
+
+
+def test_sign_out_wins_over_a_renewal_in_flight(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
+    """A renewal answered after "Sign out" was clicked must not bring the session back."""
+    with web_app(logs, tmp_path, build, browser, DEV_ACCESS_TOKEN_TTL_S="3") as web:
+        web.sign_in()
+        page = web.page
+        renewals: list[Route] = []
+        logouts: list[Route] = []
+        page.route(re.compile(r"/oauth/token$"), lambda route: renewals.append(route))  # held until released
+        page.route(re.compile(r"/logout\?"), lambda route: logouts.append(route))
+
+        def until(held: list[Route]) -> Route:
+            deadline = time.monotonic() + 10
+            while not held:
+                assert time.monotonic() < deadline, "the request never came"
+                page.wait_for_timeout(50)
+            return held[0]
+
+        renewal = until(renewals)  # the next silent renewal is now in flight
+        # A DOM click: Playwright's own would wait for the sign-out navigation this test holds.
+        page.get_by_role("button", name="Sign out").evaluate("button => button.click()")
+        logout = until(logouts)  # the old page is still alive while its navigation is held
+        renewal.continue_()
+        time.sleep(0.5)  # the renewal's answer reaches the old page (Playwright cannot evaluate in it now)
+        page.unroute(re.compile(r"/oauth/token$"))
+        logout.continue_()  # back on the app: with the renewal's tokens kept, it would sign in again
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        expect(page.locator("#banner")).not_to_contain_text("expired")
         assert page.evaluate("sessionStorage.getItem('ctllm.refresh')") is None
 
 

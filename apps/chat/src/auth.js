@@ -174,15 +174,26 @@ export class Auth {
     const lifetime = Math.max(this.expiresIn(), 0);
     // Renew a minute before expiry, or at 80 % of a short lifetime.
     const delay = Math.max(lifetime > 5 * RENEW_MARGIN_S ? lifetime - RENEW_MARGIN_S : lifetime * 0.8, 1) * 1000;
-    this.timer = setTimeout(() => this.renew().catch(() => this.expired()), delay);
+    this.timer = setTimeout(
+      () =>
+        this.renew().catch(() => {
+          if (this.session) this.expired(); // no session: signed out meanwhile, nothing has expired
+        }),
+      delay,
+    );
   }
 
   /** Silent renewal with the (rotating) refresh token; concurrent callers share one request. */
   renew() {
     if (!this.session || !this.session.refresh_token) return Promise.reject(new AuthError("no refresh token"));
     if (!this.renewing) {
-      this.renewing = this.token({ grant_type: "refresh_token", refresh_token: this.session.refresh_token })
-        .then((tokens) => this.store(tokens))
+      const session = this.session;
+      this.renewing = this.token({ grant_type: "refresh_token", refresh_token: session.refresh_token })
+        .then((tokens) => {
+          // Signed out (or signed in anew) while this was in flight: its tokens belong to a session that is gone.
+          if (this.session !== session) throw new AuthError("signed out during renewal");
+          this.store(tokens);
+        })
         .finally(() => {
           this.renewing = null;
         });
