@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -368,3 +368,78 @@ async def test_a_websocket_pauses_reading_only_while_its_app_is_behind_and_loses
 async def _send_all(ws: Any, messages: list[bytes]) -> None:
     for message in messages:
         await ws.send(message)
+
+
+def test_on_uvloop_a_stalled_reader_leaves_one_piece_with_uvloop_and_a_websocket_gets_its_transport_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop keeps a written object whole until sent: a stalled client's large chunks go out piecewise."""
+    import uvloop
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+    from websockets.asyncio.client import connect
+
+    from cloudtolocalllm.core.piecewise_transport import PIECE, PiecewiseTransport
+    from cloudtolocalllm.core.server_protocols import BoundedHttpToolsProtocol
+    from cloudtolocalllm.core.testing import running_server
+
+    protocols: list[BoundedHttpToolsProtocol] = []
+    made = BoundedHttpToolsProtocol.connection_made
+
+    def recording(self: BoundedHttpToolsProtocol, transport: asyncio.Transport) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        protocols.append(self)
+        made(self, transport)
+
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "connection_made", recording)
+    chunks = [bytes([n]) * 256 * 1024 for n in range(8)]
+
+    async def chunks_body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_bytes(await websocket.receive_bytes())
+
+    app = Starlette(routes=[Route("/", lambda _: StreamingResponse(chunks_body())), WebSocketRoute("/ws", echo)])
+
+    async def main() -> None:
+        async with running_server(app) as url:
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.socket() as client:  # closed on failure too: a stalled client would hold the shutdown
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.connect((host, int(port)))
+                client.setblocking(False)
+                loop = asyncio.get_running_loop()
+                await loop.sock_sendall(client, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                await asyncio.sleep(0.3)  # the client reads nothing: the socket stops taking
+                pieces = protocols[0].transport
+                assert isinstance(pieces, PiecewiseTransport)
+                held_by_uvloop = pieces.transport.get_write_buffer_size()
+                assert 0 < held_by_uvloop <= PIECE + 16, held_by_uvloop
+                received = bytearray()
+                while data := await loop.sock_recv(client, 65536):
+                    received += data
+            head, _, body = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert _dechunked(body) == b"".join(chunks)  # every byte, in order, then the close
+            async with connect(url.replace("http", "ws", 1) + "/ws", max_size=None) as ws:
+                await ws.send(b"x" * 1_000_000)
+                assert await ws.recv() == b"x" * 1_000_000
+            assert not isinstance(protocols[-1].transport, PiecewiseTransport)
+
+    uvloop.run(main())
+
+
+def _dechunked(body: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]

@@ -83,8 +83,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The bridge's public OAuth client (an Auth0 Native application with the Device Code grant), published
     # in the discovery document so that `cloudtolocalllm-bridge login <cloud>` needs nothing else.
     bridge_client_id: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,200}$")] = "cloudtolocalllm-bridge"
-    # uvloop costs about a sixth less CPU per relayed request, but 100 slow readers make the process hold
-    # ~20 MB more (docs/performance.md): a choice for CPU-bound deployments, not the default.
+    # uvloop costs about a sixth less CPU per relayed request, and slow readers no longer hold more on it
+    # (core.piecewise_transport), but an upload paced by a fixed window over a 20 ms round trip runs a
+    # quarter slower (docs/performance.md): a choice for CPU-bound deployments, not the default.
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     def __post_init__(self) -> None:

@@ -9,8 +9,10 @@ refusals that log no error, is in ``websocket_protocol``).
   one read.
 - **Write buffers.** A response's writes wait while the client's transport holds more than
   ``CLIENT_WRITE_HIGH_WATER`` (the event loops' default is 64 KiB): a client that reads slowly makes the
-  server hold its stream's credit window and little more. A connection upgraded to a WebSocket gets the
-  default back: a bridge's tunnel carries uploads, which want the larger buffer.
+  server hold its stream's credit window and little more. On uvloop, which keeps a written object whole
+  until its last byte is sent, large writes go out a piece at a time (``piecewise_transport``). A
+  connection upgraded to a WebSocket gets the transport and the default buffer back: a bridge's tunnel
+  carries uploads, which want the larger buffer.
 - **Connection loss, without a task.** Each HTTP request's scope carries the extension ``CONNECTION_LOST``:
   ``{"future": ...}``, a future that completes when the client's connection closes. An endpoint that only
   needs to learn of a disconnect (api-backend, to cancel a generation) adds a callback to it, where asking
@@ -29,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httptools
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cloudtolocalllm.core.piecewise_transport import PiecewiseTransport, is_uvloop_transport
 from cloudtolocalllm.core.serving import DEFAULT_MAX_HEADER_BYTES
 
 __all__ = [
@@ -108,8 +111,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._lost_extension: dict[object, object] = {"future": self._lost}  # one per connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if is_uvloop_transport(transport):
+            super().connection_made(transport)
+            self.transport = cast(asyncio.Transport, PiecewiseTransport(transport))
+            return
         transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
         super().connection_made(transport)
+
+    def resume_writing(self) -> None:
+        transport = self.transport
+        if isinstance(transport, PiecewiseTransport) and not transport.feed():
+            return  # more kept than the socket took: the response's writer stays paused
+        super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._lost.done():
@@ -117,6 +130,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
+        transport = self.transport
+        if isinstance(transport, PiecewiseTransport):
+            self.transport = transport.unwrap()  # a tunnel carries uploads: whole writes, the default buffer
         self.transport.set_write_buffer_limits()  # the loop's default
         super().handle_websocket_upgrade()
 
