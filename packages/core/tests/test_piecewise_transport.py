@@ -69,25 +69,26 @@ async def _read_all(client: socket.socket, until: int | None = None) -> bytes:
     return bytes(got)
 
 
-def _chunks() -> list[bytes]:
-    return [os.urandom(CHUNK) for _ in range(4)]
+def _write_chunks(protocol: _Server) -> tuple[PiecewiseTransport, bytes]:
+    """Four 256 KiB chunks written through the protocol's transport; returns it and what was written."""
+    pieces = protocol.pieces
+    assert pieces is not None
+    chunks = [os.urandom(CHUNK) for _ in range(4)]
+    for chunk in chunks:
+        pieces.write(chunk)
+    return pieces, b"".join(chunks)
 
 
 def test_a_stalled_client_leaves_uvloop_one_piece_and_gets_every_byte_in_order() -> None:
     async def main() -> None:
         async with _pair() as (protocol, client):
-            pieces = protocol.pieces
-            assert pieces is not None
-            chunks = _chunks()
-            for chunk in chunks:
-                pieces.write(chunk)
+            pieces, written = _write_chunks(protocol)
             await asyncio.sleep(0.05)
             # uvloop holds at most the piece the socket stopped on; the rest is kept, as bytes, not objects.
             assert 0 < pieces.transport.get_write_buffer_size() <= PIECE
             assert pieces.get_write_buffer_size() > 3 * CHUNK
             assert protocol.pauses >= 1
-            received = await _read_all(client, until=4 * CHUNK)
-            assert received == b"".join(chunks)
+            assert await _read_all(client, until=4 * CHUNK) == written
             assert pieces.get_write_buffer_size() == 0
 
     uvloop.run(main())
@@ -96,15 +97,11 @@ def test_a_stalled_client_leaves_uvloop_one_piece_and_gets_every_byte_in_order()
 def test_a_close_waits_for_what_was_kept() -> None:
     async def main() -> None:
         async with _pair() as (protocol, client):
-            pieces = protocol.pieces
-            assert pieces is not None
-            chunks = _chunks()
-            for chunk in chunks:
-                pieces.write(chunk)
+            pieces, written = _write_chunks(protocol)
             pieces.close()
             assert pieces.is_closing()
             pieces.write(b"after the close")  # dropped, as by a closed transport
-            assert await _read_all(client) == b"".join(chunks)  # then EOF
+            assert await _read_all(client) == written  # then EOF
             assert pieces.transport.is_closing()
 
     uvloop.run(main())
