@@ -303,6 +303,33 @@ def test_sign_out_wins_over_a_renewal_in_flight(logs: Path, tmp_path: Path, buil
         assert page.evaluate("sessionStorage.getItem('ctllm.refresh')") is None
 
 
+def test_a_message_sent_before_any_model_is_listed_goes_once_one_is(
+    logs: Path, tmp_path: Path, build: Path, browser: Browser
+) -> None:
+    """A first chat typed fast: Enter before the bridge's models arrive keeps the message and sends it then."""
+    with contract_double() as backend:
+        with web_app(logs, tmp_path, build, browser) as web:
+            web.sign_in()
+            page = web.page
+            expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "none")
+            prompt = page.get_by_label("Message", exact=True)
+            prompt.fill("taken back")
+            prompt.press("Enter")
+            expect(page.locator("#send-pending")).to_be_visible()
+            prompt.fill("")  # emptied: nothing is waiting any more
+            expect(page.locator("#send-pending")).to_be_hidden()
+            prompt.fill("hello before the bridge")
+            prompt.press("Enter")
+            expect(page.locator("#send-pending")).to_have_text("Sends as soon as a model is available.")
+            expect(prompt).to_have_value("hello before the bridge")
+            web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+            expect(web.answer().locator(".body")).to_contain_text("t1", timeout=20_000)
+            expect(page.locator("#send-pending")).to_be_hidden()
+            expect(prompt).to_have_value("")
+            expect(page.locator("#messages li.msg.user")).to_have_count(1)
+            expect(page.locator("#messages li.msg.user")).to_contain_text("hello before the bridge")
+
+
 def test_phone_layout_and_keyboard(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
     with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser, viewport=(390, 844)) as web:

@@ -21,13 +21,14 @@ const ui = {
   importFile: $("import-file"), views: $("views"), modelInfo: $("model-info"), detailsToggle: $("toggle-details"),
   details: $("chat-details"), system: $("system-prompt"), temperature: $("temperature"), numCtx: $("num-ctx"),
   numPredict: $("num-predict"), attach: $("attach"), attachFile: $("attach-file"), attachments: $("attachments"),
-  live: $("live"),
+  live: $("live"), sendPending: $("send-pending"),
 };
 const VIEWS = ["chat", "bridges", "settings"];
 
 let config, auth, api, store, keys, conversations;
 let current = null; // the open conversation
 let streaming = null; // AbortController of the answer in flight
+let sendWhenReady = false; // Enter was pressed before any model was listed: send once one is
 let statusTimer = null;
 let lastBridgeKey = "";
 const attachments = new Attachments(ui.attachments, (text) => banner(text, { kind: "error" }));
@@ -170,6 +171,7 @@ async function loadModels() {
   ui.model.disabled = !models.length;
   updateSend();
   showModel();
+  if (sendWhenReady && ui.model.value) send();
 }
 
 function formatNumber(n) {
@@ -311,9 +313,20 @@ function requestOptions() {
   return Object.fromEntries(Object.entries({ temperature, num_ctx, num_predict }).filter(([, v]) => v !== undefined));
 }
 
+function waitToSend(waiting) {
+  sendWhenReady = waiting;
+  ui.sendPending.hidden = !waiting;
+}
+
 async function send() {
   const text = ui.prompt.value.trim();
-  if ((!text && !attachments.images.length) || streaming || !ui.model.value) return;
+  if ((!text && !attachments.images.length) || streaming) return;
+  if (!ui.model.value) {
+    // Right after sign-in the model list may still be on its way: keep the message and send it then.
+    waitToSend(true);
+    return;
+  }
+  waitToSend(false);
   if (!current.messages.length) {
     const title = text || "Image";
     current.title = title.length > 48 ? `${title.slice(0, 47)}…` : title;
@@ -478,6 +491,9 @@ function wire() {
     event.preventDefault();
     send();
   };
+  ui.prompt.addEventListener("input", () => {
+    if (sendWhenReady && !ui.prompt.value.trim()) waitToSend(false); // the message was taken back
+  });
   ui.prompt.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.ctrlKey && !event.metaKey && !event.isComposing) {
       event.preventDefault();
