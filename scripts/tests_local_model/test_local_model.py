@@ -243,7 +243,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         if CRASH:  # what a CPU that refuses the build's instructions does to the server
-            os.kill(os.getpid(), signal.SIGSEGV)
+            # To this thread, not the process: kill() may be taken by another thread while this one
+            # still writes a reply, and then a crashing build looks like one that answered.
+            signal.raise_signal(signal.SIGSEGV)
         self._reply({"choices": [{"message": {"content": "Red"}}], "usage": {"completion_tokens": 1}})
 
 
