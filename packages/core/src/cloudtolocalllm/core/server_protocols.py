@@ -10,7 +10,8 @@ refusals that log no error, is in ``websocket_protocol``).
 - **Write buffers.** A response's writes wait while the client's transport holds more than
   ``CLIENT_WRITE_HIGH_WATER`` (the event loops' default is 64 KiB): a client that reads slowly makes the
   server hold its stream's credit window and little more. On uvloop, which keeps a written object whole
-  until its last byte is sent, large writes go out a piece at a time (``piecewise_transport``). A
+  until its last byte is sent, large writes go out a piece at a time and a response's writes wait while
+  any byte is unsent (``piecewise_transport``). A
   connection upgraded to a WebSocket gets the transport and the default buffer back: a bridge's tunnel
   carries uploads, which want the larger buffer.
 - **Connection loss, without a task.** Each HTTP request's scope carries the extension ``CONNECTION_LOST``:
