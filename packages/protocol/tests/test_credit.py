@@ -26,6 +26,8 @@ from cloudtolocalllm.protocol import (
     encode,
 )
 
+from .conftest import Pair
+
 Relay = Callable[[Frame], "Frame | None"]
 Opener = Callable[..., int]
 WINDOW = 1000  # SMALL_LIMITS in conftest
@@ -194,3 +196,24 @@ def test_credit_frames_round_trip(bridge: Connection, to_bridge: Relay, open_str
     credit = bridge.consumed(sid, 500)
     assert credit is not None
     assert decode(encode(credit), max_frame_bytes=64) == Credit(sid, 500)
+
+
+def test_frames_that_do_not_divide_half_the_window_hold_back_little_credit() -> None:
+    # A sender that spent its whole window waits for credit a round trip away; what the receiver has
+    # consumed but not granted back is lost from every round trip. uvloop reads uploads 256,000 bytes at a
+    # time, and under a half-window rule a 1 MiB window then moved only 768,000 bytes per round trip.
+    window = 1024 * 1024
+    pair = Pair(Limits(max_frame_bytes=300_000, initial_window=window, max_concurrent_streams=3))
+    sid = pair.open()
+    for _ in range(10):  # ten round trips: each sends all the credit there is, the bridge consumes it all
+        sent = 0
+        credits = []
+        while allowed := min(pair.cloud.send_window(sid), 256_000):
+            pair.to_bridge(Data(sid, b"x" * allowed))
+            sent += allowed
+            if (credit := pair.bridge.consumed(sid, allowed)) is not None:
+                credits.append(credit)
+        for credit in credits:  # the Credits reach the sender a round trip later
+            pair.to_cloud(credit)
+    assert sent > window - 64 * 1024  # the last round trip moved nearly a whole window
+    assert window - pair.cloud.send_window(sid) < 64 * 1024  # and nearly all of it is credit again

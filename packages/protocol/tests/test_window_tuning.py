@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudtolocalllm.protocol import Cancel, Connection, Credit, Data, End, Open, Ping, Pong, Role, encode
+from cloudtolocalllm.protocol import Cancel, Connection, Credit, Data, End, Limits, Open, Ping, Pong, Role, encode
 
 from .conftest import SMALL_LIMITS, make_hello, make_welcome
 
@@ -20,12 +20,14 @@ class Clock:
         return self.now
 
 
-def tuned_pair(max_window: int = 8 * WINDOW, budget: int = 0) -> tuple[Connection, Connection, Clock]:
+def tuned_pair(
+    max_window: int = 8 * WINDOW, budget: int = 0, limits: Limits = SMALL_LIMITS
+) -> tuple[Connection, Connection, Clock]:
     clock = Clock()
     cloud = Connection(Role.CLOUD)
     bridge = Connection(Role.BRIDGE, max_recv_window=max_window, recv_window_budget=budget, clock=clock)
     cloud.receive(bridge.send(make_hello()))
-    bridge.receive(cloud.send(make_welcome()))
+    bridge.receive(cloud.send(make_welcome(limits)))
     bridge.rtt_s = RTT
     return cloud, bridge, clock
 
@@ -58,6 +60,19 @@ def test_a_window_consumed_within_two_round_trips_doubles_until_the_maximum() ->
         # The Credit returns what was consumed and carries the growth; the sender sees all of it.
         assert cloud.send_window(sid) == bridge.recv_window(sid)
     assert windows == [2000, 4000, 8000, 8000, 8000, 8000]
+
+
+def test_credits_smaller_than_half_a_window_grow_it_once_per_half_window() -> None:
+    # Large windows return credit every 64 KiB consumed; four such Credits in one instant are one half
+    # window in no time (grow once), not four measurements that would each double it.
+    window = 512 * 1024
+    limits = Limits(max_frame_bytes=300_000, initial_window=window, max_concurrent_streams=3)
+    cloud, bridge, clock = tuned_pair(max_window=64 * window, budget=64 * window, limits=limits)
+    sid = open_upload(cloud, bridge)
+    clock.now += RTT / 4
+    credits = [move(cloud, bridge, sid, 64 * 1024) for _ in range(4)]
+    assert [c.increment if c else None for c in credits] == [64 * 1024] * 3 + [64 * 1024 + window]
+    assert bridge.recv_window(sid) == 2 * window
 
 
 def test_a_slow_stream_keeps_its_window() -> None:

@@ -89,6 +89,11 @@ __all__ = ["Connection", "Role"]
 
 _Handler = Callable[[Any], bool]
 
+CREDIT_STEP = 64 * 1024
+"""Consumed bytes that earn a Credit even before half the window has been consumed. Bytes held back cost
+the sender that much of its window each round trip (Data frames rarely divide half a window evenly: 256,000-byte
+frames into 1 MiB left 280,576 held back each time), so on a long link the hold-back is kept small."""
+
 
 class Role(StrEnum):
     """Which end of the tunnel a Connection represents."""
@@ -543,10 +548,10 @@ class Connection:
     def consumed(self, stream_id: int, n: int) -> Credit | None:
         """Report that the application has processed ``n`` received body bytes of ``stream_id``.
 
-        Returns a Credit frame to pass to :meth:`send` once at least half of the stream's window has
-        been consumed since the last grant, so the peer never stalls while memory per stream stays within
-        one window (which may have grown: the Credit then also carries the growth). The grant is recorded
-        here already. Returns None when there is nothing to grant.
+        Returns a Credit frame to pass to :meth:`send` once half of the stream's window or ``CREDIT_STEP``
+        bytes, whichever is less, have been consumed since the last grant, so the peer never stalls while
+        memory per stream stays within one window (which may have grown: the Credit then also carries the
+        growth). The grant is recorded here already. Returns None when there is nothing to grant.
         """
         if n < 0:
             raise LocalProtocolError(f"consumed a negative number of bytes ({n})", stream_id=stream_id)
@@ -564,7 +569,7 @@ class Connection:
             self._release_growth_if_drained(stream)
             return None  # the peer's body is complete: no more credit needed
         stream.recv_unreturned += n
-        if stream.recv_unreturned < max(1, stream.recv_window // 2):
+        if stream.recv_unreturned < min(max(1, stream.recv_window // 2), CREDIT_STEP):
             return None
         increment = stream.recv_unreturned + self._tuner.extra_credit(stream, stream.recv_unreturned)
         stream.recv_unreturned = 0

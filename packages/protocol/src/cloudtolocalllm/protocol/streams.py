@@ -27,6 +27,7 @@ class Stream:
         "close_reason",
         "closed",
         "credit_unsent",
+        "epoch_bytes",
         "epoch_start",
         "head_pending",
         "recv_buffered",
@@ -61,6 +62,8 @@ class Stream:
         """This side's receive window for the stream: starts at the initial window, may grow (``window``)."""
         self.epoch_start = 0.0
         """When the window's current measuring epoch began (``window.WindowTuner``)."""
+        self.epoch_bytes = 0
+        """Bytes granted back in the current measuring epoch (it ends at half a window)."""
         self.closed = False
         self.close_code = ErrorCode.INTERNAL
         self.close_reason = ""

@@ -1,8 +1,8 @@
 """Receive-window auto-tuning: a stream that the window holds back gets a bigger one.
 
 A fixed per-stream window W caps one stream at W / RTT whatever the link can do: 1 MiB over a 50 ms
-round trip is 20 MB/s. The receiver grants credit each time half its window has been consumed; when
-that half was consumed in less than two round trips, the sender must have been waiting for credit
+round trip is 20 MB/s. The receiver grants credit as its window is consumed; when half the window was
+consumed in less than two round trips, the sender must have been waiting for credit
 rather than for data, so the window doubles (the rule QUIC implementations use). Growth stops at the
 receiver's own ``max_window`` and at a connection-wide ``budget`` of extra bytes, so memory stays
 bounded: the receiver buffers at most the windows it granted. Windows only grow while the application
@@ -42,7 +42,14 @@ class WindowTuner:
         stream.epoch_start = self._clock()
 
     def extra_credit(self, stream: Stream, returned: int) -> int:
-        """Bytes to add to a Credit that returns ``returned`` consumed bytes (0: the window stays)."""
+        """Bytes to add to a Credit that returns ``returned`` consumed bytes (0: the window stays).
+
+        Credits may be smaller than half a window; the decision is made once per half window returned, so
+        a burst of small Credits measures the link over that half window, not the burst."""
+        stream.epoch_bytes += returned
+        if stream.epoch_bytes < stream.recv_window // 2:
+            return 0
+        returned, stream.epoch_bytes = stream.epoch_bytes, 0
         now = self._clock()
         elapsed = now - stream.epoch_start
         stream.epoch_start = now
