@@ -97,12 +97,12 @@ def test_the_real_bridge_and_api_backend_batch_frames_and_answers_stay_whole(
         assert "".join(part.message.content for part in parts)
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_api_backend_relays_on_asyncios_loop_by_default_and_on_uvloop_when_asked(
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_api_backend_relays_on_uvloop_by_default_and_on_asyncios_loop_when_asked(
     stack: Stack, fake_ollama: OllamaDouble, loop: str
 ) -> None:
-    if loop == "uvloop":
-        stack.env["API_EVENT_LOOP"] = "uvloop"
+    if loop == "asyncio":
+        stack.env["API_EVENT_LOOP"] = "asyncio"
         stack.restart_api()
     listening = [record for record in stack.api.records() if record.get("msg") == "listening"]
     assert listening[-1]["event_loop"] == loop

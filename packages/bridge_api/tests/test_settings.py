@@ -49,9 +49,9 @@ def test_redis_settings_are_read_from_the_environment() -> None:
     )
 
 
-def test_the_event_loop_is_asyncios_unless_uvloop_is_asked_for_and_a_typo_is_named() -> None:
-    assert load_settings(ApiSettings, prefix="API_", environ={}).event_loop == "asyncio"
-    assert load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for_and_a_typo_is_named() -> None:
+    assert load_settings(ApiSettings, prefix="API_", environ={}).event_loop == "uvloop"
+    assert load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
     with pytest.raises(SettingsError) as caught:
         load_settings(ApiSettings, prefix="API_", environ={"API_EVENT_LOOP": "uv-loop"})
     assert "API_EVENT_LOOP: expected one of asyncio, uvloop (got 'uv-loop')" in str(caught.value)
@@ -73,3 +73,27 @@ def test_uvloop_asked_for_where_it_is_not_installed_stops_start_up_naming_the_va
         cli.main()
     assert exited.value.code == 2
     assert "API_EVENT_LOOP: uvloop is not installed here" in capsys.readouterr().err
+
+
+def test_the_default_loop_falls_back_to_asyncios_where_uvloop_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from collections.abc import Coroutine
+    from typing import Any
+
+    from cloudtolocalllm.bridge_api import cli
+    from cloudtolocalllm.core import event_loop
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on Windows
+    monkeypatch.delenv("API_EVENT_LOOP", raising=False)
+    monkeypatch.setenv("OIDC_ISSUER", "https://issuer.example")
+    monkeypatch.setenv("OIDC_AUDIENCE", "cloudtolocalllm")
+    monkeypatch.setattr(sys, "argv", ["cloudtolocalllm-api-backend"])
+    chosen: list[str] = []
+
+    def run(main: Coroutine[Any, Any, None], *, choice: str) -> None:
+        main.close()  # start-up got this far: settings, app; the server itself is not what is tested
+        chosen.append(event_loop.loop_name(choice=choice))
+
+    monkeypatch.setattr(cli.event_loop, "run", run)
+    cli.main()
+    assert chosen == ["asyncio"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -76,7 +77,8 @@ def main() -> None:
         database = load_settings(DatabaseSettings)  # DATABASE_URL, unprefixed as most platforms set it
     except SettingsError as exc:
         exit_on_settings_error(exc, SERVICE_NAME)
-    if event_loop.loop_name(choice=settings.event_loop) != settings.event_loop:  # uvloop asked for, not installed
+    # uvloop asked for by name where it is not installed; the default quietly runs on asyncio's loop there.
+    if "API_EVENT_LOOP" in os.environ and event_loop.loop_name(choice=settings.event_loop) != settings.event_loop:
         missing = SettingsError({"API_EVENT_LOOP": "uvloop is not installed here (install it, or choose asyncio)"})
         exit_on_settings_error(missing, SERVICE_NAME)
     configure_logging(SERVICE_NAME, __version__)

@@ -83,10 +83,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The bridge's public OAuth client (an Auth0 Native application with the Device Code grant), published
     # in the discovery document so that `cloudtolocalllm-bridge login <cloud>` needs nothing else.
     bridge_client_id: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,200}$")] = "cloudtolocalllm-bridge"
-    # uvloop costs about a sixth less CPU per relayed request, and slow readers no longer hold more on it
-    # (core.piecewise_transport), but an upload paced by a fixed window over a 20 ms round trip runs a
-    # quarter slower (docs/performance.md): a choice for CPU-bound deployments, not the default.
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    # uvloop costs about a fifth less CPU per relayed request than asyncio's loop, and slow readers hold no
+    # more on it (core.piecewise_transport); where it is not installed (Windows) the default falls back to
+    # asyncio's loop, while API_EVENT_LOOP=uvloop there stops start-up (docs/performance.md).
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
 
     def __post_init__(self) -> None:
         if self.redis_url and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:

@@ -1,7 +1,7 @@
 """The event loop a program runs on: uvloop where it is installed, else asyncio's own.
 
 uvloop (libuv, in C) runs the same asyncio code with less CPU per event. core does not depend on it: the
-programs that want it do (the bridge; api-backend, for ``API_EVENT_LOOP=uvloop``), and run through
+programs that want it do (the bridge; api-backend), and run through
 :func:`run` so that they work on either loop. A setting (an environment variable, or a service's own
 validated setting) of ``asyncio`` chooses asyncio's loop even where uvloop is installed.
 """
