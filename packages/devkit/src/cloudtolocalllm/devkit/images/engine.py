@@ -1,22 +1,27 @@
 """A private Docker engine under the cache directory, and the docker commands every other job runs through it.
 
 The engine keeps its state in the cache directory, so images survive between sessions while no daemon is
-left running after one. ``DOCKER_HOST``, when set, names an engine of the caller's that is used instead.
+left running after one; containers an interrupted run left in it are removed when it starts. ``DOCKER_HOST``,
+when set, names an engine of the caller's that is used instead (and never cleaned).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cloudtolocalllm.devkit.launch import spawn
 
@@ -89,7 +94,8 @@ class Engine:
             conn.close()
 
     def start(self, timeout: float = 30.0) -> bool:
-        """Start the daemon unless it already answers; True if this call started it."""
+        """Start the daemon unless it already answers; True if this call started it, and then the containers an
+        earlier run left in it are gone (see remove_leftovers)."""
         if self.pid() and self.ping():
             return False
         dockerd = shutil.which("dockerd")
@@ -113,6 +119,7 @@ class Engine:
             "--shutdown-timeout=5",
             "--log-level=warn",
         ]
+        started_at = datetime.now(UTC)  # what was created before this is an earlier run's
         # Its own session: it may outlive the command that starts it (`ctllm-images dockerd start`); stop() ends
         # it by its pid, from any process.
         proc = spawn(args, self.log, own_session=True)
@@ -122,10 +129,60 @@ class Engine:
             if proc.poll() is not None:
                 raise SystemExit(f"images: dockerd exited with {proc.returncode}; see {self.log}")
             if self.ping():
+                self.remove_leftovers(before=started_at)
                 return True
             time.sleep(0.1)
         self.stop()
         raise SystemExit(f"images: dockerd did not answer within {timeout:.0f}s; see {self.log}")
+
+    def remove_leftovers(self, before: datetime) -> list[str]:
+        """Remove the containers created before ``before`` (this daemon's start) and their anonymous volumes,
+        saying so in one line on stderr; their names."""
+        # Every job removes its containers when it ends, so what a fresh daemon holds was left by an interrupted
+        # one, and with a restart policy (the deploy tests' `unless-stopped`) it runs again, holding ports and
+        # names. All go, not only those with a label of the tooling's: the image tests' containers carry none,
+        # and a leftover collides whoever made it. Safe because this engine is the tooling's own (its state is a
+        # cache; an engine of one's own is DOCKER_HOST's, and this talks to its own socket only). Only the older
+        # ones: another process may use the engine once it answers. No swarm state lives here: the Swarm tests
+        # run a dockerd of their own (tests/orchestration/swarm.py).
+        removed: list[str] = []
+        failed: list[str] = []
+        try:
+            listed = self._api("GET", "/containers/json?all=1")
+        except (OSError, RuntimeError, ValueError) as exc:
+            listed = []
+            failed.append(f"listing them: {exc}")
+        for item in listed:
+            name = item["Names"][0].lstrip("/") if item.get("Names") else item["Id"][:12]
+            try:
+                created = datetime.fromisoformat(self._api("GET", f"/containers/{item['Id']}/json")["Created"])
+                if created < before:
+                    self._api("DELETE", f"/containers/{item['Id']}?force=1&v=1", timeout=60)
+                    removed.append(name)
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                failed.append(f"{name}: {exc}")
+        if removed:
+            print(
+                f"images: removed {len(removed)} container(s) an earlier run left in the private engine: "
+                + ", ".join(sorted(removed)),
+                file=sys.stderr,
+            )
+        if failed:
+            print(f"images: could not clean the private engine ({'; '.join(failed)})", file=sys.stderr)
+        return removed
+
+    def _api(self, method: str, path: str, timeout: float = 10) -> Any:
+        """One request to this engine's own socket, never DOCKER_HOST's; its JSON answer (None if empty)."""
+        conn = _UnixHTTPConnection(str(self.socket), timeout)
+        try:
+            conn.request(method, path)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status} {body.decode(errors='replace').strip()}")
+        return json.loads(body) if body else None
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the daemon by its PID (and its containerd if it outlives it); True if one was running."""
@@ -152,13 +209,13 @@ _started: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=2)
+    def __init__(self, path: str, timeout: float = 2) -> None:
+        super().__init__("localhost", timeout=timeout)
         self._path = path
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(2)
+        sock.settimeout(self.timeout)
         try:
             sock.connect(self._path)
         except OSError:
