@@ -330,6 +330,78 @@ def test_a_message_sent_before_any_model_is_listed_goes_once_one_is(
             expect(page.locator("#messages li.msg.user")).to_contain_text("hello before the bridge")
 
 
+EARLIER_CHAT = {
+    "format": "cloudtolocalllm-chat",
+    "version": 1,
+    "conversations": [
+        {
+            "id": "earlier-chat",
+            "title": "Earlier chat",
+            "model": FAKE_MODEL,
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("leave", ["open-another", "new-chat"])
+def test_a_waiting_message_is_not_sent_into_the_conversation_switched_to(
+    logs: Path, tmp_path: Path, build: Path, browser: Browser, leave: str
+) -> None:
+    """The message box is shared: leaving the conversation a message waits in cancels the wait, so the model's
+    arrival sends nothing into the conversation now open; the text stays in the box and goes where Enter says."""
+    with contract_double() as backend:
+        with web_app(logs, tmp_path, build, browser) as web:
+            web.sign_in()
+            page = web.page
+            expect(page.locator("#bridge-pill")).to_have_attribute("data-state", "none")
+            page.locator("#import-file").set_input_files(
+                {"name": "earlier.json", "mimeType": "application/json", "buffer": json.dumps(EARLIER_CHAT).encode()}
+            )
+            earlier = page.locator("#conversations button.open", has_text="Earlier chat")
+            user_messages = page.locator("#messages li.msg.user .body")
+            if leave == "new-chat":  # written in the earlier chat, then a new chat is started
+                earlier.click()
+                expect(user_messages).to_have_text(["hi"])
+            prompt = page.get_by_label("Message", exact=True)
+            prompt.fill("written before the switch")
+            prompt.press("Enter")
+            expect(page.locator("#send-pending")).to_be_visible()
+            if leave == "open-another":  # written in a new chat, then the earlier chat is opened
+                earlier.click()
+                expect(user_messages).to_have_text(["hi"])
+            else:
+                page.get_by_role("button", name="New chat").click()
+                expect(user_messages).to_have_count(0)
+            expect(page.locator("#send-pending")).to_be_hidden()
+            expect(prompt).to_have_value("written before the switch")  # kept, not sent
+
+            web.stack.bridge(backend.url, user="dev-user", kind="ollama")
+            # loadModels lists the model and (before the fix) sent the waiting message in the same task.
+            expect(page.locator("#model")).to_have_value(FAKE_MODEL, timeout=20_000)
+            expect(user_messages).to_have_text(["hi"] if leave == "open-another" else [])
+            expect(page.locator("#send")).to_be_enabled()  # no answer started either
+            expect(page.locator("#messages li.msg.assistant")).to_have_count(1 if leave == "open-another" else 0)
+            expect(prompt).to_have_value("written before the switch")
+            expect(page.locator("#conversations button.open")).to_have_text(["Earlier chat"])
+
+            prompt.press("Enter")  # sent by the user, into the conversation on screen
+            expect(web.answer().locator(".body")).to_contain_text("t1", timeout=20_000)
+            expect(prompt).to_have_value("")
+            if leave == "open-another":
+                expect(user_messages).to_have_text(["hi", "written before the switch"])
+                expect(page.locator("#conversations button.open")).to_have_text(["Earlier chat"])
+            else:
+                expect(user_messages).to_have_text(["written before the switch"])
+                expect(page.locator("#conversations button.open")).to_have_text(
+                    ["written before the switch", "Earlier chat"]
+                )
+                page.keyboard.press("Escape")  # a conversation opens only when no answer is streaming
+                expect(web.answer()).to_have_attribute("data-state", "stopped")
+                earlier.click()
+                expect(user_messages).to_have_text(["hi"])
+
+
 def test_phone_layout_and_keyboard(logs: Path, tmp_path: Path, build: Path, browser: Browser) -> None:
     with contract_double() as backend:
         with web_app(logs, tmp_path, build, browser, viewport=(390, 844)) as web:

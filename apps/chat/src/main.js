@@ -268,6 +268,7 @@ async function openConversation(id) {
   if (streaming) return;
   const found = await store.get(id);
   if (!found) return;
+  if (found.id !== current.id) waitToSend(false); // leaving a conversation cancels a waiting message (see waitToSend)
   current = { settings: {}, ...found };
   if ([...ui.model.options].some((o) => o.value === current.model)) {
     ui.model.value = current.model;
@@ -282,6 +283,7 @@ async function openConversation(id) {
 
 function startNew() {
   if (streaming) return;
+  waitToSend(false); // leaving a conversation cancels a waiting message (see waitToSend)
   current = newConversation(ui.model.value);
   sessionStorage.removeItem("ctllm.open");
   attachments.clear();
@@ -313,6 +315,8 @@ function requestOptions() {
   return Object.fromEntries(Object.entries({ temperature, num_ctx, num_predict }).filter(([, v]) => v !== undefined));
 }
 
+/** The message box is shared by all conversations, so a waiting message is cancelled when its conversation
+ * is left (the text stays in the box): a model listed later must not send it into another conversation. */
 function waitToSend(waiting) {
   sendWhenReady = waiting;
   ui.sendPending.hidden = !waiting;
