@@ -1,16 +1,26 @@
-"""What the tunnel benchmarks share: the fast local backend and TCP relays as processes, and dev-issuer auth
-for api-backend."""
+"""What the tunnel benchmarks share: the fast local backend, TCP relays and the library floor as processes, and
+dev-issuer auth for api-backend."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from pathlib import Path
 
 from cloudtolocalllm.dev_issuer import DevIssuer
-from cloudtolocalllm.devkit.procs import Proc, dev_auth_env, start_api_backend, start_bridge, start_port_printer
+from cloudtolocalllm.devkit.procs import (
+    Proc,
+    dev_auth_env,
+    start_api_backend,
+    start_bridge,
+    start_port_printer,
+    wait_for,
+)
 
 from .http_calls import request
+from .library_floor import CONNECTED
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "cloudtolocalllm-bench"
@@ -64,6 +74,32 @@ def start_tcp_relay(log_dir: Path, target_port: int, one_way_ms: float = 0) -> t
     name = f"tcp-relay-{target_port}-{time.monotonic_ns()}"  # a fresh log file: the port is read from it
     argv = ["-m", "cloudtolocalllm.core.testing.tcp_relay", str(target_port), str(one_way_ms)]
     return start_port_printer(name, argv, log_dir)
+
+
+def start_library_floor(log_dir: Path, backend_port: int) -> tuple[Proc, Proc, int]:
+    """The library floor (benchmarks/library_floor.py): its cloud, and its bridge connected to it and forwarding
+    to the fast backend on ``backend_port``; both processes and the cloud's port, which relays once this returns.
+    """
+    # benchmarks/ is a folder of the repository, not an installed package: found from here, whatever the cwd.
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    floor = [sys.executable, "-m", "benchmarks.library_floor"]
+    stamp = time.monotonic_ns()
+    cloud = Proc(f"library-floor-cloud-{stamp}", [*floor, "cloud"], env, log_dir)
+    bridge: Proc | None = None
+    try:
+        port = int(wait_for(lambda: cloud.log_text().strip(), 10, "the library floor cloud's port").split()[0])
+        backend = f"http://127.0.0.1:{backend_port}"
+        bridge = Proc(
+            f"library-floor-bridge-{stamp}", [*floor, "bridge", f"ws://127.0.0.1:{port}/", backend], env, log_dir
+        )
+        bridge.wait_for_output(CONNECTED, 10)
+    except BaseException:
+        for proc in (bridge, cloud):
+            if proc is not None:
+                proc.stop()
+        raise
+    return cloud, bridge, port
 
 
 def dev_auth(tmp: Path) -> tuple[dict[str, str], DevIssuer]:

@@ -1,9 +1,12 @@
 """The same four calls to the same backend through each peer, in interleaved rounds: the backend directly,
-OpenSSH's reverse tunnel (``ssh -R``, the peer a user would pick instead) and the tunnel.
+OpenSSH's reverse tunnel (``ssh -R``, the peer a user would pick instead), the tunnel, and floors that show
+what is left to win (two plain TCP relays; the libraries the tunnel is built from, benchmarks/library_floor.py).
 
 Each round runs every call through every peer before the next call, so a shared machine's drift lands on all
-peers alike. :func:`measure` collects the samples, :func:`report` turns them into ``tunnel.*`` keys; the
-targets beside them are read, never enforced.
+peers alike. A peer that cannot carry a call honestly (the library floor buffers whole bodies: no 256 MB
+upload, no long streams) names the calls it takes (``Peer.calls``) and is left out of the others.
+:func:`measure` collects the samples, :func:`report` turns them into ``tunnel.*`` keys; the targets beside
+them are read, never enforced.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from .http_calls import BLOB_PATH, burst_ttfb_ms, lines_per_s, sequential_ttfb_m
 from .proc_cpu import cpu_ms
 from .stats import median, percentile
 
-DIRECT, SSH, TUNNEL, TWO_HOP_RELAY = "direct", "ssh", "tunnel", "two_hop_relay"
+DIRECT, SSH, TUNNEL, TWO_HOP_RELAY, LIBRARY_FLOOR = "direct", "ssh", "tunnel", "two_hop_relay", "library_floor"
+
+# The four calls (http_calls), as a peer names those it takes.
+UPLOAD, SEQUENTIAL, BURST, LINES = "upload", "sequential", "burst", "lines"
+ALL_CALLS = frozenset({UPLOAD, SEQUENTIAL, BURST, LINES})
 
 # Issue 14's targets for the tunnel against ssh -R (they replace issue 3's bulk_ratio_vs_direct >= 0.3).
 TARGETS = {
@@ -32,6 +39,7 @@ class Peer:
     """Where a peer answers: ``prefix`` goes before the backend's paths (``/api/ollama`` for the tunnel).
 
     ``cpu_pids`` names the processes that carry the peer's requests, whose CPU per request is reported.
+    ``calls``: the calls it takes (all by default); it is left out of the others, which it has no samples for.
     """
 
     name: str
@@ -39,6 +47,7 @@ class Peer:
     prefix: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     cpu_pids: Callable[[], Sequence[int]] | None = None
+    calls: frozenset[str] = ALL_CALLS
 
 
 @dataclass(frozen=True)
@@ -65,33 +74,38 @@ class Samples:
 
 
 async def measure(peers: Sequence[Peer], workload: Workload) -> dict[str, Samples]:
-    """Every call through every peer, ``workload.rounds`` times."""
+    """Every call through every peer that takes it, ``workload.rounds`` times."""
     samples = {peer.name: Samples() for peer in peers}
     for _ in range(workload.rounds):
-        for peer in peers:
+        for peer in _taking(peers, UPLOAD):
             seconds = await upload_seconds(peer.port, peer.prefix + BLOB_PATH, peer.headers, workload.upload_bytes)
             samples[peer.name].upload_s.append(seconds)
-        for peer in peers:
+        for peer in _taking(peers, SEQUENTIAL):
             before = _cpu_ms(peer)
             seq = await sequential_ttfb_ms(peer.port, peer.prefix, peer.headers, workload.sequential_requests)
             samples[peer.name].seq_ttfb_ms.append(seq)
             if peer.cpu_pids is not None:
                 samples[peer.name].cpu_ms_per_request.append((_cpu_ms(peer) - before) / len(seq))
-        bursts: dict[str, list[float]] = {peer.name: [] for peer in peers}
+        bursting = _taking(peers, BURST)
+        bursts: dict[str, list[float]] = {peer.name: [] for peer in bursting}
         burst_cpu = dict.fromkeys(bursts, 0.0)
         for _ in range(workload.bursts_per_round):
-            for peer in peers:
+            for peer in bursting:
                 before = _cpu_ms(peer)
                 bursts[peer.name] += await burst_ttfb_ms(peer.port, peer.prefix, peer.headers, workload.burst_streams)
                 burst_cpu[peer.name] += _cpu_ms(peer) - before
-        for peer in peers:
+        for peer in bursting:
             samples[peer.name].burst_ttfb_ms.append(bursts[peer.name])
             if peer.cpu_pids is not None:
                 samples[peer.name].burst_cpu_ms_per_request.append(burst_cpu[peer.name] / len(bursts[peer.name]))
-        for peer in peers:
+        for peer in _taking(peers, LINES):
             rate = await lines_per_s(peer.port, peer.prefix, peer.headers, workload.line_streams, workload.lines_each)
             samples[peer.name].lines_per_s.append(rate)
     return samples
+
+
+def _taking(peers: Sequence[Peer], call: str) -> list[Peer]:
+    return [peer for peer in peers if call in peer.calls]
 
 
 def _cpu_ms(peer: Peer) -> float:
@@ -99,18 +113,23 @@ def _cpu_ms(peer: Peer) -> float:
 
 
 def report(samples: Mapping[str, Samples], workload: Workload) -> dict[str, object]:
-    """``tunnel.*`` keys: each peer's figures, the tunnel against ssh -R and against direct, and the targets."""
+    """``tunnel.*`` keys: each peer's figures (for the calls it took), the tunnel against ssh -R, against direct
+    and against the floors, and the targets. Direct, ssh and the tunnel take every call."""
     out: dict[str, object] = {"tunnel.peer_rounds": workload.rounds}
     for name, peer in samples.items():
-        # From the median time, as the ratios below are: with an even number of rounds the median of the rates
-        # would be another figure.
-        out[f"tunnel.bulk_{name}_mb_s"] = round(workload.upload_bytes / median(peer.upload_s) / 1e6, 1)
-        out[f"tunnel.bulk_{name}_mb_s.rounds"] = [round(workload.upload_bytes / s / 1e6) for s in peer.upload_s]
+        if peer.upload_s:
+            # From the median time, as the ratios below are: with an even number of rounds the median of the
+            # rates would be another figure.
+            out[f"tunnel.bulk_{name}_mb_s"] = round(workload.upload_bytes / median(peer.upload_s) / 1e6, 1)
+            out[f"tunnel.bulk_{name}_mb_s.rounds"] = [round(workload.upload_bytes / s / 1e6) for s in peer.upload_s]
     for name, peer in samples.items():
-        out[f"tunnel.{name}_seq_ttfb_ms.p50"] = round(percentile(_pooled(peer.seq_ttfb_ms), 50), 3)
-        out[f"tunnel.{name}_burst_ttfb_ms.p50"] = round(percentile(_pooled(peer.burst_ttfb_ms), 50), 3)
-        out[f"tunnel.{name}_lines_per_s"] = round(median(peer.lines_per_s))
-        out[f"tunnel.{name}_lines_per_s.rounds"] = [round(rate) for rate in peer.lines_per_s]
+        if peer.seq_ttfb_ms:
+            out[f"tunnel.{name}_seq_ttfb_ms.p50"] = round(percentile(_pooled(peer.seq_ttfb_ms), 50), 3)
+        if peer.burst_ttfb_ms:
+            out[f"tunnel.{name}_burst_ttfb_ms.p50"] = round(percentile(_pooled(peer.burst_ttfb_ms), 50), 3)
+        if peer.lines_per_s:
+            out[f"tunnel.{name}_lines_per_s"] = round(median(peer.lines_per_s))
+            out[f"tunnel.{name}_lines_per_s.rounds"] = [round(rate) for rate in peer.lines_per_s]
         # The tunnel's own CPU keys carry no peer name: tunnel.cpu_ms_per_request is a target.
         named = "" if name == TUNNEL else f"{name}_"
         for key, per_round in (
@@ -131,21 +150,43 @@ def report(samples: Mapping[str, Samples], workload: Workload) -> dict[str, obje
     out["tunnel.chunks_ratio_vs_ssh"] = round(median(tunnel.lines_per_s) / median(ssh.lines_per_s), 3)
     out["tunnel.chunks_ratio_vs_ssh.rounds"] = _ratios(tunnel.lines_per_s, ssh.lines_per_s)
     for kind in ("seq", "burst"):
-        by_peer = [getattr(peer, f"{kind}_ttfb_ms") for peer in (direct, ssh, tunnel)]  # overhead_ratio's order
-        key = f"tunnel.{kind}_ttfb_overhead_ratio_vs_ssh"
-        out[key] = overhead_ratio(*(percentile(_pooled(rounds), 50) for rounds in by_peer))
-        out[f"{key}.rounds"] = [
-            overhead_ratio(*(percentile(one_peer, 50) for one_peer in one_round))
-            for one_round in zip(*by_peer, strict=True)
-        ]
-    if (relay := samples.get(TWO_HOP_RELAY)) and relay.cpu_ms_per_request and tunnel.cpu_ms_per_request:
+        by_peer = [getattr(peer, f"{kind}_ttfb_ms") for peer in (direct, ssh, tunnel)]
+        out.update(_overhead_ratio_keys(f"tunnel.{kind}_ttfb_overhead_ratio_vs_ssh", *by_peer))
+    if relay := samples.get(TWO_HOP_RELAY):
         # The tunnel's CPU in units of the least a two-process Python relay costs: what library and code
         # changes can still win, on any machine (the relay parses nothing; ssh -R is C).
-        out["tunnel.cpu_ratio_vs_two_hop_relay"] = round(
-            median(tunnel.cpu_ms_per_request) / median(relay.cpu_ms_per_request), 2
-        )
+        out.update(_cpu_ratio_key("tunnel.cpu_ratio_vs_two_hop_relay", tunnel, relay))
+    if floor := samples.get(LIBRARY_FLOOR):
+        # The tunnel's CPU in units of what its libraries alone cost (what project code can still win), and
+        # whether even they meet the <= 2 target for the time added one request at a time.
+        out.update(_cpu_ratio_key("tunnel.cpu_ratio_vs_library_floor", tunnel, floor))
+        if floor.seq_ttfb_ms:
+            key = "tunnel.library_floor_seq_ttfb_overhead_ratio_vs_ssh"
+            out.update(_overhead_ratio_keys(key, direct.seq_ttfb_ms, ssh.seq_ttfb_ms, floor.seq_ttfb_ms))
     out.update({f"{key}.target": target for key, target in TARGETS.items()})
     return out
+
+
+def _overhead_ratio_keys(
+    key: str, direct: Sequence[Sequence[float]], ssh: Sequence[Sequence[float]], other: Sequence[Sequence[float]]
+) -> dict[str, object]:
+    """:func:`overhead_ratio` of the pooled p50s (``key``) and of each round's (``key.rounds``); one list of
+    samples per round for each peer."""
+    by_peer = (direct, ssh, other)  # overhead_ratio's order
+    return {
+        key: overhead_ratio(*(percentile(_pooled(rounds), 50) for rounds in by_peer)),
+        f"{key}.rounds": [
+            overhead_ratio(*(percentile(one_peer, 50) for one_peer in one_round))
+            for one_round in zip(*by_peer, strict=True)
+        ],
+    }
+
+
+def _cpu_ratio_key(key: str, tunnel: Samples, floor: Samples) -> dict[str, object]:
+    """The tunnel's CPU per request (one at a time) in units of ``floor``'s, when both were read."""
+    if not (tunnel.cpu_ms_per_request and floor.cpu_ms_per_request):
+        return {}
+    return {key: round(median(tunnel.cpu_ms_per_request) / median(floor.cpu_ms_per_request), 2)}
 
 
 def overhead_ratio(direct_ms: float, ssh_ms: float, tunnel_ms: float) -> float | None:
