@@ -4,7 +4,6 @@ dev-issuer auth for api-backend."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -80,9 +79,8 @@ def start_library_floor(log_dir: Path, backend_port: int) -> tuple[Proc, Proc, i
     """The library floor (benchmarks/library_floor.py): its cloud, and its bridge connected to it and forwarding
     to the fast backend on ``backend_port``; both processes and the cloud's port, which relays once this returns.
     """
-    # benchmarks/ is a folder of the repository, not an installed package: found from here, whatever the cwd.
-    repo = str(Path(__file__).resolve().parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    # Found as the benchmarks themselves are: python -m from the repository's root, the cwd it inherits.
+    env: dict[str, str] = {}
     floor = [sys.executable, "-m", "benchmarks.library_floor"]
     stamp = time.monotonic_ns()
     cloud = Proc(f"library-floor-cloud-{stamp}", [*floor, "cloud"], env, log_dir)
