@@ -361,7 +361,12 @@ async def _post_json(port: int, path: str, headers: dict[str, str], size: int) -
             await writer.drain()
         return await answer
     except (ConnectionError, asyncio.IncompleteReadError):
-        return await answer if answer.done() and not answer.exception() else "reset"
+        # The server answered and closed while the body was still going: the status may be read yet, or the
+        # reset lost it. Either way the task's outcome is taken here, never left unretrieved.
+        try:
+            return await asyncio.wait_for(answer, 5)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            return "reset"
     finally:
         writer.close()
 
