@@ -163,8 +163,8 @@ def report(samples: Mapping[str, Samples], workload: Workload) -> dict[str, obje
         for kind in ("seq", "burst"):
             if floor_ms := getattr(floor, f"{kind}_ttfb_ms"):
                 key = f"tunnel.library_floor_{kind}_ttfb_overhead_ratio_vs_ssh"
-                by_peer = (getattr(peer, f"{kind}_ttfb_ms") for peer in (direct, ssh))
-                out.update(_overhead_ratio_keys(key, *by_peer, floor_ms))
+                direct_ms, ssh_ms = getattr(direct, f"{kind}_ttfb_ms"), getattr(ssh, f"{kind}_ttfb_ms")
+                out.update(_overhead_ratio_keys(key, direct_ms, ssh_ms, floor_ms))
     out.update({f"{key}.target": target for key, target in TARGETS.items()})
     return out
 
