@@ -40,13 +40,12 @@ open, and exits when the cloud closes it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from cloudtolocalllm.core import event_loop
+from cloudtolocalllm.core import bind_socket, event_loop
 
 __all__ = ["CONNECTED", "FloorCloud"]
 
@@ -127,11 +126,7 @@ class FloorCloud:
 async def _serve_cloud() -> None:
     import uvicorn
 
-    # IPPROTO_TCP explicitly, as core.serving's bind_socket: asyncio turns Nagle off only on such sockets.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
+    sock = bind_socket("127.0.0.1", 0)  # core's: Nagle off, as api-backend's
     config = uvicorn.Config(
         FloorCloud(),
         loop="none",  # this running loop
