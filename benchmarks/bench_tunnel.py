@@ -245,29 +245,28 @@ async def _against_peers(
     """The tunnel against the backend directly, ssh -R, two plain TCP relays in a row (the least any
     two-process Python relay costs) and the library floor (the least the tunnel's libraries cost), in time and
     in CPU per request."""
-    second_hop, second_port = start_tcp_relay(tmp, backend_port)
-    first_hop, relay_port = start_tcp_relay(tmp, second_port)
-    floor_cloud, floor_bridge, floor_port = start_library_floor(tmp, backend_port)
-    floor_pids = [floor_cloud.pid, floor_bridge.pid]
-    try:
-        with ssh_reverse_tunnel(backend_port, tmp / "ssh") as ssh:
-            peers = [
-                Peer(DIRECT, backend_port),
-                Peer(SSH, ssh.port, cpu_pids=ssh.pids),
-                Peer(TUNNEL, api_port, "/api/ollama", auth, cpu_pids=lambda: tunnel_pids),
-                Peer(TWO_HOP_RELAY, relay_port, cpu_pids=lambda: [first_hop.pid, second_hop.pid]),
-                # It holds whole bodies in memory: the one-chunk chats only, never the upload or the long streams.
-                Peer(LIBRARY_FLOOR, floor_port, cpu_pids=lambda: floor_pids, calls=frozenset({SEQUENTIAL, BURST})),
-            ]
-            workload = Workload()
-            samples = await measure(peers, workload)
-            results = report(samples, workload)
-            results["tunnel.ssh_version"] = ssh.version
-    finally:
-        floor_bridge.stop()
-        floor_cloud.stop()
-        first_hop.stop()
-        second_hop.stop()
+    with contextlib.ExitStack() as started:  # whatever fails to start, what did start is stopped
+        second_hop, second_port = start_tcp_relay(tmp, backend_port)
+        started.callback(second_hop.stop)
+        first_hop, relay_port = start_tcp_relay(tmp, second_port)
+        started.callback(first_hop.stop)
+        floor_cloud, floor_bridge, floor_port = start_library_floor(tmp, backend_port)
+        started.callback(floor_cloud.stop)
+        started.callback(floor_bridge.stop)
+        floor_pids = [floor_cloud.pid, floor_bridge.pid]
+        ssh = started.enter_context(ssh_reverse_tunnel(backend_port, tmp / "ssh"))
+        peers = [
+            Peer(DIRECT, backend_port),
+            Peer(SSH, ssh.port, cpu_pids=ssh.pids),
+            Peer(TUNNEL, api_port, "/api/ollama", auth, cpu_pids=lambda: tunnel_pids),
+            Peer(TWO_HOP_RELAY, relay_port, cpu_pids=lambda: [first_hop.pid, second_hop.pid]),
+            # It holds whole bodies in memory: the one-chunk chats only, never the upload or the long streams.
+            Peer(LIBRARY_FLOOR, floor_port, cpu_pids=lambda: floor_pids, calls=frozenset({SEQUENTIAL, BURST})),
+        ]
+        workload = Workload()
+        samples = await measure(peers, workload)
+        results = report(samples, workload)
+        results["tunnel.ssh_version"] = ssh.version
     relay_s, direct_s = samples[TWO_HOP_RELAY].upload_s, samples[DIRECT].upload_s
     results["tunnel.bulk_two_hop_relay_ratio"] = round(median(direct_s) / median(relay_s), 3)
     return results

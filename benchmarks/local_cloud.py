@@ -15,7 +15,6 @@ from cloudtolocalllm.devkit.procs import (
     start_api_backend,
     start_bridge,
     start_port_printer,
-    wait_for,
 )
 
 from .http_calls import request
@@ -80,22 +79,16 @@ def start_library_floor(log_dir: Path, backend_port: int) -> tuple[Proc, Proc, i
     to the fast backend on ``backend_port``; both processes and the cloud's port, which relays once this returns.
     """
     # Found as the benchmarks themselves are: python -m from the repository's root, the cwd it inherits.
-    env: dict[str, str] = {}
-    floor = [sys.executable, "-m", "benchmarks.library_floor"]
+    floor = ["-m", "benchmarks.library_floor"]
     stamp = time.monotonic_ns()
-    cloud = Proc(f"library-floor-cloud-{stamp}", [*floor, "cloud"], env, log_dir)
-    bridge: Proc | None = None
+    cloud, port = start_port_printer(f"library-floor-cloud-{stamp}", [*floor, "cloud"], log_dir)
+    bridge_argv = [sys.executable, *floor, "bridge", f"ws://127.0.0.1:{port}/", f"http://127.0.0.1:{backend_port}"]
+    bridge = Proc(f"library-floor-bridge-{stamp}", bridge_argv, {}, log_dir)
     try:
-        port = int(wait_for(lambda: cloud.log_text().strip(), 10, "the library floor cloud's port").split()[0])
-        backend = f"http://127.0.0.1:{backend_port}"
-        bridge = Proc(
-            f"library-floor-bridge-{stamp}", [*floor, "bridge", f"ws://127.0.0.1:{port}/", backend], env, log_dir
-        )
         bridge.wait_for_output(CONNECTED, 10)
     except BaseException:
-        for proc in (bridge, cloud):
-            if proc is not None:
-                proc.stop()
+        bridge.stop()
+        cloud.stop()
         raise
     return cloud, bridge, port
 
